@@ -1,0 +1,157 @@
+//! Configuration layering: built-in defaults, then an optional TOML file, then
+//! `TOPSMILE_*` environment variables, each overriding the last.
+//!
+//! Every binary has one config struct made of the pieces below. Secrets are
+//! [`SecretString`]s, so printing a config (which every binary does at start-up) shows
+//! `[REDACTED]` instead of them.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The environment variable that names an optional config file.
+pub const CONFIG_FILE_ENV: &str = "TOPSMILE_CONFIG";
+
+/// Loads `T`: its `Default`, then the TOML file named by `file` (or by `TOPSMILE_CONFIG`),
+/// then `TOPSMILE_*` variables (`TOPSMILE_DATA_DIR` sets `data_dir`).
+pub fn load<T>(file: Option<PathBuf>) -> Result<T, Box<figment::Error>>
+where
+    T: Serialize + DeserializeOwned + Default,
+{
+    let file = file.or_else(|| std::env::var_os(CONFIG_FILE_ENV).map(PathBuf::from));
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(Env::prefixed("TOPSMILE_").ignore(&["config"]))
+        .extract()
+        .map_err(Box::new)
+}
+
+/// Where a service keeps its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StoreConfig {
+    /// Directory of the embedded SQLite store (and of key files in development).
+    pub data_dir: PathBuf,
+    /// MongoDB connection string; when set, MongoDB replaces the embedded store.
+    #[serde(skip_serializing)]
+    pub mongodb_uri: Option<SecretString>,
+    /// MongoDB database name.
+    pub mongodb_database: String,
+    /// Read preference for list and search reads ("primary", "secondaryPreferred", ...).
+    /// Reads that decide something (auth, booking) always go to the primary.
+    pub mongodb_list_read_preference: String,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".topsmile"),
+            mongodb_uri: None,
+            mongodb_database: "topsmile".to_owned(),
+            mongodb_list_read_preference: "primary".to_owned(),
+        }
+    }
+}
+
+/// How a gRPC server protects itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerLimits {
+    /// Largest message a server decodes or encodes, in bytes.
+    pub max_message_bytes: usize,
+    /// Requests handled at once by one server; more wait their turn.
+    pub concurrency_limit: usize,
+    /// HTTP/2 keepalive ping interval, in seconds.
+    pub keepalive_interval_secs: u64,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// How long a graceful drain waits for in-flight calls on shutdown.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            concurrency_limit: 1024,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            drain_timeout_secs: 20,
+        }
+    }
+}
+
+impl ServerLimits {
+    pub fn keepalive_interval(&self) -> Duration {
+        Duration::from_secs(self.keepalive_interval_secs)
+    }
+    pub fn keepalive_timeout(&self) -> Duration {
+        Duration::from_secs(self.keepalive_timeout_secs)
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// The configuration of one service binary (`topsmile-identity`, `topsmile-patients`, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceConfig {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Log format: "json" (default) or "pretty".
+    pub log_format: crate::telemetry::LogFormat,
+    #[serde(flatten)]
+    pub store: StoreConfig,
+    #[serde(flatten)]
+    pub limits: ServerLimits,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            log_format: crate::telemetry::LogFormat::Json,
+            store: StoreConfig::default(),
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn env_overrides_file_and_file_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "svc.toml",
+                "mongodb_database = \"from_file\"\nconcurrency_limit = 7",
+            )?;
+            jail.set_env("TOPSMILE_MONGODB_DATABASE", "from_env");
+            jail.set_env("TOPSMILE_MONGODB_URI", "mongodb://user:hunter2@db:27017");
+            let config: ServiceConfig = load(Some("svc.toml".into())).map_err(|e| e.to_string())?;
+            assert_eq!(config.store.mongodb_database, "from_env");
+            assert_eq!(config.limits.concurrency_limit, 7);
+            let uri = config
+                .store
+                .mongodb_uri
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned());
+            assert_eq!(uri.as_deref(), Some("mongodb://user:hunter2@db:27017"));
+            let printed = format!("{config:?}");
+            assert!(!printed.contains("hunter2"), "secret printed: {printed}");
+            Ok(())
+        });
+    }
+}

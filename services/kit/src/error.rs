@@ -1,0 +1,200 @@
+//! The one error type of the API layer and the one place where errors become
+//! `tonic::Status` codes and rich details (google.rpc `BadRequest`, `ErrorInfo`,
+//! `RetryInfo`).
+//!
+//! Handlers return `Result<_, ApiError>` and convert with `?`; store errors convert into
+//! it too, so no handler chooses a status code by hand and no driver error type reaches a
+//! client.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::store::StoreError;
+
+/// The `ErrorInfo.domain` of every TopSmile error.
+pub const ERROR_DOMAIN: &str = "topsmile.dev";
+
+/// One invalid field of a request, in google.rpc `BadRequest` form: `field` is a path
+/// such as `clinic.time_zone`, `description` says what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// INVALID_ARGUMENT with one field violation per problem found.
+    #[error("invalid request: {}", describe(.0))]
+    Invalid(Vec<FieldViolation>),
+    /// NOT_FOUND: missing, or in another clinic (existence never leaks across clinics).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// ALREADY_EXISTS: a unique key (email, slot, ...) is taken.
+    #[error("{0} already exists")]
+    AlreadyExists(&'static str),
+    /// ABORTED: the etag sent is no longer current; read again and retry.
+    #[error("the resource changed since it was read (etag mismatch)")]
+    Stale,
+    /// FAILED_PRECONDITION: the resource is in the wrong state for this call.
+    #[error("{message}")]
+    FailedPrecondition {
+        reason: &'static str,
+        message: String,
+    },
+    /// PERMISSION_DENIED: the caller's role or clinic may not do this.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// UNAUTHENTICATED: no valid credentials. One message for every cause.
+    #[error("unauthenticated")]
+    Unauthenticated,
+    /// UNIMPLEMENTED: a method of the contract that a later release provides.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    /// UNAVAILABLE: a dependency is down; worth retrying after a short wait.
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// INTERNAL: logged with its cause, sent with no detail.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldViolation::new(field, description)])
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::Stale => "ETAG_MISMATCH",
+            Self::FailedPrecondition { reason, .. } => reason,
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Unimplemented(_) => "NOT_IMPLEMENTED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<FieldViolation> for ApiError {
+    fn from(v: FieldViolation) -> Self {
+        Self::Invalid(vec![v])
+    }
+}
+
+impl From<Vec<FieldViolation>> for ApiError {
+    fn from(v: Vec<FieldViolation>) -> Self {
+        Self::Invalid(v)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Duplicate(what) => Self::AlreadyExists(what),
+            StoreError::Stale => Self::Stale,
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Unavailable(cause) => Self::Unavailable(cause),
+            StoreError::Backend(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let reason = e.reason();
+        let info = |details: &mut ErrorDetails| {
+            details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+        };
+        let mut details = ErrorDetails::new();
+        let (code, message) = match &e {
+            ApiError::Invalid(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
+                info(&mut details);
+                (Code::InvalidArgument, e.to_string())
+            }
+            ApiError::NotFound(_) => (Code::NotFound, e.to_string()),
+            ApiError::AlreadyExists(_) => (Code::AlreadyExists, e.to_string()),
+            ApiError::Stale => (Code::Aborted, e.to_string()),
+            ApiError::FailedPrecondition { .. } => (Code::FailedPrecondition, e.to_string()),
+            ApiError::PermissionDenied => (Code::PermissionDenied, e.to_string()),
+            ApiError::Unauthenticated => (Code::Unauthenticated, e.to_string()),
+            ApiError::Unimplemented(_) => (Code::Unimplemented, e.to_string()),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "dependency unavailable");
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                (
+                    Code::Unavailable,
+                    "temporarily unavailable, retry shortly".to_owned(),
+                )
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                return Status::new(Code::Internal, "internal error");
+            }
+        };
+        if !matches!(e, ApiError::Invalid(_)) {
+            info(&mut details);
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_carries_every_field_violation_and_a_reason() {
+        let status = Status::from(ApiError::Invalid(vec![
+            FieldViolation::new("clinic.time_zone", "is not an IANA time zone"),
+            FieldViolation::new("clinic.display_name", "is required"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let bad = details.bad_request().map(|b| b.field_violations.len());
+        assert_eq!(bad, Some(2));
+        let reason = details.error_info().map(|i| i.reason.clone());
+        assert_eq!(reason.as_deref(), Some("INVALID_ARGUMENT"));
+    }
+
+    #[test]
+    fn internal_errors_reveal_nothing() {
+        let status = Status::from(ApiError::Internal("password=hunter2 at db".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+        assert!(status.details().is_empty());
+    }
+
+    #[test]
+    fn unavailable_says_when_to_retry() {
+        let status = Status::from(ApiError::Unavailable("mongo down".into()));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.get_error_details().retry_info().is_some());
+    }
+}

@@ -1,0 +1,22 @@
+//! What every TopSmile service shares, written once.
+//!
+//! A service's `main.rs` is a handful of lines on top of this crate: load its [`config`],
+//! start [`telemetry`], open its store ([`store`]), and hand its routes to [`server`].
+//! Handlers use [`names`] to parse resource names, [`paging`] for list pages and
+//! [`error::ApiError`] as the one error type that becomes a `tonic::Status`.
+
+pub mod address;
+pub mod config;
+pub mod error;
+pub mod names;
+pub mod paging;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod testing;
+pub mod time;
+pub mod validate;
+
+pub use error::{ApiError, FieldViolation};
+pub use store::StoreError;

@@ -1,0 +1,132 @@
+//! The server bootstrap every TopSmile gRPC server uses, so they all behave the same
+//! under load and on shutdown:
+//!
+//! - `grpc.health.v1` (overall and per service) and server reflection (v1 and v1alpha, so
+//!   every `grpcurl` version can `list` and `describe`);
+//! - a global concurrency limit, a default deadline, TCP_NODELAY and HTTP/2 keepalive;
+//! - a graceful drain: on shutdown every service reports NOT_SERVING, the listener stops
+//!   accepting, in-flight calls finish (bounded by `drain_timeout`), then `serve` returns.
+
+use std::{net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
+use tonic::{service::Routes, transport::Server};
+use tonic_health::ServingStatus;
+use topsmile_proto::FILE_DESCRIPTOR_SET;
+
+use crate::{config::ServerLimits, shutdown::Shutdown};
+
+/// The longest a call may run when the client sets no deadline.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds a listener. Tests pass port 0 and read the chosen port from `local_addr()`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Adds reflection over the given fully-qualified service names (plus health), from the
+/// contracts' descriptor set, in both protocol versions.
+pub fn add_reflection(routes: Routes, names: &[&str]) -> Result<Routes, ServeError> {
+    let v1 = names
+        .iter()
+        .fold(reflection_builder(), |b, n| b.with_service_name(*n))
+        .build_v1()?;
+    let v1alpha = names
+        .iter()
+        .fold(reflection_builder(), |b, n| b.with_service_name(*n))
+        .build_v1alpha()?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .with_service_name(tonic_health::pb::health_server::HealthServer::<
+            tonic_health::server::HealthService,
+        >::NAME)
+}
+
+use tonic::server::NamedService;
+
+/// Serves `routes` (the service's own gRPC services, named by `names`) plus health and
+/// reflection on `listener` until `shutdown` fires, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    names: &[&'static str],
+    limits: &ServerLimits,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    for name in names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+
+    let routes = add_reflection(routes.add_service(health_service), names)?;
+
+    let local = listener.local_addr().ok();
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            // gRPC messages are small and latency-bound: don't let Nagle hold them back.
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+
+    let names: Vec<&'static str> = names.to_vec();
+    let drain = limits.drain_timeout();
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.wait().await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            for name in &names {
+                health
+                    .set_service_status(*name, ServingStatus::NotServing)
+                    .await;
+            }
+            tracing::info!(?local, "draining: NOT_SERVING, finishing in-flight calls");
+        }
+    };
+
+    let server = Server::builder()
+        .timeout(DEFAULT_DEADLINE)
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            limits.concurrency_limit,
+        ))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal);
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(?local, "drain timeout reached; closing with calls still in flight");
+        }
+    }
+    tracing::info!(?local, "server stopped");
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! Store set-up shared by every service: the error type repositories return, the MongoDB
+//! client with TopSmile's durability settings, and the embedded SQLite database.
+//!
+//! Each service defines its own repository trait and implements it twice (MongoDB and
+//! SQLite); what is common to all of those adapters lives here.
+
+pub mod mongo;
+pub mod sqlite;
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+
+use crate::config::StoreConfig;
+
+/// What a repository can fail with. Adapters translate driver errors into these, so
+/// handlers never see a driver type.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique key is taken; the value says which ("email", "slot", ...).
+    #[error("duplicate {0}")]
+    Duplicate(&'static str),
+    /// A conditional write found another version than the one expected.
+    #[error("stale version")]
+    Stale,
+    /// The record to change does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The database cannot be reached right now; the call may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a broken database. Logged, never shown to clients.
+    #[error("store failure: {0}")]
+    Backend(String),
+}
+
+/// Which store a service runs on, decided by configuration: MongoDB when a URI is set,
+/// the embedded store otherwise.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    Embedded {
+        data_dir: PathBuf,
+    },
+    Mongo {
+        uri: SecretString,
+        database: String,
+        list_read_preference: String,
+    },
+}
+
+impl StoreChoice {
+    pub fn from_config(config: &StoreConfig) -> Self {
+        match &config.mongodb_uri {
+            Some(uri) => Self::Mongo {
+                uri: uri.clone(),
+                database: config.mongodb_database.clone(),
+                list_read_preference: config.mongodb_list_read_preference.clone(),
+            },
+            None => Self::Embedded {
+                data_dir: config.data_dir.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The MongoDB client every service uses: majority writes and primary reads by default,
+//! an optional read preference for list and search reads, and one translation of driver
+//! errors into [`StoreError`].
+
+use mongodb::{
+    Client, Database,
+    error::{Error, ErrorKind, WriteFailure},
+    options::{
+        ClientOptions, ReadPreference, ReadPreferenceOptions, SelectionCriteria, WriteConcern,
+    },
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::StoreError;
+
+/// A service's handle on its database.
+#[derive(Debug, Clone)]
+pub struct MongoStore {
+    pub database: Database,
+    /// Where list and search reads go; reads that decide something use the primary.
+    pub list_reads: SelectionCriteria,
+}
+
+/// Connects with TopSmile's settings. Writes are acknowledged by a majority of the
+/// replica set, so an acknowledged write survives a primary fail-over.
+pub async fn connect(
+    uri: &SecretString,
+    database: &str,
+    app_name: &str,
+    list_read_preference: &str,
+) -> Result<MongoStore, StoreError> {
+    let mut options = ClientOptions::parse(uri.expose_secret())
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("invalid MongoDB URI or DNS: {}", e.kind)))?;
+    options.app_name = Some(app_name.to_owned());
+    options.write_concern = Some(WriteConcern::majority());
+    options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    let client = Client::with_options(options).map_err(translate)?;
+    Ok(MongoStore {
+        database: client.database(database),
+        list_reads: read_preference(list_read_preference)?,
+    })
+}
+
+fn read_preference(name: &str) -> Result<SelectionCriteria, StoreError> {
+    let options = Some(ReadPreferenceOptions::default());
+    let pref = match name {
+        "primary" | "" => ReadPreference::Primary,
+        "primaryPreferred" => ReadPreference::PrimaryPreferred { options },
+        "secondary" => ReadPreference::Secondary { options },
+        "secondaryPreferred" => ReadPreference::SecondaryPreferred { options },
+        "nearest" => ReadPreference::Nearest { options },
+        other => {
+            return Err(StoreError::Backend(format!(
+                "unknown mongodb_list_read_preference {other:?}"
+            )));
+        }
+    };
+    Ok(SelectionCriteria::ReadPreference(pref))
+}
+
+/// Translates a driver error. `unique` names what a duplicate-key error means for the
+/// caller ("email", "clinic"); pass the index-specific meaning where there is one.
+pub fn translate_unique(e: Error, unique: &'static str) -> StoreError {
+    if is_duplicate_key(&e) {
+        StoreError::Duplicate(unique)
+    } else {
+        translate(e)
+    }
+}
+
+pub fn translate(e: Error) -> StoreError {
+    if is_duplicate_key(&e) {
+        return StoreError::Duplicate("record");
+    }
+    match *e.kind {
+        ErrorKind::Io(_)
+        | ErrorKind::ServerSelection { .. }
+        | ErrorKind::ConnectionPoolCleared { .. } => StoreError::Unavailable(e.to_string()),
+        _ if e.contains_label("RetryableWriteError")
+            || e.contains_label("TransientTransactionError") =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+pub fn is_duplicate_key(e: &Error) -> bool {
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
+        _ => false,
+    }
+}
+
+/// Reads a boolean that may have been stored as an integer: some MongoDB wire-compatible
+/// servers (nx-27017, used in CI) hand `$set` booleans back as 1/0.
+pub fn get_bool(doc: &mongodb::bson::Document, key: &str) -> bool {
+    use mongodb::bson::Bson;
+    match doc.get(key) {
+        Some(Bson::Boolean(b)) => *b,
+        Some(Bson::Int32(n)) => *n != 0,
+        Some(Bson::Int64(n)) => *n != 0,
+        _ => false,
+    }
+}
+
+/// Reads an integer whatever width it was stored with.
+pub fn get_i64(doc: &mongodb::bson::Document, key: &str) -> i64 {
+    use mongodb::bson::Bson;
+    match doc.get(key) {
+        Some(Bson::Int32(n)) => i64::from(*n),
+        Some(Bson::Int64(n)) => *n,
+        Some(Bson::Double(n)) => *n as i64,
+        _ => 0,
+    }
+}
+
+/// Reads a string field, empty if absent.
+pub fn get_string(doc: &mongodb::bson::Document, key: &str) -> String {
+    doc.get_str(key).map(str::to_owned).unwrap_or_default()
+}
+
+/// Reads a date field as a timestamp, the epoch if absent.
+pub fn get_time(doc: &mongodb::bson::Document, key: &str) -> jiff::Timestamp {
+    let millis = doc
+        .get_datetime(key)
+        .map(|d| d.timestamp_millis())
+        .unwrap_or(0);
+    crate::time::from_millis(millis)
+}
+
+pub fn to_bson_time(ts: jiff::Timestamp) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(crate::time::to_millis(ts))
+}

@@ -1,0 +1,144 @@
+//! The embedded store: one SQLite file per service, in WAL mode so reads never wait for
+//! the writer.
+//!
+//! SQLite calls block, so every call runs on Tokio's blocking pool. There is one writer
+//! connection (SQLite allows one writer at a time anyway; a mutex queues them without
+//! busy-looping) and a few reader connections taken in turn.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::StoreError;
+
+const READERS: usize = 4;
+
+#[derive(Clone)]
+pub struct SqliteDb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for SqliteDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDb")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl SqliteDb {
+    /// Opens (creating if needed) `dir/<file>` and runs `schema` on the writer. `schema`
+    /// must be idempotent (`CREATE ... IF NOT EXISTS`): it runs at every start.
+    pub async fn open(dir: &Path, file: &str, schema: &'static str) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        let path = dir.join(file);
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            let writer = connection(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            )?;
+            writer.execute_batch(schema).map_err(translate)?;
+            let readers = (0..READERS)
+                .map(|_| connection(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    path,
+                    writer: Mutex::new(writer),
+                    readers,
+                    next_reader: AtomicUsize::new(0),
+                }),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite open task failed: {e}")))?
+    }
+
+    /// Runs `f` on the writer connection, on the blocking pool. For a multi-statement
+    /// change, `f` opens a `BEGIN IMMEDIATE` transaction itself.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner
+                .writer
+                .lock()
+                .map_err(|_| StoreError::Backend("sqlite writer lock poisoned".into()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+    }
+
+    /// Runs `f` on one of the reader connections, on the blocking pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
+            let conn = inner.readers[i]
+                .lock()
+                .map_err(|_| StoreError::Backend("sqlite reader lock poisoned".into()))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+    }
+}
+
+fn connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(translate)?;
+    if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        // WAL lets readers run while the writer commits; NORMAL sync is durable across
+        // process crashes, which is what an embedded development store needs.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(translate)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(translate)?;
+    }
+    Ok(conn)
+}
+
+/// Translates a SQLite error; a UNIQUE violation becomes `Duplicate(unique)`.
+pub fn translate_unique(e: rusqlite::Error, unique: &'static str) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Duplicate(unique),
+        _ => translate(e),
+    }
+}
+
+pub fn translate(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Duplicate("record"),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}

@@ -1,0 +1,30 @@
+//! Conversions between protobuf `Timestamp`s and `jiff::Timestamp`, the domain's time type.
+
+use jiff::Timestamp;
+
+use crate::error::FieldViolation;
+
+pub fn to_proto(ts: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ts.as_second(),
+        nanos: ts.subsec_nanosecond(),
+    }
+}
+
+/// A timestamp from a request; out of range (year > 9999, bad nanos) is a field violation.
+pub fn from_proto(field: &str, ts: &prost_types::Timestamp) -> Result<Timestamp, FieldViolation> {
+    Timestamp::new(ts.seconds, ts.nanos)
+        .map_err(|_| FieldViolation::new(field, "is not a valid timestamp"))
+}
+
+/// Milliseconds since the Unix epoch: how both stores keep times, so that ordering and
+/// range queries work the same way in each.
+pub fn to_millis(ts: Timestamp) -> i64 {
+    ts.as_millisecond()
+}
+
+/// The inverse of [`to_millis`]; a stored value out of range falls back to the epoch
+/// rather than failing a read.
+pub fn from_millis(millis: i64) -> Timestamp {
+    Timestamp::from_millisecond(millis).unwrap_or(Timestamp::UNIX_EPOCH)
+}
