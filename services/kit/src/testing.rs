@@ -32,3 +32,17 @@ pub fn mongodb_uri(test: &str) -> Option<SecretString> {
 pub fn unique_database(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
+
+/// Where nx-27017 (the MongoDB wire-protocol stand-in CI runs on) differs from MongoDB,
+/// as seen by our tests. Tests that meet one of these say so by naming it; against a
+/// real MongoDB (`TOPSMILE_TEST_MONGODB_URI` pointing at one) they check it in full.
+pub const NX_27017_GAPS: &[&str] = &[
+    "partialFilterExpression is ignored: a partial unique index acts as a full unique index",
+    "index collation is ignored: case-insensitive uniqueness needs a normalised field",
+    "index names given at creation are replaced by generated ones (idx_<coll>_<fields>)",
+    "index key direction is reported as ascending (-1 reads back as 1)",
+    "a boolean written by $set reads back as the integer 1",
+    "a sub-document appended with $push reads back as a JSON string",
+    "range operators on array fields match nothing unless wrapped in $elemMatch",
+    "hello reports no replica set name",
+];

@@ -1,0 +1,113 @@
+//! The appointment lifecycle as pure rules:
+//! SCHEDULED -> CONFIRMED -> CHECKED_IN -> IN_PROGRESS -> COMPLETED, with CANCELLED
+//! before the visit starts and NO_SHOW for a patient who never arrived.
+
+/// Where an appointment is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Scheduled,
+    Confirmed,
+    CheckedIn,
+    InProgress,
+    Completed,
+    Cancelled,
+    NoShow,
+}
+
+/// What a custom method asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Confirm,
+    CheckIn,
+    Start,
+    Complete,
+    Cancel,
+    MarkNoShow,
+    Reschedule,
+}
+
+impl Status {
+    /// Whether the appointment still holds its slot (for overlap checks).
+    pub fn holds_slot(self) -> bool {
+        matches!(
+            self,
+            Self::Scheduled | Self::Confirmed | Self::CheckedIn | Self::InProgress
+        )
+    }
+
+    /// The status after `action`, or `None` if the action is not allowed from here
+    /// (a FAILED_PRECONDITION for the caller).
+    pub fn after(self, action: Action) -> Option<Self> {
+        use Action as A;
+        use Status as S;
+        match (self, action) {
+            (S::Scheduled, A::Confirm) => Some(S::Confirmed),
+            (S::Scheduled | S::Confirmed, A::CheckIn) => Some(S::CheckedIn),
+            (S::CheckedIn, A::Start) => Some(S::InProgress),
+            (S::InProgress, A::Complete) => Some(S::Completed),
+            (S::Scheduled | S::Confirmed | S::CheckedIn, A::Cancel) => Some(S::Cancelled),
+            (S::Scheduled | S::Confirmed, A::MarkNoShow) => Some(S::NoShow),
+            // Rescheduling puts a confirmed visit back to "scheduled": the new time
+            // needs confirming again.
+            (S::Scheduled | S::Confirmed, A::Reschedule) => Some(S::Scheduled),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Status; 7] = [
+        Status::Scheduled,
+        Status::Confirmed,
+        Status::CheckedIn,
+        Status::InProgress,
+        Status::Completed,
+        Status::Cancelled,
+        Status::NoShow,
+    ];
+
+    #[test]
+    fn the_happy_path_runs_from_scheduled_to_completed() {
+        let mut s = Status::Scheduled;
+        for action in [
+            Action::Confirm,
+            Action::CheckIn,
+            Action::Start,
+            Action::Complete,
+        ] {
+            s = s.after(action).unwrap();
+        }
+        assert_eq!(s, Status::Completed);
+    }
+
+    #[test]
+    fn final_states_accept_no_action() {
+        let actions = [
+            Action::Confirm,
+            Action::CheckIn,
+            Action::Start,
+            Action::Complete,
+            Action::Cancel,
+            Action::MarkNoShow,
+            Action::Reschedule,
+        ];
+        for s in [Status::Completed, Status::Cancelled, Status::NoShow] {
+            assert!(actions.iter().all(|a| s.after(*a).is_none()), "{s:?} moved");
+            assert!(!s.holds_slot());
+        }
+    }
+
+    #[test]
+    fn a_visit_in_progress_cannot_be_cancelled() {
+        assert_eq!(Status::InProgress.after(Action::Cancel), None);
+        assert_eq!(
+            ALL.iter()
+                .filter(|s| s.after(Action::Cancel).is_some())
+                .count(),
+            3
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! gRPC handlers of the providers service.
+//!
+//! No method is mounted yet: every call answers UNIMPLEMENTED (the router's own answer
+//! for a method it does not serve) until the providers issue lands its handlers here.
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use topsmile_kit::config::ServerLimits;
+
+use crate::store::ProviderStore;
+
+/// The gRPC services mounted by [`routes`].
+pub const SERVED: &[&str] = &[];
+
+pub fn routes(_store: Arc<dyn ProviderStore>, _limits: &ServerLimits) -> Routes {
+    Routes::default()
+}
