@@ -1,1 +1,129 @@
-fn main() {}
+//! `topsmile`: the TopSmile command line. `topsmile dev` (the default) runs the whole
+//! suite on this machine.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use topsmile::{Suite, SuiteOptions};
+use topsmile_kit::{
+    config::{ServerLimits, StoreConfig},
+    shutdown,
+    store::StoreChoice,
+    telemetry::{self, LogFormat},
+};
+
+/// TopSmile: the back end of multi-tenant dental clinics, as gRPC services.
+///
+/// With no command, runs `topsmile dev`.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// A TOML config file; settings there are overridden by TOPSMILE_* variables and
+    /// then by flags.
+    #[arg(long, global = true, env = "TOPSMILE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every service and the gateway in this process: the gateway on
+    /// 127.0.0.1:50051, the services on free loopback ports, data in the embedded store
+    /// under ./.topsmile (or in MongoDB with --mongodb-uri). Ctrl-C drains and stops.
+    Dev(DevArgs),
+}
+
+#[derive(clap::Args, Default)]
+struct DevArgs {
+    /// Address of the gateway [default: 127.0.0.1:50051].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory of the embedded store [env: TOPSMILE_DATA_DIR] [default: ./.topsmile].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Use MongoDB at this URI instead of the embedded store [env: TOPSMILE_MONGODB_URI].
+    #[arg(long)]
+    mongodb_uri: Option<String>,
+    /// Log format: pretty or json [env: TOPSMILE_LOG_FORMAT] [default: pretty].
+    #[arg(long, value_parser = ["pretty", "json"])]
+    log_format: Option<String>,
+}
+
+/// `topsmile dev` settings after defaults, file and environment.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(default)]
+struct DevConfig {
+    listen: SocketAddr,
+    log_format: LogFormat,
+    #[serde(flatten)]
+    store: StoreConfig,
+    #[serde(flatten)]
+    limits: ServerLimits,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            log_format: LogFormat::Pretty,
+            store: StoreConfig::default(),
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Dev(DevArgs::default())) {
+        Command::Dev(args) => dev(cli.config, args).await,
+    }
+}
+
+async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
+    let mut config: DevConfig = topsmile_kit::config::load(file)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.store.data_dir = dir;
+    }
+    if let Some(uri) = args.mongodb_uri {
+        config.store.mongodb_uri = Some(SecretString::from(uri));
+    }
+    if let Some(format) = args.log_format.as_deref() {
+        config.log_format = if format == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Pretty
+        };
+    }
+    telemetry::init(config.log_format);
+    tracing::debug!(?config, "topsmile dev configuration");
+
+    let store = StoreChoice::from_config(&config.store);
+    let suite = Suite::start(SuiteOptions {
+        gateway_listen: config.listen,
+        store: store.clone(),
+        limits: config.limits.clone(),
+    })
+    .await?;
+
+    let where_data = match &store {
+        StoreChoice::Embedded { data_dir } => format!("embedded store in {}", data_dir.display()),
+        StoreChoice::Mongo { database, .. } => format!("MongoDB database {database}"),
+    };
+    println!("TopSmile is running ({where_data})");
+    println!("  {:<13} {}", "gateway", suite.gateway);
+    for (area, addr) in &suite.services {
+        println!("  {area:<13} {addr}");
+    }
+    println!();
+    println!("Try:  grpcurl -plaintext {} list", suite.gateway);
+    println!("Ctrl-C drains in-flight calls and stops.");
+
+    suite.run_until(shutdown::os_signal()).await
+}

@@ -1,1 +1,227 @@
+//! The TopSmile edge gateway.
+//!
+//! Listens for gRPC over HTTP/2 and forwards each call, undecoded, to a replica of the
+//! service that owns it, chosen by the call's path (`/topsmile.<area>.v1.<Service>/...`)
+//! from the contracts' descriptor set. It serves health and reflection for the whole
+//! public API itself, so `grpcurl` works against it; internal services are neither
+//! listed nor forwarded.
+//!
+//! Authentication and the role policy are enforced here with the identity-and-access
+//! work; the policy table they need is already what routing uses.
 
+pub mod config;
+pub mod proxy;
+pub mod upstream;
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tonic::service::Routes;
+use tonic_health::{ServingStatus, server::HealthReporter};
+use topsmile_kit::{
+    policy::{PolicyError, PolicyTable},
+    server::{ServeError, add_reflection},
+    shutdown::Shutdown,
+};
+
+pub use config::GatewayConfig;
+use proxy::Proxy;
+use upstream::Upstream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// A configured gateway, ready to [`serve`](Gateway::serve).
+pub struct Gateway {
+    proxy: Arc<Proxy>,
+    health: HealthReporter,
+    /// Public service names by area, for per-service health.
+    services_by_area: HashMap<String, Vec<String>>,
+    drain_timeout: Duration,
+    limits: topsmile_kit::config::ServerLimits,
+}
+
+impl Gateway {
+    pub fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
+        let table = PolicyTable::builtin()?;
+        let public = table.public_services();
+        let mut services_by_area: HashMap<String, Vec<String>> = HashMap::new();
+        for service in &public {
+            if let Some(m) = table.methods().find(|m| &m.service == service) {
+                services_by_area
+                    .entry(m.area.clone())
+                    .or_default()
+                    .push(service.clone());
+            }
+        }
+        let upstreams = config
+            .upstreams()
+            .into_iter()
+            .map(|(area, addrs)| {
+                let upstream = Upstream::new(
+                    &addrs,
+                    config.connections_per_upstream,
+                    config.connect_timeout(),
+                    config.upstream_retry(),
+                );
+                (area, upstream)
+            })
+            .collect();
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let names: Vec<&str> = public.iter().map(String::as_str).collect();
+        let local = add_reflection(Routes::new(health_service), &names)?;
+        let proxy = Proxy {
+            table,
+            upstreams,
+            local,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
+            max_deadline: config.max_deadline(),
+        };
+        Ok(Self {
+            proxy: Arc::new(proxy),
+            health,
+            services_by_area,
+            drain_timeout: config.limits.drain_timeout(),
+            limits: config.limits.clone(),
+        })
+    }
+
+    /// Serves until `shutdown` fires, then reports NOT_SERVING, stops accepting and
+    /// lets in-flight calls finish (bounded by the drain timeout).
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> Result<(), GatewayError> {
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let probes = tokio::spawn(probe_upstreams(
+            self.proxy.clone(),
+            self.health.clone(),
+            self.services_by_area.clone(),
+            shutdown.clone(),
+        ));
+
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(self.limits.keepalive_interval()))
+            .keep_alive_timeout(self.limits.keepalive_timeout())
+            .max_concurrent_streams(Some(
+                u32::try_from(self.limits.concurrency_limit).unwrap_or(u32::MAX),
+            ))
+            .adaptive_window(true);
+        let graceful = GracefulShutdown::new();
+        let local = listener.local_addr().ok();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.clone().wait() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = self.proxy.clone();
+            let service = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+            });
+            let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+            });
+        }
+
+        tracing::info!(
+            ?local,
+            "gateway draining: NOT_SERVING, finishing in-flight calls"
+        );
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for names in self.services_by_area.values() {
+            for name in names {
+                self.health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; closing with calls still in flight");
+        }
+        probes.abort();
+        tracing::info!(?local, "gateway stopped");
+        Ok(())
+    }
+}
+
+/// Keeps per-service health current: a public service is SERVING while at least one
+/// replica of its owner answers its own health check.
+async fn probe_upstreams(
+    proxy: Arc<Proxy>,
+    health: HealthReporter,
+    services_by_area: HashMap<String, Vec<String>>,
+    shutdown: Shutdown,
+) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut clients: Vec<(String, Vec<HealthClient<tonic::transport::Channel>>)> = Vec::new();
+    for (area, upstream) in &proxy.upstreams {
+        let channels = upstream
+            .addresses()
+            .into_iter()
+            .filter_map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).ok())
+            .map(|e| HealthClient::new(e.connect_timeout(Duration::from_secs(1)).connect_lazy()))
+            .collect();
+        clients.push((area.clone(), channels));
+    }
+    loop {
+        for (area, replicas) in &mut clients {
+            let mut serving = false;
+            for client in replicas.iter_mut() {
+                let check = client.check(HealthCheckRequest {
+                    service: String::new(),
+                });
+                if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(1), check).await {
+                    serving |= answer.into_inner().status == ServingStatus::Serving as i32;
+                }
+            }
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for name in services_by_area.get(area.as_str()).into_iter().flatten() {
+                health.set_service_status(name, status).await;
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = shutdown.clone().wait() => return,
+        }
+    }
+}

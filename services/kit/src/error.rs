@@ -59,9 +59,16 @@ pub enum ApiError {
     /// UNAUTHENTICATED: no valid credentials. One message for every cause.
     #[error("unauthenticated")]
     Unauthenticated,
-    /// UNIMPLEMENTED: a method of the contract that a later release provides.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
+    /// UNIMPLEMENTED: a method this server does not serve (unknown, internal, or not
+    /// built yet).
+    #[error("{0} is not implemented")]
+    Unimplemented(String),
+    /// RESOURCE_EXHAUSTED: too many calls; retry after the hinted delay.
+    #[error("too many requests, retry later")]
+    Overloaded { retry_after: Duration },
+    /// DEADLINE_EXCEEDED: the call's deadline passed before an answer came.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
     /// UNAVAILABLE: a dependency is down; worth retrying after a short wait.
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
@@ -93,6 +100,8 @@ impl ApiError {
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Unimplemented(_) => "NOT_IMPLEMENTED",
+            Self::Overloaded { .. } => "OVERLOADED",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -145,6 +154,11 @@ impl From<ApiError> for Status {
             ApiError::PermissionDenied => (Code::PermissionDenied, e.to_string()),
             ApiError::Unauthenticated => (Code::Unauthenticated, e.to_string()),
             ApiError::Unimplemented(_) => (Code::Unimplemented, e.to_string()),
+            ApiError::Overloaded { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+                (Code::ResourceExhausted, e.to_string())
+            }
+            ApiError::DeadlineExceeded => (Code::DeadlineExceeded, e.to_string()),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "dependency unavailable");
                 details.set_retry_info(Some(Duration::from_secs(1)));

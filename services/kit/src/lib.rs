@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod names;
 pub mod paging;
+pub mod policy;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -55,8 +55,12 @@ pub fn add_reflection(routes: Routes, names: &[&str]) -> Result<Routes, ServeErr
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    // The health contract and google.rpc's error details are served too, so grpcurl can
+    // call health checks and print the rich error details of a failed call.
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(tonic_health::pb::health_server::HealthServer::<
             tonic_health::server::HealthService,
         >::NAME)
@@ -81,7 +85,8 @@ pub async fn serve(
             .await;
     }
 
-    let routes = add_reflection(routes.add_service(health_service), names)?;
+    let routes =
+        answer_unserved_methods(add_reflection(routes.add_service(health_service), names)?);
 
     let local = listener.local_addr().ok();
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -129,4 +134,15 @@ pub async fn serve(
     }
     tracing::info!(?local, "server stopped");
     Ok(())
+}
+
+/// Makes a call to a method this server does not serve answer UNIMPLEMENTED with a
+/// message that names it (the router's own answer has an empty message).
+pub fn answer_unserved_methods(mut routes: Routes) -> Routes {
+    let router = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = router.fallback(|uri: http::Uri| async move {
+        tonic::Status::unimplemented(format!("{} is not served here (yet)", uri.path()))
+            .into_http::<tonic::body::Body>()
+    });
+    routes
 }

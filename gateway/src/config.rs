@@ -1,0 +1,91 @@
+//! The gateway's configuration: where it listens and where each service's replicas are.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use topsmile_kit::{config::ServerLimits, telemetry::LogFormat};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Address the gateway listens on.
+    pub listen: SocketAddr,
+    /// Log format: "json" or "pretty".
+    pub log_format: LogFormat,
+    /// Replicas of the identity service, `host:port`, comma-separated.
+    pub identity_upstreams: String,
+    /// Replicas of the patients service.
+    pub patients_upstreams: String,
+    /// Replicas of the providers service.
+    pub providers_upstreams: String,
+    /// Replicas of the appointments service.
+    pub appointments_upstreams: String,
+    /// HTTP/2 connections kept to each replica; calls are multiplexed over them.
+    pub connections_per_upstream: usize,
+    /// How long connecting to a replica may take before the next one is tried.
+    pub connect_timeout_ms: u64,
+    /// How long a replica that failed is skipped before it is tried again.
+    pub upstream_retry_ms: u64,
+    /// The longest deadline the gateway grants; a longer or missing `grpc-timeout` is
+    /// capped to this.
+    pub max_deadline_secs: u64,
+    /// Calls in flight through the gateway at once; more are shed with
+    /// RESOURCE_EXHAUSTED and a retry hint.
+    pub max_in_flight: usize,
+    #[serde(flatten)]
+    pub limits: ServerLimits,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            log_format: LogFormat::Json,
+            identity_upstreams: "127.0.0.1:50061".into(),
+            patients_upstreams: "127.0.0.1:50062".into(),
+            providers_upstreams: "127.0.0.1:50063".into(),
+            appointments_upstreams: "127.0.0.1:50064".into(),
+            connections_per_upstream: 2,
+            connect_timeout_ms: 1000,
+            upstream_retry_ms: 1000,
+            max_deadline_secs: 30,
+            max_in_flight: 4096,
+            limits: ServerLimits::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// `(area, addresses)` for every service area.
+    pub fn upstreams(&self) -> Vec<(String, Vec<String>)> {
+        [
+            ("identity", &self.identity_upstreams),
+            ("patients", &self.patients_upstreams),
+            ("providers", &self.providers_upstreams),
+            ("appointments", &self.appointments_upstreams),
+        ]
+        .into_iter()
+        .map(|(area, list)| {
+            let addrs = list
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (area.to_owned(), addrs)
+        })
+        .collect()
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn upstream_retry(&self) -> Duration {
+        Duration::from_millis(self.upstream_retry_ms)
+    }
+
+    pub fn max_deadline(&self) -> Duration {
+        Duration::from_secs(self.max_deadline_secs)
+    }
+}

@@ -1,0 +1,179 @@
+//! The edge: one HTTP/2 request in, the same request out to the owning service.
+//!
+//! Messages are never decoded. HTTP/2 DATA frames and trailers are handed on as they
+//! arrive (hyper on both sides), which keeps the added latency to a few tens of
+//! microseconds and works for streaming methods as well as unary ones. What the gateway
+//! reads is the path (to route), the `grpc-timeout` header (to bound the call) and the
+//! `x-topsmile-*` headers (to drop them: those are set by TopSmile itself, never by a
+//! client).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use http::{HeaderMap, Request, Response, Uri};
+use hyper::body::Incoming;
+use tokio::sync::Semaphore;
+use tonic::{body::Body, service::Routes};
+use topsmile_kit::{ApiError, policy::PolicyTable};
+use tower::ServiceExt;
+
+use crate::upstream::Upstream;
+
+/// Headers only TopSmile components may set; a client's copies are removed.
+pub const INTERNAL_HEADER_PREFIX: &str = "x-topsmile-";
+
+pub struct Proxy {
+    pub(crate) table: PolicyTable,
+    pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
+    /// Health and reflection, served by the gateway itself.
+    pub(crate) local: Routes,
+    pub(crate) in_flight: Arc<Semaphore>,
+    pub(crate) max_deadline: Duration,
+}
+
+impl Proxy {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
+            return match self.local.clone().oneshot(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+        }
+        match self.forward(req).await {
+            Ok(response) => response,
+            Err(e) => tonic::Status::from(e).into_http(),
+        }
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let path = req.uri().path().to_owned();
+        let route = self
+            .table
+            .get(&path)
+            .filter(|m| !m.is_internal())
+            .ok_or_else(|| ApiError::Unimplemented(format!("method {path}")))?;
+        let upstream = self.upstreams.get(&route.area).ok_or_else(|| {
+            ApiError::Unavailable(format!("no upstream configured for {}", route.area))
+        })?;
+        // Load shedding: past the in-flight limit, answer at once instead of queueing.
+        let _permit =
+            self.in_flight
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError::Overloaded {
+                    retry_after: Duration::from_millis(100),
+                })?;
+
+        strip_internal_headers(req.headers_mut());
+        let deadline =
+            grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
+
+        let picked = upstream
+            .pick()
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let path_and_query = req.uri().path_and_query().cloned();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = picked.authority.parse().ok();
+        parts.path_and_query = path_and_query;
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| ApiError::Internal(format!("upstream uri: {e}")))?;
+
+        let mut sender = picked.sender;
+        match tokio::time::timeout(deadline, sender.send_request(req)).await {
+            Ok(Ok(response)) => Ok(response.map(Body::new)),
+            Ok(Err(e)) => {
+                upstream.report_failure(&picked.authority);
+                Err(ApiError::Unavailable(format!("{}: {e}", picked.authority)))
+            }
+            Err(_) => Err(ApiError::DeadlineExceeded),
+        }
+    }
+}
+
+fn strip_internal_headers(headers: &mut HeaderMap) {
+    let internal: Vec<_> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(INTERNAL_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for key in internal {
+        headers.remove(key);
+    }
+}
+
+/// Parses `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit H, M, S, m, u, n).
+pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        assert_eq!(
+            grpc_timeout(&headers(&[("grpc-timeout", "5S")])),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            grpc_timeout(&headers(&[("grpc-timeout", "250m")])),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            grpc_timeout(&headers(&[("grpc-timeout", "2H")])),
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(
+            grpc_timeout(&headers(&[("grpc-timeout", "10n")])),
+            Some(Duration::from_nanos(10))
+        );
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for bad in ["", "S", "5", "5x", "123456789S", "-5S"] {
+            assert_eq!(
+                grpc_timeout(&headers(&[("grpc-timeout", bad)])),
+                None,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_sent_internal_headers_are_stripped() {
+        let mut h = headers(&[
+            ("x-topsmile-caller", "forged"),
+            ("x-topsmile-clinic", "c"),
+            ("x-request-id", "keep"),
+        ]);
+        strip_internal_headers(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-request-id"));
+    }
+}
