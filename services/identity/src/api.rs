@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use tonic::{Request, Response, Status};
 use topsmile_kit::{ApiError, names::ClinicName, paging::PageRequest, time, validate};
 use topsmile_proto::topsmile::identity::v1::{self as pb, clinic_service_server::ClinicService};
@@ -33,7 +32,7 @@ impl ClinicApi {
         let fields = domain::validate_fields("clinic", input)?;
         let clinic = self
             .store
-            .create(Clinic::new(fields, Timestamp::now()), request_id.as_deref())
+            .create(Clinic::new(fields, time::now()), request_id.as_deref())
             .await?;
         tracing::info!(clinic = %clinic.id, "clinic created");
         Ok(pb::CreateClinicResponse {
@@ -84,7 +83,7 @@ impl ClinicApi {
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let merged = domain::apply_mask(&current.fields, input_of(incoming), &mask)?;
         let fields = domain::validate_fields("clinic", merged)?;
-        let next = current.changed(fields, current.is_active, Timestamp::now());
+        let next = current.changed(fields, current.is_active, time::now());
         self.store.replace(&next).await?;
         Ok(pb::UpdateClinicResponse {
             clinic: Some(to_proto(next)),
@@ -110,7 +109,7 @@ impl ClinicApi {
                 clinic: Some(to_proto(current)),
             });
         }
-        let next = current.changed(current.fields.clone(), false, Timestamp::now());
+        let next = current.changed(current.fields.clone(), false, time::now());
         self.store.replace(&next).await?;
         tracing::info!(clinic = %next.id, "clinic deactivated");
         Ok(pb::DeactivateClinicResponse {

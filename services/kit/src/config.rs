@@ -132,6 +132,7 @@ mod tests {
     use secrecy::ExposeSecret;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
     fn env_overrides_file_and_file_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -28,3 +28,9 @@ pub fn to_millis(ts: Timestamp) -> i64 {
 pub fn from_millis(millis: i64) -> Timestamp {
     Timestamp::from_millisecond(millis).unwrap_or(Timestamp::UNIX_EPOCH)
 }
+
+/// The current time at the precision both stores keep (milliseconds), so what a create
+/// answers is exactly what a later read returns.
+pub fn now() -> Timestamp {
+    from_millis(Timestamp::now().as_millisecond())
+}

@@ -1,0 +1,522 @@
+//! End-to-end tests: the whole suite (four services and the gateway) started on port 0
+//! for each test, called over real gRPC through the gateway.
+
+use std::{net::SocketAddr, time::Duration};
+
+use prost_types::FieldMask;
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+use topsmile::{Suite, SuiteOptions};
+use topsmile_kit::{config::ServerLimits, shutdown, store::StoreChoice, testing};
+use topsmile_proto::topsmile::{
+    identity::v1::{self as identity, clinic_service_client::ClinicServiceClient},
+    patients::v1::{
+        VerifyPatientCredentialsRequest,
+        patient_internal_service_client::PatientInternalServiceClient,
+    },
+};
+
+struct TestSuite {
+    suite: Suite,
+    _dir: tempfile::TempDir,
+}
+
+impl TestSuite {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreChoice::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        };
+        Self::start_on(store, dir).await
+    }
+
+    async fn start_on(store: StoreChoice, dir: tempfile::TempDir) -> Self {
+        let limits = ServerLimits {
+            max_message_bytes: 64 * 1024,
+            ..ServerLimits::default()
+        };
+        let suite = Suite::start(SuiteOptions {
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            store,
+            limits,
+        })
+        .await
+        .unwrap();
+        Self { suite, _dir: dir }
+    }
+
+    async fn channel(&self) -> Channel {
+        connect(self.suite.gateway).await
+    }
+
+    async fn clinics(&self) -> ClinicServiceClient<Channel> {
+        ClinicServiceClient::new(self.channel().await)
+    }
+
+    async fn stop(self) {
+        self.suite.stop().await.unwrap();
+    }
+}
+
+async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn new_clinic(name: &str) -> identity::Clinic {
+    identity::Clinic {
+        display_name: name.to_owned(),
+        time_zone: "America/Sao_Paulo".to_owned(),
+        phone: "+55 11 5555-0100".to_owned(),
+        email: "front@example.com".to_owned(),
+        ..Default::default()
+    }
+}
+
+async fn create(client: &mut ClinicServiceClient<Channel>, name: &str) -> identity::Clinic {
+    let req = identity::CreateClinicRequest {
+        clinic: Some(new_clinic(name)),
+        request_id: String::new(),
+    };
+    client
+        .create_clinic(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap()
+}
+
+fn field_violations(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// The clinic lifecycle through the gateway; run on each store.
+async fn clinic_lifecycle(suite: &TestSuite) {
+    let mut clinics = suite.clinics().await;
+    let created = create(&mut clinics, "Sorriso Centro").await;
+    assert!(created.name.starts_with("clinics/"));
+    assert!(created.is_active);
+
+    let got = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    assert_eq!(got, created);
+
+    // Update with the current etag works and bumps it.
+    let update = identity::UpdateClinicRequest {
+        clinic: Some(identity::Clinic {
+            display_name: "Sorriso Paulista".into(),
+            ..created.clone()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+    };
+    let updated = clinics
+        .update_clinic(update.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    assert_eq!(updated.display_name, "Sorriso Paulista");
+    assert_ne!(updated.etag, created.etag);
+
+    // The same update again carries a stale etag: ABORTED, nothing changes.
+    let stale = clinics.update_clinic(update).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let deactivated = clinics
+        .deactivate_clinic(identity::DeactivateClinicRequest {
+            name: created.name.clone(),
+            etag: updated.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    assert!(!deactivated.is_active);
+    let reread = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        !reread.into_inner().clinic.unwrap().is_active,
+        "deactivated clinics stay readable"
+    );
+
+    // Paging: five more clinics, pages of two, every clinic once; inactive ones hidden.
+    for i in 0..5 {
+        create(&mut clinics, &format!("Clinic {i}")).await;
+    }
+    let mut names = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = clinics
+            .list_clinics(identity::ListClinicsRequest {
+                page_size: 2,
+                page_token,
+                show_inactive: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.clinics.len() <= 2);
+        names.extend(page.clinics.into_iter().map(|c| c.display_name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        names,
+        (0..5).map(|i| format!("Clinic {i}")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn clinic_lifecycle_through_the_gateway_on_the_embedded_store() {
+    let suite = TestSuite::start().await;
+    clinic_lifecycle(&suite).await;
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn clinic_lifecycle_through_the_gateway_on_mongodb() {
+    let Some(uri) = testing::mongodb_uri("clinic_lifecycle_through_the_gateway_on_mongodb") else {
+        return;
+    };
+    let database = testing::unique_database("e2e");
+    let store = StoreChoice::Mongo {
+        uri: uri.clone(),
+        database: database.clone(),
+        list_read_preference: "primary".into(),
+    };
+    let suite = TestSuite::start_on(store, tempfile::tempdir().unwrap()).await;
+    clinic_lifecycle(&suite).await;
+    suite.stop().await;
+    let conn = topsmile_kit::store::mongo::connect(&uri, &database, "e2e-cleanup", "primary")
+        .await
+        .unwrap();
+    conn.database.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_create_with_the_same_request_id_returns_the_first_clinic() {
+    let suite = TestSuite::start().await;
+    let mut clinics = suite.clinics().await;
+    let req = identity::CreateClinicRequest {
+        clinic: Some(new_clinic("Once")),
+        request_id: "create-once-1".into(),
+    };
+    let first = clinics
+        .create_clinic(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = clinics.create_clinic(req).await.unwrap().into_inner();
+    assert_eq!(first, again);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_input_is_invalid_argument_with_field_violations() {
+    let suite = TestSuite::start().await;
+    let mut clinics = suite.clinics().await;
+
+    let err = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: "clinic/42".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&err), ["name"]);
+
+    let bad = identity::Clinic {
+        time_zone: "Mars/Olympus_Mons".into(),
+        email: "nope".into(),
+        ..new_clinic(" ")
+    };
+    let err = clinics
+        .create_clinic(identity::CreateClinicRequest {
+            clinic: Some(bad),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        field_violations(&err),
+        ["clinic.display_name", "clinic.email", "clinic.time_zone"]
+    );
+
+    let err = clinics
+        .list_clinics(identity::ListClinicsRequest {
+            page_size: 1,
+            page_token: "forged".into(),
+            show_inactive: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(field_violations(&err), ["page_token"]);
+
+    let err = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: "clinics/does-not-exist".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn a_page_token_used_with_other_parameters_is_rejected() {
+    let suite = TestSuite::start().await;
+    let mut clinics = suite.clinics().await;
+    for i in 0..3 {
+        create(&mut clinics, &format!("C{i}")).await;
+    }
+    let page = clinics
+        .list_clinics(identity::ListClinicsRequest {
+            page_size: 1,
+            page_token: String::new(),
+            show_inactive: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let err = clinics
+        .list_clinics(identity::ListClinicsRequest {
+            page_size: 1,
+            page_token: page.next_page_token,
+            show_inactive: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(field_violations(&err), ["page_token"]);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_every_public_service_and_no_internal_one() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let suite = TestSuite::start().await;
+    let mut client = ServerReflectionClient::new(suite.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let public = topsmile_kit::policy::PolicyTable::builtin()
+        .unwrap()
+        .public_services();
+    for service in &public {
+        assert!(names.contains(service), "{service} not listed: {names:?}");
+    }
+    assert!(
+        names.iter().all(|n| !n.contains("Internal")),
+        "internal service listed: {names:?}"
+    );
+    assert!(names.iter().any(|n| n == "grpc.health.v1.Health"));
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_and_internal_methods_are_unimplemented_at_the_edge() {
+    let suite = TestSuite::start().await;
+    let mut grpc = tonic::client::Grpc::new(suite.channel().await);
+    grpc.ready().await.unwrap();
+    let path =
+        http::uri::PathAndQuery::from_static("/topsmile.identity.v1.ClinicService/DropAllClinics");
+    let err = grpc
+        .unary::<_, identity::GetClinicResponse, _>(
+            Request::new(identity::GetClinicRequest::default()),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+
+    let mut internal = PatientInternalServiceClient::new(suite.channel().await);
+    let err = internal
+        .verify_patient_credentials(VerifyPatientCredentialsRequest {
+            email: "a@b.co".into(),
+            password: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn health_is_served_overall_and_per_service() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let suite = TestSuite::start().await;
+    let mut health = HealthClient::new(suite.channel().await);
+    let overall = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overall.status, ServingStatus::Serving as i32);
+    // Per-service health follows the upstream probes, which run right after start.
+    let service = "topsmile.identity.v1.ClinicService".to_owned();
+    let mut status = ServingStatus::Unknown as i32;
+    for _ in 0..50 {
+        if let Ok(answer) = health
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
+            .await
+        {
+            status = answer.into_inner().status;
+            if status == ServingStatus::Serving as i32 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, ServingStatus::Serving as i32);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversize_message_is_refused_and_the_connection_stays_usable() {
+    let suite = TestSuite::start().await;
+    let mut clinics = suite.clinics().await;
+    let huge = identity::Clinic {
+        display_name: "x".repeat(200 * 1024),
+        ..new_clinic("")
+    };
+    let err = clinics
+        .create_clinic(identity::CreateClinicRequest {
+            clinic: Some(huge),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    // tonic refuses a message over the decoding limit with OUT_OF_RANGE, naming the limit.
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("limit"), "{err:?}");
+    // Nothing was written, and the same connection still serves calls.
+    let page = clinics
+        .list_clinics(identity::ListClinicsRequest {
+            page_size: 10,
+            page_token: String::new(),
+            show_inactive: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.clinics.is_empty());
+    suite.stop().await;
+}
+
+/// A gateway in front of the given identity replicas (the other areas point nowhere).
+async fn gateway_for(
+    identity_upstreams: String,
+) -> (SocketAddr, shutdown::Trigger, tokio::task::JoinHandle<()>) {
+    let config = topsmile_gateway::GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        identity_upstreams,
+        upstream_retry_ms: 60_000,
+        ..Default::default()
+    };
+    let gateway = topsmile_gateway::Gateway::new(&config).unwrap();
+    let listener = topsmile_kit::server::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, stop) = shutdown::channel();
+    let task = tokio::spawn(async move { gateway.serve(listener, stop).await.unwrap() });
+    (addr, trigger, task)
+}
+
+/// An address where nothing listens: bound, then released.
+async fn closed_port() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn a_stopped_upstream_is_unavailable() {
+    let dead = closed_port().await;
+    let (gateway, trigger, task) = gateway_for(dead.to_string()).await;
+    let mut clinics = ClinicServiceClient::new(connect(gateway).await);
+    let err = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: "clinics/x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    trigger.fire();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn calls_skip_a_dead_replica_and_reach_a_live_one() {
+    let suite = TestSuite::start().await;
+    let live = suite.suite.services["identity"];
+    let dead = closed_port().await;
+    let (gateway, trigger, task) = gateway_for(format!("{dead},{live}")).await;
+    let mut clinics = ClinicServiceClient::new(connect(gateway).await);
+    for i in 0..6 {
+        create(&mut clinics, &format!("Replica test {i}")).await;
+    }
+    trigger.fire();
+    task.await.unwrap();
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn calling_a_service_directly_behaves_like_the_gateway() {
+    let suite = TestSuite::start().await;
+    let mut direct = ClinicServiceClient::new(connect(suite.suite.services["identity"]).await);
+    let created = create(&mut direct, "Direct").await;
+    let mut via_gateway = suite.clinics().await;
+    let got = via_gateway
+        .get_clinic(identity::GetClinicRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.into_inner().clinic.unwrap(), created);
+    suite.stop().await;
+}
