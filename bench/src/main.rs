@@ -58,7 +58,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let suite = Suite::start(SuiteOptions {
         gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreChoice::Embedded { data_dir: dir.path().to_path_buf() },
+        store: StoreChoice::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        },
         limits: ServerLimits::default(),
     })
     .await?;
@@ -84,17 +86,34 @@ async fn main() -> anyhow::Result<()> {
         "GetClinic, embedded store, {}s per measurement, best of {} rounds, {} client connections",
         args.seconds, args.rounds, args.connections
     );
-    println!("{:<28} {:>9} {:>10} {:>9} {:>9} {:>7}", "path", "in flight", "rps", "p50 µs", "p99 µs", "errors");
+    println!(
+        "{:<28} {:>9} {:>10} {:>9} {:>9} {:>7}",
+        "path", "in flight", "rps", "p50 µs", "p99 µs", "errors"
+    );
     let mut results = Vec::new();
     for &in_flight in &args.in_flight {
         // Warm both paths (connections, caches) before measuring.
         for addr in [direct, gateway] {
-            drive(addr, &clinic.name, in_flight, args.connections, Duration::from_millis(500)).await?;
+            drive(
+                addr,
+                &clinic.name,
+                in_flight,
+                args.connections,
+                Duration::from_millis(500),
+            )
+            .await?;
         }
         let mut best: [Option<Figures>; 2] = [None, None];
         for _ in 0..args.rounds {
             for (i, addr) in [direct, gateway].into_iter().enumerate() {
-                let f = drive(addr, &clinic.name, in_flight, args.connections, Duration::from_secs(args.seconds)).await?;
+                let f = drive(
+                    addr,
+                    &clinic.name,
+                    in_flight,
+                    args.connections,
+                    Duration::from_secs(args.seconds),
+                )
+                .await?;
                 if best[i].is_none_or(|b| f.rps > b.rps) {
                     best[i] = Some(f);
                 }
@@ -125,7 +144,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?)
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
 }
 
 /// Keeps `in_flight` GetClinic calls going at `addr` for `duration`.
@@ -151,7 +173,10 @@ async fn drive(
                 let mut errors = 0usize;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match client.get_clinic(GetClinicRequest { name: name.clone() }).await {
+                    match client
+                        .get_clinic(GetClinicRequest { name: name.clone() })
+                        .await
+                    {
                         Ok(_) => latencies.push(t.elapsed()),
                         Err(_) => errors += 1,
                     }
