@@ -84,7 +84,10 @@ impl Proxy {
         match tokio::time::timeout(deadline, sender.send_request(req)).await {
             Ok(Ok(response)) => Ok(response.map(Body::new)),
             Ok(Err(e)) => {
-                upstream.report_failure(&picked.authority);
+                // A reset stream is this call's problem; a dead connection is the replica's.
+                if sender.is_closed() {
+                    upstream.report_failure(&picked.authority);
+                }
                 Err(ApiError::Unavailable(format!("{}: {e}", picked.authority)))
             }
             Err(_) => Err(ApiError::DeadlineExceeded),
