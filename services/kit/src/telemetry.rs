@@ -18,7 +18,14 @@ pub enum LogFormat {
 /// process) keeps the first one.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
+    // Logs go to stderr, so a program's own output on stdout stays clean; colours only
+    // when a person is watching.
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_writer(std::io::stderr)
+        .with_ansi(on_terminal);
     let _already_set = match format {
         LogFormat::Json => builder
             .json()
