@@ -1,27 +1,16 @@
 //! `topsmile-appointments`: the appointments service on its own, as deployed in its own container.
 
-use topsmile_kit::{config::ServiceConfig, server, shutdown, store::StoreChoice, telemetry};
-
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config: ServiceConfig = topsmile_kit::config::load(None)?;
-    telemetry::init(config.log_format);
-    tracing::info!(?config, "starting topsmile-appointments");
-    let store = topsmile_appointments::open_store(&StoreChoice::from_config(&config.store)).await?;
-    let listener = server::bind(config.listen).await?;
-    let (trigger, stop) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        trigger.fire();
-    });
-    let routes = topsmile_appointments::routes(store, &config.limits);
-    server::serve(
-        listener,
-        routes,
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    topsmile_kit::server::run_service(
+        "topsmile-appointments",
         topsmile_appointments::SERVICE_NAMES,
-        &config.limits,
-        stop,
+        |store, limits| async move {
+            Ok(topsmile_appointments::routes(
+                topsmile_appointments::open_store(&store).await?,
+                &limits,
+            ))
+        },
     )
-    .await?;
-    Ok(())
+    .await
 }

@@ -146,3 +146,30 @@ pub fn answer_unserved_methods(mut routes: Routes) -> Routes {
     });
     routes
 }
+
+/// The whole `main` of a service binary: load [`ServiceConfig`](crate::config::ServiceConfig),
+/// start telemetry, build the routes on the configured store, serve until Ctrl-C or
+/// SIGTERM, then drain.
+pub async fn run_service<F, Fut>(
+    binary: &str,
+    names: &'static [&'static str],
+    make_routes: F,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    F: FnOnce(crate::store::StoreChoice, ServerLimits) -> Fut,
+    Fut: std::future::Future<Output = Result<Routes, crate::StoreError>>,
+{
+    let config: crate::config::ServiceConfig = crate::config::load(None)?;
+    crate::telemetry::init(config.log_format);
+    tracing::info!(?config, "starting {binary}");
+    let store = crate::store::StoreChoice::from_config(&config.store);
+    let routes = make_routes(store, config.limits.clone()).await?;
+    let listener = bind(config.listen).await?;
+    let (trigger, stop) = crate::shutdown::channel();
+    tokio::spawn(async move {
+        crate::shutdown::os_signal().await;
+        trigger.fire();
+    });
+    serve(listener, routes, names, &config.limits, stop).await?;
+    Ok(())
+}

@@ -46,3 +46,67 @@ pub const NX_27017_GAPS: &[&str] = &[
     "range operators on array fields match nothing unless wrapped in $elemMatch",
     "hello reports no replica set name",
 ];
+
+/// Asserts that every `(table, index)` exists in the SQLite database.
+///
+/// # Panics
+/// When one is missing (this is a test helper).
+pub async fn assert_sqlite_indexes(
+    db: &crate::store::sqlite::SqliteDb,
+    wanted: &'static [(&'static str, &'static str)],
+) {
+    let found = db
+        .read(move |conn| {
+            let mut names = Vec::new();
+            for (table, _) in wanted {
+                let mut stmt = conn
+                    .prepare(&format!("PRAGMA index_list({table})"))
+                    .map_err(crate::store::sqlite::translate)?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(1))
+                    .map_err(crate::store::sqlite::translate)?;
+                for name in rows {
+                    names.push(name.map_err(crate::store::sqlite::translate)?);
+                }
+            }
+            Ok(names)
+        })
+        .await
+        .expect("list SQLite indexes");
+    for (_, index) in wanted {
+        assert!(
+            found.iter().any(|n| n == index),
+            "missing SQLite index {index}; found {found:?}"
+        );
+    }
+}
+
+/// Asserts that every index exists on its MongoDB collection. Compared by key fields in
+/// order, not direction: nx-27017 reports every key as ascending (see [`NX_27017_GAPS`]).
+///
+/// # Panics
+/// When one is missing (this is a test helper).
+pub async fn assert_mongo_indexes(
+    database: &mongodb::Database,
+    wanted: Vec<(&str, mongodb::IndexModel)>,
+) {
+    let fields = |keys: &mongodb::bson::Document| keys.keys().cloned().collect::<Vec<String>>();
+    for (collection, index) in wanted {
+        let mut cursor = database
+            .collection::<mongodb::bson::Document>(collection)
+            .list_indexes()
+            .await
+            .expect("list MongoDB indexes");
+        let mut found = Vec::new();
+        while cursor.advance().await.expect("read index list") {
+            found.push(fields(
+                &cursor.deserialize_current().expect("decode index").keys,
+            ));
+        }
+        let wanted = fields(&index.keys);
+        assert!(
+            found.contains(&wanted),
+            "missing index {wanted:?} on {collection}; found {found:?}"
+        );
+    }
+}

@@ -6,7 +6,12 @@ pub mod mongo;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use topsmile_kit::{StoreError, names::ResourceId, paging::PageRequest, store::StoreChoice};
+use topsmile_kit::{
+    StoreError,
+    names::ResourceId,
+    paging::PageRequest,
+    store::{Backend, StoreChoice},
+};
 
 use crate::domain::Clinic;
 
@@ -34,23 +39,8 @@ pub trait ClinicStore: Send + Sync + 'static {
 
 /// Opens the store that configuration chose, creating indexes (idempotently).
 pub async fn open(choice: &StoreChoice) -> Result<Arc<dyn ClinicStore>, StoreError> {
-    Ok(match choice {
-        StoreChoice::Embedded { data_dir } => {
-            Arc::new(embedded::EmbeddedClinics::open(data_dir).await?)
-        }
-        StoreChoice::Mongo {
-            uri,
-            database,
-            list_read_preference,
-        } => {
-            let store = topsmile_kit::store::mongo::connect(
-                uri,
-                database,
-                "topsmile-identity",
-                list_read_preference,
-            )
-            .await?;
-            Arc::new(mongo::MongoClinics::open(store).await?)
-        }
+    Ok(match choice.connect("topsmile-identity").await? {
+        Backend::Embedded(data_dir) => Arc::new(embedded::EmbeddedClinics::open(data_dir).await?),
+        Backend::Mongo(store) => Arc::new(mongo::MongoClinics::open(store).await?),
     })
 }

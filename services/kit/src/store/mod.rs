@@ -7,7 +7,7 @@
 pub mod mongo;
 pub mod sqlite;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
@@ -48,7 +48,29 @@ pub enum StoreChoice {
     },
 }
 
+/// A chosen store, connected: the directory of the embedded store, or a MongoDB handle.
+#[derive(Debug)]
+pub enum Backend<'a> {
+    Embedded(&'a Path),
+    Mongo(mongo::MongoStore),
+}
+
 impl StoreChoice {
+    /// Connects to MongoDB if it is the choice (`app_name` shows in MongoDB's logs and
+    /// `currentOp`); a service then opens its adapter on the result.
+    pub async fn connect(&self, app_name: &str) -> Result<Backend<'_>, StoreError> {
+        Ok(match self {
+            Self::Embedded { data_dir } => Backend::Embedded(data_dir),
+            Self::Mongo {
+                uri,
+                database,
+                list_read_preference,
+            } => {
+                Backend::Mongo(mongo::connect(uri, database, app_name, list_read_preference).await?)
+            }
+        })
+    }
+
     pub fn from_config(config: &StoreConfig) -> Self {
         match &config.mongodb_uri {
             Some(uri) => Self::Mongo {

@@ -98,6 +98,22 @@ pub fn is_duplicate_key(e: &Error) -> bool {
     }
 }
 
+/// Creates indexes, `(collection, index)`, at start-up. Creating an index that exists
+/// with the same keys and options is a no-op, so this runs at every start.
+pub async fn create_indexes(
+    database: &Database,
+    indexes: Vec<(&str, mongodb::IndexModel)>,
+) -> Result<(), StoreError> {
+    for (collection, index) in indexes {
+        database
+            .collection::<mongodb::bson::Document>(collection)
+            .create_index(index)
+            .await
+            .map_err(translate)?;
+    }
+    Ok(())
+}
+
 /// Reads a boolean that may have been stored as an integer: some MongoDB wire-compatible
 /// servers (nx-27017, used in CI) hand `$set` booleans back as 1/0.
 pub fn get_bool(doc: &mongodb::bson::Document, key: &str) -> bool {

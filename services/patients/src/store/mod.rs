@@ -9,7 +9,10 @@ pub mod mongo;
 
 use std::sync::Arc;
 
-use topsmile_kit::{StoreError, store::StoreChoice};
+use topsmile_kit::{
+    StoreError,
+    store::{Backend, StoreChoice},
+};
 
 /// The patients repository. Its operations, named for what they mean, arrive with the
 /// patients issue together with the conformance suite that both adapters must pass.
@@ -17,23 +20,8 @@ pub trait PatientStore: Send + Sync + 'static {}
 
 /// Opens the store that configuration chose, creating tables and indexes.
 pub async fn open(choice: &StoreChoice) -> Result<Arc<dyn PatientStore>, StoreError> {
-    Ok(match choice {
-        StoreChoice::Embedded { data_dir } => {
-            Arc::new(embedded::EmbeddedPatients::open(data_dir).await?)
-        }
-        StoreChoice::Mongo {
-            uri,
-            database,
-            list_read_preference,
-        } => {
-            let store = topsmile_kit::store::mongo::connect(
-                uri,
-                database,
-                "topsmile-patients",
-                list_read_preference,
-            )
-            .await?;
-            Arc::new(mongo::MongoPatients::open(store).await?)
-        }
+    Ok(match choice.connect("topsmile-patients").await? {
+        Backend::Embedded(data_dir) => Arc::new(embedded::EmbeddedPatients::open(data_dir).await?),
+        Backend::Mongo(store) => Arc::new(mongo::MongoPatients::open(store).await?),
     })
 }

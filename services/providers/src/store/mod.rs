@@ -9,7 +9,10 @@ pub mod mongo;
 
 use std::sync::Arc;
 
-use topsmile_kit::{StoreError, store::StoreChoice};
+use topsmile_kit::{
+    StoreError,
+    store::{Backend, StoreChoice},
+};
 
 /// The providers repository. Its operations, named for what they mean, arrive with the
 /// providers issue together with the conformance suite that both adapters must pass.
@@ -17,23 +20,8 @@ pub trait ProviderStore: Send + Sync + 'static {}
 
 /// Opens the store that configuration chose, creating tables and indexes.
 pub async fn open(choice: &StoreChoice) -> Result<Arc<dyn ProviderStore>, StoreError> {
-    Ok(match choice {
-        StoreChoice::Embedded { data_dir } => {
-            Arc::new(embedded::EmbeddedProviders::open(data_dir).await?)
-        }
-        StoreChoice::Mongo {
-            uri,
-            database,
-            list_read_preference,
-        } => {
-            let store = topsmile_kit::store::mongo::connect(
-                uri,
-                database,
-                "topsmile-providers",
-                list_read_preference,
-            )
-            .await?;
-            Arc::new(mongo::MongoProviders::open(store).await?)
-        }
+    Ok(match choice.connect("topsmile-providers").await? {
+        Backend::Embedded(data_dir) => Arc::new(embedded::EmbeddedProviders::open(data_dir).await?),
+        Backend::Mongo(store) => Arc::new(mongo::MongoProviders::open(store).await?),
     })
 }

@@ -1,13 +1,9 @@
 //! The providers service on MongoDB: collections `providers`.
 
-use mongodb::{
-    IndexModel,
-    bson::{Document, doc},
-    options::IndexOptions,
-};
+use mongodb::{IndexModel, bson::doc, options::IndexOptions};
 use topsmile_kit::{
     StoreError,
-    store::mongo::{MongoStore, translate},
+    store::mongo::{MongoStore, create_indexes},
 };
 
 use super::ProviderStore;
@@ -36,14 +32,7 @@ impl MongoProviders {
     /// Creates the indexes; creating an index that exists with the same keys and options
     /// is a no-op, so this runs at every start.
     pub async fn open(store: MongoStore) -> Result<Self, StoreError> {
-        for (collection, index) in indexes() {
-            store
-                .database
-                .collection::<Document>(collection)
-                .create_index(index)
-                .await
-                .map_err(translate)?;
-        }
+        create_indexes(&store.database, indexes()).await?;
         Ok(Self { store })
     }
 }
