@@ -6,6 +6,7 @@
 //! [`error::ApiError`] as the one error type that becomes a `tonic::Status`.
 
 pub mod address;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod names;
