@@ -286,3 +286,5 @@ mod tests {
         assert_eq!(err[0].field, "update_mask");
     }
 }
+
+pub mod user;

@@ -12,20 +12,18 @@ pub mod api;
 pub mod domain;
 pub mod store;
 
-use std::sync::Arc;
-
 use tonic::{server::NamedService, service::Routes};
 use topsmile_kit::config::ServerLimits;
 use topsmile_proto::topsmile::identity::v1::clinic_service_server::ClinicServiceServer;
 
-pub use store::{ClinicStore, open as open_store};
+pub use store::{ClinicStore, Stores, UserStore, open as open_store};
 
 /// The gRPC services this process serves, for health and reflection.
 pub const SERVICE_NAMES: &[&str] = &[ClinicServiceServer::<api::ClinicApi>::NAME];
 
 /// The identity service's routes on top of `store`.
-pub fn routes(store: Arc<dyn ClinicStore>, limits: &ServerLimits) -> Routes {
-    let clinics = ClinicServiceServer::new(api::ClinicApi::new(store))
+pub fn routes(stores: Stores, limits: &ServerLimits) -> Routes {
+    let clinics = ClinicServiceServer::new(api::ClinicApi::new(stores.clinics))
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
     Routes::new(clinics)

@@ -42,9 +42,11 @@ pub const NX_27017_GAPS: &[&str] = &[
     "index names given at creation are replaced by generated ones (idx_<coll>_<fields>)",
     "index key direction is reported as ascending (-1 reads back as 1)",
     "a boolean written by $set reads back as the integer 1",
+    "a date written by $set reads back as a string (times that updates change are kept as epoch milliseconds)",
     "a sub-document appended with $push reads back as a JSON string",
     "range operators on array fields match nothing unless wrapped in $elemMatch",
     "hello reports no replica set name",
+    "a compound index that includes _id makes every later insert fail (JSON path error)",
 ];
 
 /// Asserts that every `(table, index)` exists in the SQLite database.

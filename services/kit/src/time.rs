@@ -34,3 +34,45 @@ pub fn from_millis(millis: i64) -> Timestamp {
 pub fn now() -> Timestamp {
     from_millis(Timestamp::now().as_millisecond())
 }
+
+/// Where "now" comes from. Services take an `Arc<dyn Clock>` so tests can move time
+/// (an account lock expiring, a token ageing) without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The real clock, at storage precision.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        now()
+    }
+}
+
+/// A clock that tests set and advance.
+#[derive(Debug)]
+pub struct TestClock(std::sync::Mutex<Timestamp>);
+
+impl TestClock {
+    pub fn new(start: Timestamp) -> Self {
+        Self(std::sync::Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = t
+                .checked_add(
+                    jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX),
+                )
+                .unwrap_or(*t);
+        }
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Timestamp {
+        self.0.lock().map(|t| *t).unwrap_or_else(|_| now())
+    }
+}

@@ -15,8 +15,12 @@ use topsmile_kit::{
     time,
 };
 
-use super::ClinicStore;
-use crate::domain::{Clinic, ClinicFields};
+use super::{ClinicStore, UserStore};
+use crate::domain::{
+    Clinic, ClinicFields,
+    user::{Attempt, LockPolicy, LoginState, Role, User},
+};
+use jiff::Timestamp;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clinics (
@@ -29,13 +33,27 @@ CREATE TABLE IF NOT EXISTS clinics (
 );
 CREATE INDEX IF NOT EXISTS clinics_name ON clinics (name);
 CREATE INDEX IF NOT EXISTS clinics_is_active ON clinics (is_active, id);
+CREATE TABLE IF NOT EXISTS users (
+    id              TEXT PRIMARY KEY,
+    clinic_id       TEXT NOT NULL,
+    email           TEXT NOT NULL UNIQUE,
+    role            TEXT NOT NULL,
+    is_active       INTEGER NOT NULL,
+    failed_logins   INTEGER NOT NULL DEFAULT 0,
+    locked_until_ms INTEGER,
+    lock_count      INTEGER NOT NULL DEFAULT 0,
+    version         INTEGER NOT NULL,
+    doc             TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS users_clinic_role ON users (clinic_id, role) WHERE is_active = 1;
+CREATE INDEX IF NOT EXISTS users_clinic_id ON users (clinic_id, id);
 ";
 
-pub struct EmbeddedClinics {
+pub struct EmbeddedIdentity {
     db: SqliteDb,
 }
 
-impl EmbeddedClinics {
+impl EmbeddedIdentity {
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
             db: SqliteDb::open(data_dir, "identity.sqlite3", SCHEMA).await?,
@@ -97,7 +115,7 @@ fn to_clinic(
 const COLUMNS: &str = "id, is_active, version, doc";
 
 #[async_trait]
-impl ClinicStore for EmbeddedClinics {
+impl ClinicStore for EmbeddedIdentity {
     async fn create(&self, clinic: Clinic, request_id: Option<&str>) -> Result<Clinic, StoreError> {
         let doc = to_doc(&clinic)?;
         let request_id = request_id.unwrap_or(clinic.id.as_str()).to_owned();
@@ -187,6 +205,247 @@ impl ClinicStore for EmbeddedClinics {
                     .optional()
                     .map_err(translate)?;
                 Err(if exists.is_some() { StoreError::Stale } else { StoreError::NotFound("clinic") })
+            })
+            .await
+    }
+}
+
+/// The stored JSON form of a user's profile.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserDoc {
+    display_name: String,
+    password_hash: String,
+    create_time_ms: i64,
+    update_time_ms: i64,
+}
+
+const USER_COLUMNS: &str = "id, clinic_id, email, role, is_active, failed_logins, locked_until_ms, lock_count, version, doc";
+
+type UserRow = (
+    String,
+    String,
+    String,
+    String,
+    bool,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+    String,
+);
+
+fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+    ))
+}
+
+fn to_user(r: UserRow) -> Result<User, StoreError> {
+    let (id, clinic, email, role, is_active, failed, locked_until, lock_count, version, doc) = r;
+    let doc: UserDoc = serde_json::from_str(&doc)
+        .map_err(|e| StoreError::Backend(format!("decode user {id}: {e}")))?;
+    Ok(User {
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Backend(format!("user {id} has role {role:?}")))?,
+        id: ResourceId::from_stored(id),
+        clinic,
+        email,
+        display_name: doc.display_name,
+        is_active,
+        password_hash: doc.password_hash,
+        login: LoginState {
+            failed,
+            locked_until: locked_until.map(time::from_millis),
+            lock_count,
+        },
+        create_time: time::from_millis(doc.create_time_ms),
+        update_time: time::from_millis(doc.update_time_ms),
+        version,
+    })
+}
+
+fn user_doc(u: &User) -> Result<String, StoreError> {
+    serde_json::to_string(&UserDoc {
+        display_name: u.display_name.clone(),
+        password_hash: u.password_hash.clone(),
+        create_time_ms: time::to_millis(u.create_time),
+        update_time_ms: time::to_millis(u.update_time),
+    })
+    .map_err(|e| StoreError::Backend(format!("encode user: {e}")))
+}
+
+#[async_trait]
+impl UserStore for EmbeddedIdentity {
+    async fn create(&self, user: User) -> Result<User, StoreError> {
+        let doc = user_doc(&user)?;
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO users (id, clinic_id, email, role, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![user.id.as_str(), user.clinic, user.email, user.role.as_str(), user.is_active, user.version, doc],
+                )
+                .map_err(|e| translate_unique(e, "email"))?;
+                Ok(user)
+            })
+            .await
+    }
+
+    async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                    params![id],
+                    user_row,
+                )
+                .optional()
+                .map_err(translate)?
+                .map(to_user)
+                .transpose()
+            })
+            .await
+    }
+
+    async fn get_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let email = email.to_owned();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"),
+                    params![email],
+                    user_row,
+                )
+                .optional()
+                .map_err(translate)?
+                .map(to_user)
+                .transpose()
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        clinic: &str,
+        role: Option<Role>,
+        include_inactive: bool,
+        page: &PageRequest,
+    ) -> Result<Vec<User>, StoreError> {
+        let clinic = clinic.to_owned();
+        let role = role.map(|r| r.as_str().to_owned());
+        let after = page.after.clone().unwrap_or_default();
+        let limit = i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                let sql = format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE clinic_id = ?1 AND id > ?2 AND (?3 OR is_active = 1) \
+                     AND (?4 IS NULL OR role = ?4) ORDER BY id LIMIT ?5"
+                );
+                let mut stmt = conn.prepare_cached(&sql).map_err(translate)?;
+                let rows = stmt.query_map(params![clinic, after, include_inactive, role, limit], user_row).map_err(translate)?;
+                rows.map(|r| r.map_err(translate).and_then(to_user)).collect()
+            })
+            .await
+    }
+
+    async fn update_profile(&self, next: &User) -> Result<(), StoreError> {
+        let doc = user_doc(next)?;
+        let next = next.clone();
+        self.db
+            .write(move |conn| {
+                let changed = conn
+                    .execute(
+                        "UPDATE users SET email = ?1, role = ?2, is_active = ?3, version = ?4, doc = ?5 WHERE id = ?6 AND version = ?7",
+                        params![next.email, next.role.as_str(), next.is_active, next.version, doc, next.id.as_str(), next.version - 1],
+                    )
+                    .map_err(|e| translate_unique(e, "email"))?;
+                if changed == 1 {
+                    return Ok(());
+                }
+                let exists = conn
+                    .query_row("SELECT 1 FROM users WHERE id = ?1", params![next.id.as_str()], |_| Ok(()))
+                    .optional()
+                    .map_err(translate)?;
+                Err(if exists.is_some() { StoreError::Stale } else { StoreError::NotFound("user") })
+            })
+            .await
+    }
+
+    async fn any_super_admin(&self) -> Result<bool, StoreError> {
+        self.db
+            .read(|conn| {
+                conn.query_row("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'super_admin' AND is_active = 1)", [], |r| r.get(0))
+                    .map_err(translate)
+            })
+            .await
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        id: &ResourceId,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError> {
+        let id = id.as_str().to_owned();
+        let now_ms = time::to_millis(now);
+        let policy = *policy;
+        self.db
+            .write(move |conn| {
+                // One immediate transaction: read, count and maybe lock cannot interleave
+                // with another attempt.
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(translate)?;
+                let Some((failed, locked_until, lock_count)) = tx
+                    .query_row(
+                        "SELECT failed_logins, locked_until_ms, lock_count FROM users WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, i64>(2)?)),
+                    )
+                    .optional()
+                    .map_err(translate)?
+                else {
+                    return Ok(Attempt::Locked);
+                };
+                if locked_until.is_some_and(|until| until > now_ms) {
+                    return Ok(Attempt::Locked);
+                }
+                let outcome = if failed + 1 > policy.threshold {
+                    let until = now_ms + i64::try_from(policy.lock_length(lock_count).as_millis()).unwrap_or(i64::MAX / 2);
+                    tx.execute(
+                        "UPDATE users SET failed_logins = 0, locked_until_ms = ?1, lock_count = lock_count + 1 WHERE id = ?2",
+                        params![until, id],
+                    )
+                    .map_err(translate)?;
+                    Attempt::Locked
+                } else {
+                    tx.execute("UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1", params![id]).map_err(translate)?;
+                    Attempt::Proceed
+                };
+                tx.commit().map_err(translate)?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
+        let id = id.as_str().to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE users SET failed_logins = 0, locked_until_ms = NULL, lock_count = 0 WHERE id = ?1",
+                    params![id],
+                )
+                .map_err(translate)?;
+                Ok(())
             })
             .await
     }

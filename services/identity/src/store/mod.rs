@@ -13,7 +13,11 @@ use topsmile_kit::{
     store::{Backend, StoreChoice},
 };
 
-use crate::domain::Clinic;
+use crate::domain::{
+    Clinic,
+    user::{Attempt, LockPolicy, Role, User},
+};
+use jiff::Timestamp;
 
 /// Clinics, as identity stores them.
 #[async_trait]
@@ -37,10 +41,72 @@ pub trait ClinicStore: Send + Sync + 'static {
     async fn replace(&self, next: &Clinic) -> Result<(), StoreError>;
 }
 
+/// Staff users, as identity stores them.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Inserts a user; `Duplicate("email")` if the email is taken (by anyone, active or not).
+    async fn create(&self, user: User) -> Result<User, StoreError>;
+
+    async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError>;
+
+    /// By normalised (lower-case) email. Always read from the primary: it decides sign-ins.
+    async fn get_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
+
+    /// Up to `page.fetch_limit()` users of one clinic in id order after `page.after`.
+    async fn list(
+        &self,
+        clinic: &str,
+        role: Option<Role>,
+        include_inactive: bool,
+        page: &PageRequest,
+    ) -> Result<Vec<User>, StoreError>;
+
+    /// Writes the profile (email, name, role, active, password hash, update time,
+    /// version) if the stored version is `next.version - 1`. Sign-in counters are left
+    /// alone. `Stale`, `NotFound`, or `Duplicate("email")`.
+    async fn update_profile(&self, next: &User) -> Result<(), StoreError>;
+
+    /// Whether any active super admin exists (for the bootstrap account).
+    async fn any_super_admin(&self) -> Result<bool, StoreError>;
+
+    /// Counts a sign-in attempt *before* its password is checked, in one atomic step:
+    /// `Locked` if the account is locked, or if this attempt is one too many (which
+    /// locks it for `policy.lock_length(earlier locks)`); `Proceed` otherwise. A missing
+    /// user is `Locked` too: there is nothing to check.
+    async fn begin_login_attempt(
+        &self,
+        id: &ResourceId,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError>;
+
+    /// A sign-in succeeded: the counters start again.
+    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError>;
+}
+
+/// Every repository identity uses.
+#[derive(Clone)]
+pub struct Stores {
+    pub clinics: Arc<dyn ClinicStore>,
+    pub users: Arc<dyn UserStore>,
+}
+
 /// Opens the store that configuration chose, creating indexes (idempotently).
-pub async fn open(choice: &StoreChoice) -> Result<Arc<dyn ClinicStore>, StoreError> {
+pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
     Ok(match choice.connect("topsmile-identity").await? {
-        Backend::Embedded(data_dir) => Arc::new(embedded::EmbeddedClinics::open(data_dir).await?),
-        Backend::Mongo(store) => Arc::new(mongo::MongoClinics::open(store).await?),
+        Backend::Embedded(data_dir) => {
+            let store = Arc::new(embedded::EmbeddedIdentity::open(data_dir).await?);
+            Stores {
+                clinics: store.clone(),
+                users: store,
+            }
+        }
+        Backend::Mongo(store) => {
+            let store = Arc::new(mongo::MongoIdentity::open(store).await?);
+            Stores {
+                clinics: store.clone(),
+                users: store,
+            }
+        }
     })
 }

@@ -21,15 +21,21 @@ use topsmile_kit::{
     },
 };
 
-use super::ClinicStore;
-use crate::domain::{Clinic, ClinicFields};
+use super::{ClinicStore, UserStore};
+use crate::domain::{
+    Clinic, ClinicFields,
+    user::{Attempt, LockPolicy, LoginState, Role, User},
+};
+use jiff::Timestamp;
+use mongodb::options::ReturnDocument;
 
-pub struct MongoClinics {
+pub struct MongoIdentity {
     clinics: Collection<Document>,
+    users: Collection<Document>,
     store: MongoStore,
 }
 
-impl MongoClinics {
+impl MongoIdentity {
     /// Opens the collection and creates its indexes; creating an existing index is a no-op.
     pub async fn open(store: MongoStore) -> Result<Self, StoreError> {
         let clinics = store.database.collection::<Document>("clinics");
@@ -42,7 +48,30 @@ impl MongoClinics {
                 .build(),
         ];
         clinics.create_indexes(indexes).await.map_err(translate)?;
-        Ok(Self { clinics, store })
+        let users = store.database.collection::<Document>("users");
+        let user_indexes = [
+            IndexModel::builder()
+                .keys(doc! {"email": 1})
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "role": 1})
+                .options(
+                    IndexOptions::builder()
+                        .partial_filter_expression(doc! {"isActive": true})
+                        .build(),
+                )
+                .build(),
+        ];
+        users
+            .create_indexes(user_indexes)
+            .await
+            .map_err(translate)?;
+        Ok(Self {
+            clinics,
+            users,
+            store,
+        })
     }
 }
 
@@ -98,7 +127,7 @@ fn from_document(d: &Document) -> Result<Clinic, StoreError> {
 }
 
 #[async_trait]
-impl ClinicStore for MongoClinics {
+impl ClinicStore for MongoIdentity {
     async fn create(&self, clinic: Clinic, request_id: Option<&str>) -> Result<Clinic, StoreError> {
         let request_id = request_id.unwrap_or(clinic.id.as_str());
         match self
@@ -180,5 +209,210 @@ impl ClinicStore for MongoClinics {
         } else {
             Err(StoreError::Stale)
         }
+    }
+}
+
+fn user_document(u: &User) -> Document {
+    doc! {
+        "_id": u.id.as_str(),
+        "clinicId": &u.clinic,
+        "email": &u.email,
+        "displayName": &u.display_name,
+        "role": u.role.as_str(),
+        "isActive": u.is_active,
+        "passwordHash": &u.password_hash,
+        "failedLogins": u.login.failed,
+        "lockedUntilMs": u.login.locked_until.map(|t| t.as_millisecond()),
+        "lockCount": u.login.lock_count,
+        "createTime": to_bson_time(u.create_time),
+        "updateTime": to_bson_time(u.update_time),
+        "version": u.version,
+    }
+}
+
+fn user_from(d: &Document) -> Result<User, StoreError> {
+    let role = get_string(d, "role");
+    Ok(User {
+        id: ResourceId::from_stored(get_string(d, "_id")),
+        clinic: get_string(d, "clinicId"),
+        email: get_string(d, "email"),
+        display_name: get_string(d, "displayName"),
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Backend(format!("user has role {role:?}")))?,
+        is_active: get_bool(d, "isActive"),
+        password_hash: get_string(d, "passwordHash"),
+        login: LoginState {
+            failed: get_i64(d, "failedLogins"),
+            locked_until: d
+                .get_i64("lockedUntilMs")
+                .ok()
+                .map(topsmile_kit::time::from_millis),
+            lock_count: get_i64(d, "lockCount"),
+        },
+        create_time: get_time(d, "createTime"),
+        update_time: get_time(d, "updateTime"),
+        version: get_i64(d, "version"),
+    })
+}
+
+/// Matches a user that is not locked at `now`.
+///
+/// The lock end is kept as epoch milliseconds rather than a BSON date: the comparison is
+/// the same on real MongoDB, and nx-27017 reads a date written by `$set` back as a string.
+fn unlocked(id: &ResourceId, now: Timestamp) -> Document {
+    doc! {
+        "_id": id.as_str(),
+        "$or": [{"lockedUntilMs": Bson::Null}, {"lockedUntilMs": {"$lte": now.as_millisecond()}}],
+    }
+}
+
+#[async_trait]
+impl UserStore for MongoIdentity {
+    async fn create(&self, user: User) -> Result<User, StoreError> {
+        self.users
+            .insert_one(user_document(&user))
+            .await
+            .map_err(|e| translate_unique(e, "email"))?;
+        Ok(user)
+    }
+
+    async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError> {
+        let found = self
+            .users
+            .find_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(translate)?;
+        found.as_ref().map(user_from).transpose()
+    }
+
+    async fn get_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        let found = self
+            .users
+            .find_one(doc! {"email": email})
+            .await
+            .map_err(translate)?;
+        found.as_ref().map(user_from).transpose()
+    }
+
+    async fn list(
+        &self,
+        clinic: &str,
+        role: Option<Role>,
+        include_inactive: bool,
+        page: &PageRequest,
+    ) -> Result<Vec<User>, StoreError> {
+        let mut filter = doc! {"clinicId": clinic};
+        if let Some(after) = &page.after {
+            filter.insert("_id", doc! {"$gt": after});
+        }
+        if !include_inactive {
+            filter.insert("isActive", true);
+        }
+        if let Some(role) = role {
+            filter.insert("role", role.as_str());
+        }
+        let limit = i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX);
+        let mut cursor = self
+            .users
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(limit)
+            .selection_criteria(self.store.list_reads.clone())
+            .await
+            .map_err(translate)?;
+        let mut users = Vec::new();
+        while cursor.advance().await.map_err(translate)? {
+            users.push(user_from(
+                &cursor.deserialize_current().map_err(translate)?,
+            )?);
+        }
+        Ok(users)
+    }
+
+    async fn update_profile(&self, next: &User) -> Result<(), StoreError> {
+        let set = doc! {
+            "email": &next.email,
+            "displayName": &next.display_name,
+            "role": next.role.as_str(),
+            "isActive": next.is_active,
+            "passwordHash": &next.password_hash,
+            "updateTime": to_bson_time(next.update_time),
+            "version": next.version,
+        };
+        let result = self
+            .users
+            .update_one(
+                doc! {"_id": next.id.as_str(), "version": next.version - 1},
+                doc! {"$set": set},
+            )
+            .await
+            .map_err(|e| translate_unique(e, "email"))?;
+        if result.matched_count == 1 {
+            return Ok(());
+        }
+        match self
+            .users
+            .find_one(doc! {"_id": next.id.as_str()})
+            .await
+            .map_err(translate)?
+        {
+            Some(_) => Err(StoreError::Stale),
+            None => Err(StoreError::NotFound("user")),
+        }
+    }
+
+    async fn any_super_admin(&self) -> Result<bool, StoreError> {
+        let found = self
+            .users
+            .find_one(doc! {"role": "super_admin", "isActive": true})
+            .await
+            .map_err(translate)?;
+        Ok(found.is_some())
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        id: &ResourceId,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError> {
+        // Count first, in one atomic update that only matches an unlocked account.
+        let counted = self
+            .users
+            .find_one_and_update(unlocked(id, now), doc! {"$inc": {"failedLogins": 1}})
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(translate)?;
+        let Some(user) = counted else {
+            return Ok(Attempt::Locked);
+        };
+        if get_i64(&user, "failedLogins") <= policy.threshold {
+            return Ok(Attempt::Proceed);
+        }
+        // One too many: lock. Only one racing attempt wins the lock (the filter requires
+        // the account to be unlocked still), so the lock count grows once per lock.
+        let lock = policy.lock_length(get_i64(&user, "lockCount"));
+        let until = now
+            .checked_add(jiff::SignedDuration::try_from(lock).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(now);
+        self.users
+            .update_one(
+                unlocked(id, now),
+                doc! {"$set": {"failedLogins": 0_i64, "lockedUntilMs": until.as_millisecond()}, "$inc": {"lockCount": 1}},
+            )
+            .await
+            .map_err(translate)?;
+        Ok(Attempt::Locked)
+    }
+
+    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
+        self.users
+            .update_one(
+                doc! {"_id": id.as_str()},
+                doc! {"$set": {"failedLogins": 0_i64, "lockedUntilMs": Bson::Null, "lockCount": 0_i64}},
+            )
+            .await
+            .map_err(translate)?;
+        Ok(())
     }
 }

@@ -1,0 +1,202 @@
+//! Staff users: roles, the sign-in lock policy, and field rules.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use topsmile_kit::{FieldViolation, names::ResourceId, validate};
+
+/// The pseudo clinic id of super admins, who belong to no clinic:
+/// their names read `clinics/-/users/{user}`.
+pub const NO_CLINIC: &str = "-";
+
+/// What a staff user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    SuperAdmin,
+    Admin,
+    Provider,
+    Staff,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SuperAdmin => "super_admin",
+            Self::Admin => "admin",
+            Self::Provider => "provider",
+            Self::Staff => "staff",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "super_admin" => Some(Self::SuperAdmin),
+            "admin" => Some(Self::Admin),
+            "provider" => Some(Self::Provider),
+            "staff" => Some(Self::Staff),
+            _ => None,
+        }
+    }
+}
+
+/// Failed sign-ins and the lock they lead to. Kept apart from the profile so that
+/// sign-in attempts never change a user's etag.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoginState {
+    /// Attempts counted since the last success or lock, including ones in progress.
+    pub failed: i64,
+    pub locked_until: Option<Timestamp>,
+    /// Locks so far; each lock lasts longer than the last.
+    pub lock_count: i64,
+}
+
+/// A staff account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: ResourceId,
+    /// The clinic id, or [`NO_CLINIC`] for a super admin.
+    pub clinic: String,
+    /// Lower-cased: unique across TopSmile without regard to case.
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub is_active: bool,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub login: LoginState,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
+    pub version: i64,
+}
+
+impl User {
+    pub fn name(&self) -> String {
+        format!("clinics/{}/users/{}", self.clinic, self.id)
+    }
+
+    pub fn etag(&self) -> String {
+        self.version.to_string()
+    }
+}
+
+/// When sign-in attempts lock an account, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct LockPolicy {
+    /// Failed attempts allowed before the account locks.
+    pub threshold: i64,
+    /// Length of the first lock; each further lock doubles it.
+    pub first_lock: Duration,
+    /// The longest a lock lasts, so nobody can lock a colleague out for good.
+    pub longest_lock: Duration,
+}
+
+impl Default for LockPolicy {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            first_lock: Duration::from_secs(15 * 60),
+            longest_lock: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl LockPolicy {
+    /// How long the lock after `earlier_locks` previous ones lasts.
+    pub fn lock_length(&self, earlier_locks: i64) -> Duration {
+        let doublings = u32::try_from(earlier_locks.clamp(0, 16)).unwrap_or(16);
+        self.first_lock
+            .saturating_mul(2u32.saturating_pow(doublings))
+            .min(self.longest_lock)
+    }
+}
+
+/// The outcome of counting a sign-in attempt, before any password is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Check the password.
+    Proceed,
+    /// Refuse without checking: the account is locked (or just became locked).
+    Locked,
+}
+
+/// The password policy: 12 to 128 characters.
+pub fn password(field: &str, value: &str) -> Result<(), FieldViolation> {
+    let n = value.chars().count();
+    if !(12..=128).contains(&n) {
+        return Err(FieldViolation::new(field, "must be 12 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// Raw fields of a user from a request.
+#[derive(Debug, Clone, Default)]
+pub struct UserInput {
+    pub email: String,
+    pub display_name: String,
+    pub role: Option<Role>,
+}
+
+/// The checked, normalised profile fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserFields {
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+}
+
+pub fn validate_fields(prefix: &str, input: UserInput) -> Result<UserFields, Vec<FieldViolation>> {
+    let mut violations = Vec::new();
+    let email = validate::email(&format!("{prefix}.email"), &input.email)
+        .map_err(|v| violations.push(v))
+        .ok();
+    let display_name =
+        validate::required_text(&format!("{prefix}.display_name"), &input.display_name, 200)
+            .map_err(|v| violations.push(v))
+            .ok();
+    if input.role.is_none() {
+        violations.push(FieldViolation::new(
+            format!("{prefix}.role"),
+            "is required: SUPER_ADMIN, ADMIN, PROVIDER or STAFF",
+        ));
+    }
+    match (email, display_name, input.role) {
+        (Some(email), Some(display_name), Some(role)) if violations.is_empty() => Ok(UserFields {
+            email,
+            display_name,
+            role,
+        }),
+        _ => Err(violations),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_grow_but_never_past_the_longest() {
+        let p = LockPolicy::default();
+        assert_eq!(p.lock_length(0), Duration::from_secs(900));
+        assert_eq!(p.lock_length(1), Duration::from_secs(1800));
+        assert_eq!(p.lock_length(50), p.longest_lock);
+    }
+
+    #[test]
+    fn passwords_are_12_to_128_characters() {
+        assert!(password("p", "short").is_err());
+        assert!(password("p", "correct horse battery").is_ok());
+        assert!(password("p", &"x".repeat(129)).is_err());
+        assert!(
+            password("p", &"é".repeat(12)).is_ok(),
+            "characters, not bytes"
+        );
+    }
+
+    #[test]
+    fn roles_round_trip() {
+        for r in [Role::SuperAdmin, Role::Admin, Role::Provider, Role::Staff] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(Role::parse("patient"), None);
+    }
+}

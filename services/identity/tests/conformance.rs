@@ -1,0 +1,591 @@
+//! The clinic store conformance suite: one set of tests, run against every adapter.
+//!
+//! The embedded half uses a fresh SQLite file per test. The MongoDB half runs against
+//! `TOPSMILE_TEST_MONGODB_URI` (a real MongoDB, or nx-27017 in CI), each test in its own
+//! database, dropped afterwards; see `topsmile_kit::testing` for when it is skipped.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use jiff::Timestamp;
+use topsmile_identity::domain::user::{Attempt, LockPolicy, LoginState, Role, User};
+use topsmile_identity::{
+    domain::{Clinic, ClinicFields},
+    store::{Stores, embedded::EmbeddedIdentity, mongo::MongoIdentity},
+};
+use topsmile_kit::{StoreError, names::ResourceId, paging::PageRequest, store::mongo, testing};
+
+/// A store under test and what must be cleaned up after it.
+struct Harness {
+    stores: Stores,
+    _dir: Option<tempfile::TempDir>,
+    mongo_db: Option<mongodb::Database>,
+}
+
+impl Harness {
+    async fn embedded() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(
+            EmbeddedIdentity::open(dir.path())
+                .await
+                .expect("open sqlite"),
+        );
+        Self {
+            stores: Stores {
+                clinics: store.clone(),
+                users: store,
+            },
+            _dir: Some(dir),
+            mongo_db: None,
+        }
+    }
+
+    async fn mongo(test: &str) -> Option<Self> {
+        let uri = testing::mongodb_uri(test)?;
+        let db_name = testing::unique_database("identity");
+        let conn = mongo::connect(&uri, &db_name, "identity-tests", "primary")
+            .await
+            .expect("connect");
+        let database = conn.database.clone();
+        let store = Arc::new(MongoIdentity::open(conn).await.expect("open mongo"));
+        Some(Self {
+            stores: Stores {
+                clinics: store.clone(),
+                users: store,
+            },
+            _dir: None,
+            mongo_db: Some(database),
+        })
+    }
+
+    async fn finish(self) {
+        if let Some(db) = self.mongo_db {
+            db.drop().await.expect("drop test database");
+        }
+    }
+}
+
+/// Instantiates each test once per adapter.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let h = super::Harness::embedded().await;
+                    super::$test(&h.stores).await;
+                    h.finish().await;
+                }
+            )*
+        }
+        mod mongodb_adapter {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let Some(h) = super::Harness::mongo(stringify!($test)).await else { return };
+                    super::$test(&h.stores).await;
+                    h.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    created_clinic_reads_back_identically,
+    missing_clinic_is_none,
+    same_request_id_returns_the_first_clinic,
+    concurrent_creates_with_one_request_id_make_one_clinic,
+    list_pages_in_creation_order_without_gaps_or_repeats,
+    list_hides_inactive_unless_asked,
+    replace_with_current_version_succeeds,
+    replace_with_stale_version_is_stale_and_changes_nothing,
+    replace_of_missing_clinic_is_not_found,
+    racing_replaces_have_exactly_one_winner,
+    user_reads_back_by_id_and_by_email,
+    a_taken_email_is_a_duplicate,
+    user_updates_are_conditional_and_keep_sign_in_counters,
+    users_list_by_clinic_and_role,
+    a_super_admin_is_found,
+    sign_in_attempts_lock_the_account_until_the_lock_expires,
+    racing_sign_in_attempts_let_at_most_the_threshold_through,
+    a_successful_sign_in_resets_the_counters,
+);
+
+fn fields(name: &str) -> ClinicFields {
+    ClinicFields {
+        display_name: name.to_owned(),
+        address: Some(topsmile_kit::address::PostalAddress {
+            address_lines: vec!["Rua Augusta, 100".into()],
+            locality: "São Paulo".into(),
+            administrative_area: "SP".into(),
+            postal_code: "01305-000".into(),
+            region_code: "BR".into(),
+        }),
+        phone: "+55 11 5555-0100".into(),
+        email: "front@example.com".into(),
+        time_zone: "America/Sao_Paulo".into(),
+    }
+}
+
+/// Times are stored with millisecond precision; make test values exact.
+fn now() -> Timestamp {
+    Timestamp::from_millisecond(Timestamp::now().as_millisecond()).unwrap()
+}
+
+async fn created_clinic_reads_back_identically(s: &Stores) {
+    let clinic = Clinic::new(fields("Sorriso"), now());
+    let created = s.clinics.create(clinic.clone(), None).await.unwrap();
+    assert_eq!(created, clinic);
+    assert_eq!(s.clinics.get(&clinic.id).await.unwrap(), Some(clinic));
+}
+
+async fn missing_clinic_is_none(s: &Stores) {
+    let id = topsmile_kit::names::ResourceId::generate();
+    assert_eq!(s.clinics.get(&id).await.unwrap(), None);
+}
+
+async fn same_request_id_returns_the_first_clinic(s: &Stores) {
+    let first = s
+        .clinics
+        .create(Clinic::new(fields("First"), now()), Some("req-1"))
+        .await
+        .unwrap();
+    let second = s
+        .clinics
+        .create(Clinic::new(fields("Second"), now()), Some("req-1"))
+        .await
+        .unwrap();
+    assert_eq!(second, first);
+    let page = PageRequest::parse(10, "", &[]).unwrap();
+    assert_eq!(s.clinics.list(true, &page).await.unwrap().len(), 1);
+}
+
+async fn concurrent_creates_with_one_request_id_make_one_clinic(s: &Stores) {
+    let attempts = (0..10).map(|i| {
+        s.clinics
+            .create(Clinic::new(fields(&format!("C{i}")), now()), Some("same"))
+    });
+    let results: Vec<Clinic> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        results.windows(2).all(|w| w[0] == w[1]),
+        "all answers must be the same clinic"
+    );
+    let page = PageRequest::parse(100, "", &[]).unwrap();
+    assert_eq!(s.clinics.list(true, &page).await.unwrap().len(), 1);
+}
+
+async fn list_pages_in_creation_order_without_gaps_or_repeats(s: &Stores) {
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(
+            s.clinics
+                .create(Clinic::new(fields(&format!("C{i}")), now()), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = PageRequest::parse(3, &token, &["q"]).unwrap();
+        let items = s.clinics.list(false, &page).await.unwrap();
+        let (items, next) = page.finish(items, |c| c.id.to_string());
+        assert!(items.len() <= 3);
+        seen.extend(items.into_iter().map(|c| c.id));
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(seen, ids);
+}
+
+async fn list_hides_inactive_unless_asked(s: &Stores) {
+    let active = s
+        .clinics
+        .create(Clinic::new(fields("Open"), now()), None)
+        .await
+        .unwrap();
+    let closing = s
+        .clinics
+        .create(Clinic::new(fields("Closed"), now()), None)
+        .await
+        .unwrap();
+    s.clinics
+        .replace(&closing.changed(closing.fields.clone(), false, now()))
+        .await
+        .unwrap();
+    let page = PageRequest::parse(10, "", &[]).unwrap();
+    let visible: Vec<_> = s
+        .clinics
+        .list(false, &page)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(visible, vec![active.id.clone()]);
+    let all = s.clinics.list(true, &page).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let reread = s.clinics.get(&closing.id).await.unwrap().unwrap();
+    assert!(
+        !reread.is_active,
+        "a deactivated clinic reads back inactive"
+    );
+}
+
+async fn replace_with_current_version_succeeds(s: &Stores) {
+    let clinic = s
+        .clinics
+        .create(Clinic::new(fields("Old"), now()), None)
+        .await
+        .unwrap();
+    let next = clinic.changed(fields("New"), true, now());
+    s.clinics.replace(&next).await.unwrap();
+    let stored = s.clinics.get(&clinic.id).await.unwrap().unwrap();
+    assert_eq!(stored, next);
+    assert_eq!(stored.version, 2);
+}
+
+async fn replace_with_stale_version_is_stale_and_changes_nothing(s: &Stores) {
+    let clinic = s
+        .clinics
+        .create(Clinic::new(fields("Old"), now()), None)
+        .await
+        .unwrap();
+    s.clinics
+        .replace(&clinic.changed(fields("Second"), true, now()))
+        .await
+        .unwrap();
+    let from_stale_read = clinic.changed(fields("Lost update"), true, now());
+    assert!(matches!(
+        s.clinics.replace(&from_stale_read).await,
+        Err(StoreError::Stale)
+    ));
+    assert_eq!(
+        s.clinics
+            .get(&clinic.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .fields
+            .display_name,
+        "Second"
+    );
+}
+
+async fn replace_of_missing_clinic_is_not_found(s: &Stores) {
+    let ghost = Clinic::new(fields("Ghost"), now());
+    let next = ghost.changed(fields("Ghost"), true, now());
+    assert!(matches!(
+        s.clinics.replace(&next).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn racing_replaces_have_exactly_one_winner(s: &Stores) {
+    let clinic = s
+        .clinics
+        .create(Clinic::new(fields("Race"), now()), None)
+        .await
+        .unwrap();
+    let attempts: Vec<Clinic> = (0..20)
+        .map(|i| clinic.changed(fields(&format!("W{i}")), true, now()))
+        .collect();
+    let results = join_all(attempts.iter().map(|next| s.clinics.replace(next))).await;
+    let winners = results.iter().filter(|r| r.is_ok()).count();
+    let stale = results
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::Stale)))
+        .count();
+    assert_eq!((winners, stale), (1, 19));
+}
+
+fn user(clinic: &str, email: &str, role: Role) -> User {
+    let t = now();
+    User {
+        id: ResourceId::generate(),
+        clinic: clinic.to_owned(),
+        email: email.to_owned(),
+        display_name: "Ana Souza".to_owned(),
+        role,
+        is_active: true,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+            .to_owned(),
+        login: LoginState::default(),
+        create_time: t,
+        update_time: t,
+        version: 1,
+    }
+}
+
+async fn user_reads_back_by_id_and_by_email(s: &Stores) {
+    let u = s
+        .users
+        .create(user("c1", "ana@example.com", Role::Admin))
+        .await
+        .unwrap();
+    assert_eq!(s.users.get(&u.id).await.unwrap(), Some(u.clone()));
+    assert_eq!(
+        s.users.get_by_email("ana@example.com").await.unwrap(),
+        Some(u)
+    );
+    assert_eq!(
+        s.users.get_by_email("nobody@example.com").await.unwrap(),
+        None
+    );
+}
+
+async fn a_taken_email_is_a_duplicate(s: &Stores) {
+    s.users
+        .create(user("c1", "ana@example.com", Role::Admin))
+        .await
+        .unwrap();
+    let again = s
+        .users
+        .create(user("c2", "ana@example.com", Role::Staff))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Duplicate("email"))),
+        "{again:?}"
+    );
+}
+
+async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
+    let u = s
+        .users
+        .create(user("c1", "ana@example.com", Role::Staff))
+        .await
+        .unwrap();
+    let policy = LockPolicy::default();
+    assert_eq!(
+        s.users
+            .begin_login_attempt(&u.id, now(), &policy)
+            .await
+            .unwrap(),
+        Attempt::Proceed
+    );
+    let next = User {
+        role: Role::Provider,
+        version: 2,
+        ..u.clone()
+    };
+    s.users.update_profile(&next).await.unwrap();
+    let stored = s.users.get(&u.id).await.unwrap().unwrap();
+    assert_eq!(stored.role, Role::Provider);
+    assert_eq!(
+        stored.login.failed, 1,
+        "a profile update must not reset sign-in counters"
+    );
+    let stale = User {
+        display_name: "Lost".into(),
+        version: 2,
+        ..u.clone()
+    };
+    assert!(matches!(
+        s.users.update_profile(&stale).await,
+        Err(StoreError::Stale)
+    ));
+    let taken = s
+        .users
+        .create(user("c1", "bia@example.com", Role::Staff))
+        .await
+        .unwrap();
+    let clash = User {
+        email: "bia@example.com".into(),
+        version: 3,
+        ..stored
+    };
+    assert!(matches!(
+        s.users.update_profile(&clash).await,
+        Err(StoreError::Duplicate("email"))
+    ));
+    assert_eq!(
+        s.users.get(&taken.id).await.unwrap().unwrap().email,
+        "bia@example.com"
+    );
+}
+
+async fn users_list_by_clinic_and_role(s: &Stores) {
+    let a = s
+        .users
+        .create(user("c1", "a@example.com", Role::Admin))
+        .await
+        .unwrap();
+    let b = s
+        .users
+        .create(user("c1", "b@example.com", Role::Staff))
+        .await
+        .unwrap();
+    s.users
+        .create(user("c2", "c@example.com", Role::Staff))
+        .await
+        .unwrap();
+    let gone = s
+        .users
+        .create(user("c1", "d@example.com", Role::Staff))
+        .await
+        .unwrap();
+    s.users
+        .update_profile(&User {
+            is_active: false,
+            version: 2,
+            ..gone
+        })
+        .await
+        .unwrap();
+    let page = PageRequest::parse(10, "", &[]).unwrap();
+    let ids = |users: Vec<User>| users.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.users.list("c1", None, false, &page).await.unwrap()),
+        vec![a.id.clone(), b.id.clone()]
+    );
+    assert_eq!(
+        ids(s
+            .users
+            .list("c1", Some(Role::Staff), false, &page)
+            .await
+            .unwrap()),
+        vec![b.id]
+    );
+    assert_eq!(
+        s.users.list("c1", None, true, &page).await.unwrap().len(),
+        3
+    );
+}
+
+async fn a_super_admin_is_found(s: &Stores) {
+    assert!(!s.users.any_super_admin().await.unwrap());
+    s.users
+        .create(user("c1", "admin@example.com", Role::Admin))
+        .await
+        .unwrap();
+    assert!(!s.users.any_super_admin().await.unwrap());
+    s.users
+        .create(user("-", "root@example.com", Role::SuperAdmin))
+        .await
+        .unwrap();
+    assert!(s.users.any_super_admin().await.unwrap());
+}
+
+async fn sign_in_attempts_lock_the_account_until_the_lock_expires(s: &Stores) {
+    let u = s
+        .users
+        .create(user("c1", "ana@example.com", Role::Staff))
+        .await
+        .unwrap();
+    let policy = LockPolicy::default();
+    let t0 = now();
+    for _ in 0..policy.threshold {
+        assert_eq!(
+            s.users
+                .begin_login_attempt(&u.id, t0, &policy)
+                .await
+                .unwrap(),
+            Attempt::Proceed
+        );
+    }
+    assert_eq!(
+        s.users
+            .begin_login_attempt(&u.id, t0, &policy)
+            .await
+            .unwrap(),
+        Attempt::Locked
+    );
+    let almost = t0
+        .checked_add(jiff::SignedDuration::from_secs(14 * 60))
+        .unwrap();
+    assert_eq!(
+        s.users
+            .begin_login_attempt(&u.id, almost, &policy)
+            .await
+            .unwrap(),
+        Attempt::Locked
+    );
+    let after = t0
+        .checked_add(jiff::SignedDuration::from_secs(15 * 60 + 1))
+        .unwrap();
+    assert_eq!(
+        s.users
+            .begin_login_attempt(&u.id, after, &policy)
+            .await
+            .unwrap(),
+        Attempt::Proceed
+    );
+    // The second lock lasts longer than the first.
+    for _ in 1..policy.threshold {
+        s.users
+            .begin_login_attempt(&u.id, after, &policy)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.users
+            .begin_login_attempt(&u.id, after, &policy)
+            .await
+            .unwrap(),
+        Attempt::Locked
+    );
+    let locked = s.users.get(&u.id).await.unwrap().unwrap().login;
+    assert_eq!(locked.lock_count, 2);
+    let until = locked.locked_until.unwrap();
+    assert_eq!(
+        until.duration_since(after),
+        jiff::SignedDuration::from_secs(30 * 60)
+    );
+    let missing = ResourceId::generate();
+    assert_eq!(
+        s.users
+            .begin_login_attempt(&missing, t0, &policy)
+            .await
+            .unwrap(),
+        Attempt::Locked
+    );
+}
+
+async fn racing_sign_in_attempts_let_at_most_the_threshold_through(s: &Stores) {
+    let u = s
+        .users
+        .create(user("c1", "ana@example.com", Role::Staff))
+        .await
+        .unwrap();
+    let policy = LockPolicy::default();
+    let t = now();
+    let attempts = (0..50).map(|_| s.users.begin_login_attempt(&u.id, t, &policy));
+    let outcomes: Vec<Attempt> = join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let through = outcomes.iter().filter(|o| **o == Attempt::Proceed).count();
+    assert_eq!(through, usize::try_from(policy.threshold).unwrap());
+    let state = s.users.get(&u.id).await.unwrap().unwrap().login;
+    assert!(state.locked_until.is_some_and(|until| until > t));
+    assert_eq!(state.lock_count, 1, "one lock, however many attempts raced");
+}
+
+async fn a_successful_sign_in_resets_the_counters(s: &Stores) {
+    let u = s
+        .users
+        .create(user("c1", "ana@example.com", Role::Staff))
+        .await
+        .unwrap();
+    let policy = LockPolicy::default();
+    for _ in 0..3 {
+        s.users
+            .begin_login_attempt(&u.id, now(), &policy)
+            .await
+            .unwrap();
+    }
+    s.users.login_succeeded(&u.id).await.unwrap();
+    assert_eq!(
+        s.users.get(&u.id).await.unwrap().unwrap().login,
+        LoginState::default()
+    );
+}
