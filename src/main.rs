@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use topsmile::{Suite, SuiteOptions};
+use topsmile_identity::IdentitySettings;
 use topsmile_kit::{
     config::{ServerLimits, StoreConfig},
     shutdown,
@@ -34,6 +35,21 @@ enum Command {
     /// 127.0.0.1:50051, the services on free loopback ports, data in the embedded store
     /// under ./.topsmile (or in MongoDB with --mongodb-uri). Ctrl-C drains and stops.
     Dev(DevArgs),
+    /// Manages identity's token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Adds a new signing key and retires the current one. Running services pick it up
+    /// without a restart; tokens signed with the retired key stay valid until they
+    /// expire, and the retired key stays in GetJwks until then.
+    Rotate {
+        /// The key file [env: TOPSMILE_KEY_FILE] [default: <data dir>/signing-keys.json].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -62,6 +78,8 @@ struct DevConfig {
     store: StoreConfig,
     #[serde(flatten)]
     limits: ServerLimits,
+    #[serde(flatten)]
+    identity: IdentitySettings,
 }
 
 impl Default for DevConfig {
@@ -71,15 +89,35 @@ impl Default for DevConfig {
             log_format: LogFormat::Pretty,
             store: StoreConfig::default(),
             limits: ServerLimits::default(),
+            identity: IdentitySettings::default(),
         }
     }
 }
+
+impl DevConfig {
+    fn key_file(&self) -> PathBuf {
+        self.identity
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("signing-keys.json"))
+    }
+}
+
+/// The account `topsmile dev` creates when no super admin exists and none is configured.
+const DEV_ADMIN_EMAIL: &str = "admin@topsmile.local";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Dev(DevArgs::default())) {
         Command::Dev(args) => dev(cli.config, args).await,
+        Command::Keys(KeysCommand::Rotate { key_file }) => {
+            let config: DevConfig = topsmile_kit::config::load(cli.config)?;
+            let path = key_file.unwrap_or_else(|| config.key_file());
+            let kid = topsmile_kit::auth::KeyRing::rotate(&path)?;
+            println!("new signing key {kid} in {}", path.display());
+            Ok(())
+        }
     }
 }
 
@@ -105,12 +143,27 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     tracing::debug!(?config, "topsmile dev configuration");
 
     let store = StoreChoice::from_config(&config.store);
-    let suite = Suite::start(SuiteOptions {
-        gateway_listen: config.listen,
-        store: store.clone(),
-        limits: config.limits.clone(),
-    })
-    .await?;
+    let mut options =
+        SuiteOptions::new(config.listen, store.clone(), config.store.data_dir.clone())?;
+    options.key_file = config.key_file();
+    options.limits = config.limits.clone();
+    options.bootstrap_admin = config
+        .identity
+        .bootstrap_admin_email
+        .clone()
+        .zip(config.identity.bootstrap_admin_password.clone());
+    let suite = Suite::start(options).await?;
+    // A newcomer needs a first account: make one and show its password, once.
+    let generated = if suite.accounts.stores.users.any_super_admin().await? {
+        None
+    } else {
+        let password = generate_password();
+        suite
+            .accounts
+            .bootstrap_admin(DEV_ADMIN_EMAIL, &SecretString::from(password.clone()))
+            .await?
+            .then_some(password)
+    };
 
     let where_data = match &store {
         StoreChoice::Embedded { data_dir } => format!("embedded store in {}", data_dir.display()),
@@ -122,8 +175,30 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
         println!("  {area:<13} {addr}");
     }
     println!();
+    match generated {
+        Some(password) => {
+            println!(
+                "Created the super admin {DEV_ADMIN_EMAIL} with the password (shown only now):"
+            );
+            println!("  {password}");
+        }
+        None => println!(
+            "Sign in with your super admin (TOPSMILE_BOOTSTRAP_ADMIN_EMAIL, or {DEV_ADMIN_EMAIL} from the first run)."
+        ),
+    }
+    println!();
     println!("Try:  grpcurl -plaintext {} list", suite.gateway);
     println!("Ctrl-C drains in-flight calls and stops.");
 
     suite.run_until(shutdown::os_signal()).await
+}
+
+/// 20 characters from an unambiguous alphabet (about 110 bits).
+fn generate_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::rngs::OsRng;
+    (0..20)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
 }

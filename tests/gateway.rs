@@ -1,13 +1,15 @@
 //! End-to-end tests: the whole suite (four services and the gateway) started on port 0
 //! for each test, called over real gRPC through the gateway.
 
+mod support;
+
 use std::{net::SocketAddr, time::Duration};
 
 use prost_types::FieldMask;
-use tonic::{Code, Request, Status, transport::Channel};
+use support::{Authed, Bearer, TestSuite, connect, new_clinic};
+use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
-use topsmile::{Suite, SuiteOptions};
-use topsmile_kit::{config::ServerLimits, shutdown, store::StoreChoice, testing};
+use topsmile_kit::{shutdown, store::StoreChoice, testing};
 use topsmile_proto::topsmile::{
     identity::v1::{self as identity, clinic_service_client::ClinicServiceClient},
     patients::v1::{
@@ -16,67 +18,7 @@ use topsmile_proto::topsmile::{
     },
 };
 
-struct TestSuite {
-    suite: Suite,
-    _dir: tempfile::TempDir,
-}
-
-impl TestSuite {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StoreChoice::Embedded {
-            data_dir: dir.path().to_path_buf(),
-        };
-        Self::start_on(store, dir).await
-    }
-
-    async fn start_on(store: StoreChoice, dir: tempfile::TempDir) -> Self {
-        let limits = ServerLimits {
-            max_message_bytes: 64 * 1024,
-            ..ServerLimits::default()
-        };
-        let suite = Suite::start(SuiteOptions {
-            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            store,
-            limits,
-        })
-        .await
-        .unwrap();
-        Self { suite, _dir: dir }
-    }
-
-    async fn channel(&self) -> Channel {
-        connect(self.suite.gateway).await
-    }
-
-    async fn clinics(&self) -> ClinicServiceClient<Channel> {
-        ClinicServiceClient::new(self.channel().await)
-    }
-
-    async fn stop(self) {
-        self.suite.stop().await.unwrap();
-    }
-}
-
-async fn connect(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn new_clinic(name: &str) -> identity::Clinic {
-    identity::Clinic {
-        display_name: name.to_owned(),
-        time_zone: "America/Sao_Paulo".to_owned(),
-        phone: "+55 11 5555-0100".to_owned(),
-        email: "front@example.com".to_owned(),
-        ..Default::default()
-    }
-}
-
-async fn create(client: &mut ClinicServiceClient<Channel>, name: &str) -> identity::Clinic {
+async fn create(client: &mut ClinicServiceClient<Authed>, name: &str) -> identity::Clinic {
     let req = identity::CreateClinicRequest {
         clinic: Some(new_clinic(name)),
         request_id: String::new(),
@@ -209,7 +151,7 @@ async fn clinic_lifecycle_through_the_gateway_on_mongodb() {
         database: database.clone(),
         list_read_preference: "primary".into(),
     };
-    let suite = TestSuite::start_on(store, tempfile::tempdir().unwrap()).await;
+    let suite = TestSuite::start_on(store).await;
     clinic_lifecycle(&suite).await;
     suite.stop().await;
     let conn = topsmile_kit::store::mongo::connect(&uri, &database, "e2e-cleanup", "primary")
@@ -478,10 +420,12 @@ async fn closed_port() -> SocketAddr {
 async fn a_stopped_upstream_is_unavailable() {
     let dead = closed_port().await;
     let (gateway, trigger, task) = gateway_for(dead.to_string()).await;
-    let mut clinics = ClinicServiceClient::new(connect(gateway).await);
-    let err = clinics
-        .get_clinic(identity::GetClinicRequest {
-            name: "clinics/x".into(),
+    // Login is public: the gateway forwards it without a token, into the dead upstream.
+    let mut auth = identity::auth_service_client::AuthServiceClient::new(connect(gateway).await);
+    let err = auth
+        .login(identity::LoginRequest {
+            email: "someone@example.com".into(),
+            password: "some password here".into(),
         })
         .await
         .unwrap_err();
@@ -496,7 +440,9 @@ async fn calls_skip_a_dead_replica_and_reach_a_live_one() {
     let live = suite.suite.services["identity"];
     let dead = closed_port().await;
     let (gateway, trigger, task) = gateway_for(format!("{dead},{live}")).await;
-    let mut clinics = ClinicServiceClient::new(connect(gateway).await);
+    let token = suite.root_token().await;
+    let mut clinics =
+        ClinicServiceClient::with_interceptor(connect(gateway).await, Bearer(Some(token)));
     for i in 0..6 {
         create(&mut clinics, &format!("Replica test {i}")).await;
     }
@@ -508,7 +454,11 @@ async fn calls_skip_a_dead_replica_and_reach_a_live_one() {
 #[tokio::test]
 async fn calling_a_service_directly_behaves_like_the_gateway() {
     let suite = TestSuite::start().await;
-    let mut direct = ClinicServiceClient::new(connect(suite.suite.services["identity"]).await);
+    let token = suite.root_token().await;
+    let mut direct = ClinicServiceClient::with_interceptor(
+        connect(suite.suite.services["identity"]).await,
+        Bearer(Some(token)),
+    );
     let created = create(&mut direct, "Direct").await;
     let mut via_gateway = suite.clinics().await;
     let got = via_gateway

@@ -1,11 +1,14 @@
 //! `topsmile-bench`: the load generator. Every figure TopSmile quotes comes from here.
 //!
 //! One run starts the suite in this process (embedded store in a temporary directory),
-//! creates a clinic, then drives `GetClinic` at a fixed number of calls in flight,
-//! alternately straight at the identity service and through the gateway, and prints
-//! throughput, p50 and p99 for each and the ratios between them. Both paths are measured
-//! in the same run on the same machine, so the ratios hold even where absolute numbers
-//! don't.
+//! signs in as the super admin, creates a clinic, then drives an authenticated
+//! `GetClinic` at a fixed number of calls in flight, alternately straight at the
+//! identity service and through the gateway, and prints throughput, p50 and p99 for each
+//! and the ratios between them. Then the costs of authentication: the per-call token
+//! check with a warm cache beside one full EdDSA verification, and sign-in latency under
+//! 16 concurrent logins beside the time of one password hash. Everything compared is
+//! measured in the same run on the same machine, so the ratios hold even where absolute
+//! numbers don't.
 //!
 //! ```text
 //! cargo run --release -p topsmile-bench -- --seconds 5 --in-flight 1,64
@@ -18,12 +21,41 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use tonic::transport::Channel;
-use topsmile::{Suite, SuiteOptions};
-use topsmile_kit::{config::ServerLimits, store::StoreChoice};
-use topsmile_proto::topsmile::identity::v1::{
-    Clinic, CreateClinicRequest, GetClinicRequest, clinic_service_client::ClinicServiceClient,
+use secrecy::SecretString;
+use tonic::{
+    Request, Status,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
 };
+use topsmile::{Suite, SuiteOptions};
+use topsmile_kit::{
+    access::{Guard, KeySource},
+    password::Passwords,
+    policy::PolicyTable,
+    store::StoreChoice,
+};
+use topsmile_proto::topsmile::identity::v1::{
+    Clinic, CreateClinicRequest, GetClinicRequest, LoginRequest,
+    auth_service_client::AuthServiceClient, clinic_service_client::ClinicServiceClient,
+};
+
+const ADMIN_EMAIL: &str = "bench@topsmile.local";
+const ADMIN_PASSWORD: &str = "bench password, long enough";
+
+/// Adds the bearer token to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
 
 #[derive(Parser)]
 #[command(about = "Drives TopSmile directly and through the gateway, and prints the ratios")]
@@ -56,18 +88,23 @@ struct Figures {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = tempfile::tempdir()?;
-    let suite = Suite::start(SuiteOptions {
-        gateway_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        store: StoreChoice::Embedded {
+    let mut options = SuiteOptions::new(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        StoreChoice::Embedded {
             data_dir: dir.path().to_path_buf(),
         },
-        limits: ServerLimits::default(),
-    })
-    .await?;
+        dir.path().to_path_buf(),
+    )?;
+    options.bootstrap_admin = Some((ADMIN_EMAIL.into(), SecretString::from(ADMIN_PASSWORD)));
+    options.sign_in_per_minute = 0;
+    let key_file = options.key_file.clone();
+    let suite = Suite::start(options).await?;
     let direct = suite.services["identity"];
     let gateway = suite.gateway;
 
-    let mut client = ClinicServiceClient::new(connect(gateway).await?);
+    let token = login(gateway).await?;
+    let bearer = Bearer(format!("Bearer {token}").parse()?);
+    let mut client = ClinicServiceClient::with_interceptor(connect(gateway).await?, bearer.clone());
     let clinic = client
         .create_clinic(CreateClinicRequest {
             clinic: Some(Clinic {
@@ -83,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
         .context("create answered no clinic")?;
 
     println!(
-        "GetClinic, embedded store, {}s per measurement, best of {} rounds, {} client connections",
+        "Authenticated GetClinic, embedded store, {}s per measurement, best of {} rounds, {} client connections",
         args.seconds, args.rounds, args.connections
     );
     println!(
@@ -96,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         for addr in [direct, gateway] {
             drive(
                 addr,
+                &bearer,
                 &clinic.name,
                 in_flight,
                 args.connections,
@@ -108,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
             for (i, addr) in [direct, gateway].into_iter().enumerate() {
                 let f = drive(
                     addr,
+                    &bearer,
                     &clinic.name,
                     in_flight,
                     args.connections,
@@ -139,7 +178,122 @@ async fn main() -> anyhow::Result<()> {
             g.rps / d.rps
         );
     }
+    println!();
+    token_check(&key_file, &token).await?;
+    println!();
+    sign_in(&suite, gateway).await?;
     suite.stop().await?;
+    Ok(())
+}
+
+async fn login(gateway: SocketAddr) -> anyhow::Result<String> {
+    Ok(AuthServiceClient::new(connect(gateway).await?)
+        .login(LoginRequest {
+            email: ADMIN_EMAIL.into(),
+            password: ADMIN_PASSWORD.into(),
+        })
+        .await?
+        .into_inner()
+        .access_token)
+}
+
+/// The guard's per-call check with a warm cache (policy lookup, header, cached token)
+/// beside one full signature verification.
+async fn token_check(key_file: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    let guard = Guard::new(
+        PolicyTable::builtin()?,
+        KeySource::File(key_file.to_path_buf()),
+    );
+    guard.prefetch().await?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {token}").parse()?);
+    let path = "/topsmile.identity.v1.ClinicService/GetClinic";
+    guard.authorize(path, &headers).await?;
+    let n = 200_000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(guard.authorize(path, &headers).await?);
+    }
+    let cached = t.elapsed() / n;
+    let m = 5_000u32;
+    let t = Instant::now();
+    for _ in 0..m {
+        std::hint::black_box(guard.verify_uncached(token)?);
+    }
+    let full = t.elapsed() / m;
+    println!("Per-call token check");
+    println!(
+        "  warm cache (policy + token)      {:>8.2} µs",
+        cached.as_secs_f64() * 1e6
+    );
+    println!(
+        "  full EdDSA verification          {:>8.2} µs",
+        full.as_secs_f64() * 1e6
+    );
+    println!(
+        "  full ÷ cached = {:.0}×",
+        full.as_secs_f64() / cached.as_secs_f64().max(1e-12)
+    );
+    Ok(())
+}
+
+/// Sign-in latency with 16 logins in flight, beside one password hash on an idle machine.
+async fn sign_in(suite: &Suite, gateway: SocketAddr) -> anyhow::Result<()> {
+    let passwords = Passwords::new(1)?;
+    let secret = SecretString::from(ADMIN_PASSWORD);
+    let phc = passwords.hash(&secret).await?;
+    let mut single = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        passwords.verify(&secret, Some(&phc)).await?;
+        single.push(t.elapsed());
+    }
+    single.sort_unstable();
+    let one_hash = single[single.len() / 2];
+
+    let in_flight = 16;
+    let rounds = 4;
+    let mut latencies = Vec::new();
+    let before = suite.accounts.passwords.verifications();
+    for _ in 0..rounds {
+        let logins: Vec<_> = (0..in_flight)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    login(gateway).await.map(|_| t.elapsed())
+                })
+            })
+            .collect();
+        for l in logins {
+            latencies.push(l.await??);
+        }
+    }
+    latencies.sort_unstable();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[((latencies.len() as f64 * 0.99) as usize).min(latencies.len() - 1)];
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("Sign-in ({in_flight} concurrent logins × {rounds} rounds, {cores} cores)");
+    println!(
+        "  one argon2id hash (idle)         {:>8.1} ms",
+        one_hash.as_secs_f64() * 1e3
+    );
+    println!(
+        "  login p50                        {:>8.1} ms",
+        p50.as_secs_f64() * 1e3
+    );
+    println!(
+        "  login p99                        {:>8.1} ms",
+        p99.as_secs_f64() * 1e3
+    );
+    println!(
+        "  login p99 ÷ one hash = {:.1} (the floor with {in_flight} hashes on {cores} cores is {:.1})",
+        p99.as_secs_f64() / one_hash.as_secs_f64(),
+        in_flight as f64 / cores as f64
+    );
+    println!(
+        "  password checks run: {}",
+        suite.accounts.passwords.verifications() - before
+    );
     Ok(())
 }
 
@@ -153,6 +307,7 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
 /// Keeps `in_flight` GetClinic calls going at `addr` for `duration`.
 async fn drive(
     addr: SocketAddr,
+    bearer: &Bearer,
     name: &str,
     in_flight: usize,
     connections: usize,
@@ -160,7 +315,9 @@ async fn drive(
 ) -> anyhow::Result<Figures> {
     let mut clients = Vec::new();
     for _ in 0..connections.max(1) {
-        clients.push(ClinicServiceClient::new(connect(addr).await?));
+        let client: ClinicServiceClient<Authed> =
+            ClinicServiceClient::with_interceptor(connect(addr).await?, bearer.clone());
+        clients.push(client);
     }
     let start = Instant::now();
     let deadline = start + duration;

@@ -32,6 +32,11 @@ pub struct GatewayConfig {
     /// Calls in flight through the gateway at once; more are shed with
     /// RESOURCE_EXHAUSTED and a retry hint.
     pub max_in_flight: usize,
+    /// Sign-in calls (Login, LoginPatient, RefreshToken) allowed per client address and
+    /// minute; more get RESOURCE_EXHAUSTED with a retry hint. 0 turns the limit off.
+    pub sign_in_per_minute: u32,
+    /// How many of those may come in one burst.
+    pub sign_in_burst: u32,
     #[serde(flatten)]
     pub limits: ServerLimits,
 }
@@ -50,12 +55,19 @@ impl Default for GatewayConfig {
             upstream_retry_ms: 1000,
             max_deadline_secs: 30,
             max_in_flight: 4096,
+            sign_in_per_minute: 30,
+            sign_in_burst: 10,
             limits: ServerLimits::default(),
         }
     }
 }
 
 impl GatewayConfig {
+    /// The identity replicas, whose `GetJwks` the gateway verifies tokens with.
+    pub fn identity_addresses(&self) -> Vec<String> {
+        topsmile_kit::config::split_list(&self.identity_upstreams)
+    }
+
     /// `(area, addresses)` for every service area.
     pub fn upstreams(&self) -> Vec<(String, Vec<String>)> {
         [

@@ -6,8 +6,9 @@
 //! public API itself, so `grpcurl` works against it; internal services are neither
 //! listed nor forwarded.
 //!
-//! Authentication and the role policy are enforced here with the identity-and-access
-//! work; the policy table they need is already what routing uses.
+//! Before forwarding, every call passes the same [`Guard`](topsmile_kit::access::Guard)
+//! the services run: a missing or bad token is UNAUTHENTICATED, a role the contract does
+//! not admit PERMISSION_DENIED. Sign-in methods are rate-limited per client address.
 
 pub mod config;
 pub mod proxy;
@@ -39,6 +40,8 @@ pub enum GatewayError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A configured gateway, ready to [`serve`](Gateway::serve).
@@ -81,8 +84,16 @@ impl Gateway {
         let (health, health_service) = tonic_health::server::health_reporter();
         let names: Vec<&str> = public.iter().map(String::as_str).collect();
         let local = add_reflection(Routes::new(health_service), &names)?;
+        let guard = topsmile_kit::access::Guard::via_identity(&config.identity_addresses())
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        let sign_in_limiter = std::num::NonZeroU32::new(config.sign_in_per_minute).map(|rate| {
+            let burst = std::num::NonZeroU32::new(config.sign_in_burst).unwrap_or(rate);
+            governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
+        });
         let proxy = Proxy {
             table,
+            guard,
+            sign_in_limiter,
             upstreams,
             local,
             in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -143,7 +154,7 @@ impl Gateway {
             let proxy = self.proxy.clone();
             let service = service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
             });
             let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
@@ -200,6 +211,10 @@ async fn probe_upstreams(
         clients.push((area.clone(), channels));
     }
     loop {
+        if let Some(limiter) = &proxy.sign_in_limiter {
+            // Forget addresses that are back to a full allowance, so the table stays small.
+            limiter.retain_recent();
+        }
         for (area, replicas) in &mut clients {
             let mut serving = false;
             for client in replicas.iter_mut() {

@@ -7,13 +7,13 @@
 //! `x-topsmile-*` headers (to drop them: those are set by TopSmile itself, never by a
 //! client).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use http::{HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 use tonic::{body::Body, service::Routes};
-use topsmile_kit::{ApiError, policy::PolicyTable};
+use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
 
 use crate::upstream::Upstream;
@@ -21,8 +21,20 @@ use crate::upstream::Upstream;
 /// Headers only TopSmile components may set; a client's copies are removed.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-topsmile-";
 
+/// Sign-in calls per client address.
+pub type SignInLimiter = governor::DefaultKeyedRateLimiter<IpAddr>;
+
+/// The methods that take passwords or refresh tokens: rate-limited per client address.
+pub const SIGN_IN_METHODS: &[&str] = &[
+    "/topsmile.identity.v1.AuthService/Login",
+    "/topsmile.identity.v1.AuthService/LoginPatient",
+    "/topsmile.identity.v1.AuthService/RefreshToken",
+];
+
 pub struct Proxy {
     pub(crate) table: PolicyTable,
+    pub(crate) guard: Arc<Guard>,
+    pub(crate) sign_in_limiter: Option<SignInLimiter>,
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
     /// Health and reflection, served by the gateway itself.
     pub(crate) local: Routes,
@@ -31,7 +43,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let path = req.uri().path();
         if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
             return match self.local.clone().oneshot(req).await {
@@ -39,19 +51,35 @@ impl Proxy {
                 Err(never) => match never {},
             };
         }
-        match self.forward(req).await {
+        match self.forward(req, peer).await {
             Ok(response) => response,
             Err(e) => tonic::Status::from(e).into_http(),
         }
     }
 
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
         let route = self
             .table
             .get(&path)
             .filter(|m| !m.is_internal())
             .ok_or_else(|| ApiError::Unimplemented(format!("method {path}")))?;
+        if let Some(limiter) = &self.sign_in_limiter
+            && SIGN_IN_METHODS.contains(&path.as_str())
+            && let Err(not_until) = limiter.check_key(&peer)
+        {
+            return Err(ApiError::Overloaded {
+                retry_after: not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                )),
+            });
+        }
+        // Token and role policy, before anything reaches a service (which checks again).
+        self.guard.authorize(&path, req.headers()).await?;
         let upstream = self.upstreams.get(&route.area).ok_or_else(|| {
             ApiError::Unavailable(format!("no upstream configured for {}", route.area))
         })?;

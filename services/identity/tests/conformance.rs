@@ -1,4 +1,5 @@
-//! The clinic store conformance suite: one set of tests, run against every adapter.
+//! The identity store conformance suite (clinics, users, refresh tokens): one set of
+//! tests, run against every adapter.
 //!
 //! The embedded half uses a fresh SQLite file per test. The MongoDB half runs against
 //! `TOPSMILE_TEST_MONGODB_URI` (a real MongoDB, or nx-27017 in CI), each test in its own
@@ -11,7 +12,7 @@ use jiff::Timestamp;
 use topsmile_identity::domain::user::{Attempt, LockPolicy, LoginState, Role, User};
 use topsmile_identity::{
     domain::{Clinic, ClinicFields},
-    store::{Stores, embedded::EmbeddedIdentity, mongo::MongoIdentity},
+    store::{RefreshRecord, Spend, Stores, embedded::EmbeddedIdentity, mongo::MongoIdentity},
 };
 use topsmile_kit::{StoreError, names::ResourceId, paging::PageRequest, store::mongo, testing};
 
@@ -33,7 +34,8 @@ impl Harness {
         Self {
             stores: Stores {
                 clinics: store.clone(),
-                users: store,
+                users: store.clone(),
+                refresh_tokens: store,
             },
             _dir: Some(dir),
             mongo_db: None,
@@ -51,7 +53,8 @@ impl Harness {
         Some(Self {
             stores: Stores {
                 clinics: store.clone(),
-                users: store,
+                users: store.clone(),
+                refresh_tokens: store,
             },
             _dir: None,
             mongo_db: Some(database),
@@ -110,6 +113,11 @@ conformance!(
     sign_in_attempts_lock_the_account_until_the_lock_expires,
     racing_sign_in_attempts_let_at_most_the_threshold_through,
     a_successful_sign_in_resets_the_counters,
+    a_refresh_token_spends_once_then_reads_as_reused,
+    racing_spends_of_one_token_have_exactly_one_winner,
+    an_expired_refresh_token_is_unknown_before_any_cleanup,
+    revoking_a_family_or_a_subject_stops_its_live_tokens,
+    eviction_keeps_only_the_newest_families,
 );
 
 fn fields(name: &str) -> ClinicFields {
@@ -588,4 +596,125 @@ async fn a_successful_sign_in_resets_the_counters(s: &Stores) {
         s.users.get(&u.id).await.unwrap().unwrap().login,
         LoginState::default()
     );
+}
+
+fn token(subject: &str, family: &str, created: Timestamp, ttl_secs: i64) -> RefreshRecord {
+    RefreshRecord {
+        hash: format!("{:064x}", rand_u128()),
+        subject: subject.into(),
+        kind: topsmile_kit::auth::Kind::Staff,
+        clinic: "c1".into(),
+        family: family.into(),
+        family_created: created,
+        expires_at: created + jiff::SignedDuration::from_secs(ttl_secs),
+    }
+}
+
+fn rand_u128() -> u128 {
+    uuid::Uuid::now_v7().as_u128() ^ u128::from(std::process::id())
+}
+
+async fn a_refresh_token_spends_once_then_reads_as_reused(s: &Stores) {
+    let t = token("u1", "f1", now(), 3600);
+    s.refresh_tokens.insert(&t).await.unwrap();
+    assert_eq!(
+        s.refresh_tokens.spend(&t.hash, now()).await.unwrap(),
+        Spend::Fresh(t.clone())
+    );
+    assert_eq!(
+        s.refresh_tokens.spend(&t.hash, now()).await.unwrap(),
+        Spend::Reused(t.clone())
+    );
+    assert_eq!(
+        s.refresh_tokens.spend("no such hash", now()).await.unwrap(),
+        Spend::Unknown
+    );
+}
+
+async fn racing_spends_of_one_token_have_exactly_one_winner(s: &Stores) {
+    let t = token("u1", "f1", now(), 3600);
+    s.refresh_tokens.insert(&t).await.unwrap();
+    let results = join_all((0..20).map(|_| s.refresh_tokens.spend(&t.hash, now()))).await;
+    let fresh = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Spend::Fresh(_))))
+        .count();
+    let reused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Spend::Reused(_))))
+        .count();
+    assert_eq!((fresh, reused), (1, 19), "{results:?}");
+}
+
+async fn an_expired_refresh_token_is_unknown_before_any_cleanup(s: &Stores) {
+    let issued = now();
+    let t = token("u1", "f1", issued, 60);
+    s.refresh_tokens.insert(&t).await.unwrap();
+    let later = issued + jiff::SignedDuration::from_secs(61);
+    assert_eq!(
+        s.refresh_tokens.spend(&t.hash, later).await.unwrap(),
+        Spend::Unknown
+    );
+}
+
+async fn revoking_a_family_or_a_subject_stops_its_live_tokens(s: &Stores) {
+    let a = token("u1", "fa", now(), 3600);
+    let b = token("u1", "fb", now(), 3600);
+    let other = token("u2", "fc", now(), 3600);
+    for t in [&a, &b, &other] {
+        s.refresh_tokens.insert(t).await.unwrap();
+    }
+    s.refresh_tokens.revoke_family("fa", now()).await.unwrap();
+    assert!(matches!(
+        s.refresh_tokens.spend(&a.hash, now()).await.unwrap(),
+        Spend::Reused(_)
+    ));
+    s.refresh_tokens.revoke_subject("u1", now()).await.unwrap();
+    assert!(matches!(
+        s.refresh_tokens.spend(&b.hash, now()).await.unwrap(),
+        Spend::Reused(_)
+    ));
+    assert!(
+        matches!(
+            s.refresh_tokens.spend(&other.hash, now()).await.unwrap(),
+            Spend::Fresh(_)
+        ),
+        "another user's session is untouched"
+    );
+}
+
+async fn eviction_keeps_only_the_newest_families(s: &Stores) {
+    let start = now();
+    let tokens: Vec<RefreshRecord> = (0..12)
+        .map(|i| {
+            token(
+                "u1",
+                &format!("f{i:02}"),
+                start + jiff::SignedDuration::from_secs(i),
+                3600,
+            )
+        })
+        .collect();
+    for t in &tokens {
+        s.refresh_tokens.insert(t).await.unwrap();
+    }
+    s.refresh_tokens
+        .evict_oldest("u1", 10, start + jiff::SignedDuration::from_secs(20))
+        .await
+        .unwrap();
+    let at = start + jiff::SignedDuration::from_secs(30);
+    for (i, t) in tokens.iter().enumerate() {
+        let spent = s.refresh_tokens.spend(&t.hash, at).await.unwrap();
+        if i < 2 {
+            assert!(
+                matches!(spent, Spend::Reused(_)),
+                "family {i} should be evicted: {spent:?}"
+            );
+        } else {
+            assert!(
+                matches!(spent, Spend::Fresh(_)),
+                "family {i} should live: {spent:?}"
+            );
+        }
+    }
 }

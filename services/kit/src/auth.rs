@@ -34,6 +34,25 @@ pub enum Kind {
     Service,
 }
 
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Staff => "staff",
+            Self::Patient => "patient",
+            Self::Service => "service",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "staff" => Some(Self::Staff),
+            "patient" => Some(Self::Patient),
+            "service" => Some(Self::Service),
+            _ => None,
+        }
+    }
+}
+
 /// The claims of a TopSmile access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

@@ -109,10 +109,29 @@ pub struct ServiceConfig {
     pub listen: SocketAddr,
     /// Log format: "json" (default) or "pretty".
     pub log_format: crate::telemetry::LogFormat,
+    /// Replicas of the identity service (`host:port`, comma-separated), whose
+    /// `GetJwks` the other services verify tokens with.
+    pub identity_upstreams: String,
     #[serde(flatten)]
     pub store: StoreConfig,
     #[serde(flatten)]
     pub limits: ServerLimits,
+}
+
+impl ServiceConfig {
+    /// The identity addresses, split.
+    pub fn identity_addresses(&self) -> Vec<String> {
+        split_list(&self.identity_upstreams)
+    }
+}
+
+/// `"a:1, b:2,"` -> `["a:1", "b:2"]`.
+pub fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Default for ServiceConfig {
@@ -120,6 +139,7 @@ impl Default for ServiceConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             log_format: crate::telemetry::LogFormat::Json,
+            identity_upstreams: "127.0.0.1:50061".to_owned(),
             store: StoreConfig::default(),
             limits: ServerLimits::default(),
         }

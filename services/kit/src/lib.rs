@@ -5,12 +5,14 @@
 //! Handlers use [`names`] to parse resource names, [`paging`] for list pages and
 //! [`error::ApiError`] as the one error type that becomes a `tonic::Status`.
 
+pub mod access;
 pub mod address;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod names;
 pub mod paging;
+pub mod password;
 pub mod policy;
 pub mod server;
 pub mod shutdown;

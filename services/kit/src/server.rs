@@ -15,7 +15,13 @@ use tonic::{service::Routes, transport::Server};
 use tonic_health::ServingStatus;
 use topsmile_proto::FILE_DESCRIPTOR_SET;
 
-use crate::{config::ServerLimits, shutdown::Shutdown};
+use std::sync::Arc;
+
+use crate::{
+    access::{Guard, GuardLayer},
+    config::ServerLimits,
+    shutdown::Shutdown,
+};
 
 /// The longest a call may run when the client sets no deadline.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
@@ -70,11 +76,15 @@ use tonic::server::NamedService;
 
 /// Serves `routes` (the service's own gRPC services, named by `names`) plus health and
 /// reflection on `listener` until `shutdown` fires, then drains.
+///
+/// Every call passes `guard` first (token and role policy, see [`crate::access`]), so
+/// the handlers only ever see callers the contract admits.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     names: &[&'static str],
     limits: &ServerLimits,
+    guard: Arc<Guard>,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -122,6 +132,7 @@ pub async fn serve(
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             limits.concurrency_limit,
         ))
+        .layer(GuardLayer(guard))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
 
@@ -147,29 +158,32 @@ pub fn answer_unserved_methods(mut routes: Routes) -> Routes {
     routes
 }
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The whole `main` of a service binary: load [`ServiceConfig`](crate::config::ServiceConfig),
-/// start telemetry, build the routes on the configured store, serve until Ctrl-C or
+/// start telemetry, build the routes and the guard (`make`), serve until Ctrl-C or
 /// SIGTERM, then drain.
 pub async fn run_service<F, Fut>(
     binary: &str,
     names: &'static [&'static str],
-    make_routes: F,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    make: F,
+) -> Result<(), BoxError>
 where
-    F: FnOnce(crate::store::StoreChoice, ServerLimits) -> Fut,
-    Fut: std::future::Future<Output = Result<Routes, crate::StoreError>>,
+    F: FnOnce(crate::config::ServiceConfig) -> Fut,
+    Fut: std::future::Future<Output = Result<(Routes, Arc<Guard>), BoxError>>,
 {
     let config: crate::config::ServiceConfig = crate::config::load(None)?;
     crate::telemetry::init(config.log_format);
     tracing::info!(?config, "starting {binary}");
-    let store = crate::store::StoreChoice::from_config(&config.store);
-    let routes = make_routes(store, config.limits.clone()).await?;
-    let listener = bind(config.listen).await?;
+    let listen = config.listen;
+    let limits = config.limits.clone();
+    let (routes, guard) = make(config).await?;
+    let listener = bind(listen).await?;
     let (trigger, stop) = crate::shutdown::channel();
     tokio::spawn(async move {
         crate::shutdown::os_signal().await;
         trigger.fire();
     });
-    serve(listener, routes, names, &config.limits, stop).await?;
+    serve(listener, routes, names, &limits, guard, stop).await?;
     Ok(())
 }

@@ -8,7 +8,12 @@ use tonic::{service::Routes, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use topsmile_kit::{config::ServerLimits, server, shutdown};
+use topsmile_kit::{
+    access::{Guard, KeySource},
+    config::ServerLimits,
+    policy::PolicyTable,
+    server, shutdown,
+};
 
 async fn channel(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
     Channel::from_shared(format!("http://{addr}"))
@@ -29,8 +34,12 @@ async fn shutdown_announces_not_serving_then_drains_and_stops() {
     };
     let (trigger, stop) = shutdown::channel();
     let names: &'static [&'static str] = &["topsmile.identity.v1.ClinicService"];
+    let guard = std::sync::Arc::new(Guard::new(
+        PolicyTable::builtin().unwrap(),
+        KeySource::File(std::path::PathBuf::from("no-keys-needed-for-health.json")),
+    ));
     let serving = tokio::spawn(async move {
-        server::serve(listener, Routes::default(), names, &limits, stop).await
+        server::serve(listener, Routes::default(), names, &limits, guard, stop).await
     });
 
     let mut health = HealthClient::new(channel(addr).await.unwrap());

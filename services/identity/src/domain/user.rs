@@ -70,6 +70,48 @@ pub struct User {
 }
 
 impl User {
+    pub fn new(fields: UserFields, clinic: String, password_hash: String, now: Timestamp) -> Self {
+        Self {
+            id: ResourceId::generate(),
+            clinic,
+            email: fields.email,
+            display_name: fields.display_name,
+            role: fields.role,
+            is_active: true,
+            password_hash,
+            login: LoginState::default(),
+            create_time: now,
+            update_time: now,
+            version: 1,
+        }
+    }
+
+    pub fn fields(&self) -> UserInput {
+        UserInput {
+            email: self.email.clone(),
+            display_name: self.display_name.clone(),
+            role: Some(self.role),
+        }
+    }
+
+    /// Whether a client's etag names this version.
+    pub fn etag_matches(&self, etag: &str) -> bool {
+        etag.parse::<i64>().is_ok_and(|v| v == self.version)
+    }
+
+    /// The next version with new profile fields.
+    pub fn changed(&self, fields: UserFields, is_active: bool, now: Timestamp) -> Self {
+        Self {
+            email: fields.email,
+            display_name: fields.display_name,
+            role: fields.role,
+            is_active,
+            update_time: now,
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
     pub fn name(&self) -> String {
         format!("clinics/{}/users/{}", self.clinic, self.id)
     }
@@ -142,6 +184,37 @@ pub struct UserFields {
     pub email: String,
     pub display_name: String,
     pub role: Role,
+}
+
+/// The fields `UpdateUser` may name in its mask.
+pub const UPDATABLE_FIELDS: &[&str] = &["email", "display_name", "role"];
+
+/// `current` with the masked fields taken from `incoming`; an empty mask means every
+/// updatable field. Unknown paths are INVALID_ARGUMENT.
+pub fn apply_mask(
+    current: UserInput,
+    incoming: UserInput,
+    mask: &[String],
+) -> Result<UserInput, FieldViolation> {
+    let mut merged = current;
+    let all: Vec<String> = UPDATABLE_FIELDS.iter().map(|f| (*f).to_owned()).collect();
+    for path in if mask.is_empty() { &all } else { mask } {
+        match path.as_str() {
+            "email" => merged.email = incoming.email.clone(),
+            "display_name" => merged.display_name = incoming.display_name.clone(),
+            "role" => merged.role = incoming.role,
+            other => {
+                return Err(FieldViolation::new(
+                    "update_mask",
+                    format!(
+                        "{other:?} cannot be updated; updatable: {}",
+                        UPDATABLE_FIELDS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(merged)
 }
 
 pub fn validate_fields(prefix: &str, input: UserInput) -> Result<UserFields, Vec<FieldViolation>> {

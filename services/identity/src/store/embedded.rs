@@ -15,12 +15,13 @@ use topsmile_kit::{
     time,
 };
 
-use super::{ClinicStore, UserStore};
+use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
 use crate::domain::{
     Clinic, ClinicFields,
     user::{Attempt, LockPolicy, LoginState, Role, User},
 };
 use jiff::Timestamp;
+use topsmile_kit::auth::Kind;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clinics (
@@ -47,6 +48,20 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE INDEX IF NOT EXISTS users_clinic_role ON users (clinic_id, role) WHERE is_active = 1;
 CREATE INDEX IF NOT EXISTS users_clinic_id ON users (clinic_id, id);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    hash              TEXT PRIMARY KEY,
+    subject           TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    clinic_id         TEXT NOT NULL,
+    family            TEXT NOT NULL,
+    family_created_ms INTEGER NOT NULL,
+    expires_at_ms     INTEGER NOT NULL,
+    used_at_ms        INTEGER,
+    revoked_at_ms     INTEGER
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_subject ON refresh_tokens (subject);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens (family);
+CREATE INDEX IF NOT EXISTS refresh_tokens_expires_at ON refresh_tokens (expires_at_ms);
 ";
 
 pub struct EmbeddedIdentity {
@@ -443,6 +458,139 @@ impl UserStore for EmbeddedIdentity {
                 conn.execute(
                     "UPDATE users SET failed_logins = 0, locked_until_ms = NULL, lock_count = 0 WHERE id = ?1",
                     params![id],
+                )
+                .map_err(translate)?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+const REFRESH_COLUMNS: &str = "hash, subject, kind, clinic_id, family, family_created_ms, expires_at_ms, used_at_ms, revoked_at_ms";
+
+/// A refresh token row and whether it was spent or revoked.
+fn refresh_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(RefreshRecord, bool)> {
+    let kind: String = row.get(2)?;
+    let used: Option<i64> = row.get(7)?;
+    let revoked: Option<i64> = row.get(8)?;
+    Ok((
+        RefreshRecord {
+            hash: row.get(0)?,
+            subject: row.get(1)?,
+            kind: Kind::parse(&kind).unwrap_or(Kind::Staff),
+            clinic: row.get(3)?,
+            family: row.get(4)?,
+            family_created: time::from_millis(row.get(5)?),
+            expires_at: time::from_millis(row.get(6)?),
+        },
+        used.is_some() || revoked.is_some(),
+    ))
+}
+
+#[async_trait]
+impl RefreshTokenStore for EmbeddedIdentity {
+    async fn insert(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.db
+            .write(move |conn| {
+                // The embedded store's TTL monitor: expired tokens go when new ones come.
+                conn.execute(
+                    "DELETE FROM refresh_tokens WHERE expires_at_ms <= ?1",
+                    params![time::to_millis(r.family_created.min(r.expires_at))],
+                )
+                .map_err(translate)?;
+                conn.execute(
+                    &format!("INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)"),
+                    params![
+                        r.hash,
+                        r.subject,
+                        r.kind.as_str(),
+                        r.clinic,
+                        r.family,
+                        time::to_millis(r.family_created),
+                        time::to_millis(r.expires_at)
+                    ],
+                )
+                .map_err(|e| translate_unique(e, "refresh token"))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn spend(&self, hash: &str, now: Timestamp) -> Result<Spend, StoreError> {
+        let hash = hash.to_owned();
+        let now = time::to_millis(now);
+        self.db
+            .write(move |conn| {
+                let spent = conn
+                    .execute(
+                        "UPDATE refresh_tokens SET used_at_ms = ?2 WHERE hash = ?1 AND used_at_ms IS NULL AND revoked_at_ms IS NULL AND expires_at_ms > ?2",
+                        params![hash, now],
+                    )
+                    .map_err(translate)?;
+                let found = conn
+                    .query_row(
+                        &format!("SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE hash = ?1"),
+                        params![hash],
+                        refresh_row,
+                    )
+                    .optional()
+                    .map_err(translate)?;
+                Ok(match found {
+                    Some((record, _)) if spent == 1 => Spend::Fresh(record),
+                    Some((record, _)) if time::to_millis(record.expires_at) > now => Spend::Reused(record),
+                    _ => Spend::Unknown,
+                })
+            })
+            .await
+    }
+
+    async fn revoke_family(&self, family: &str, now: Timestamp) -> Result<(), StoreError> {
+        let family = family.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE refresh_tokens SET revoked_at_ms = ?2 WHERE family = ?1 AND revoked_at_ms IS NULL",
+                    params![family, time::to_millis(now)],
+                )
+                .map_err(translate)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn revoke_subject(&self, subject: &str, now: Timestamp) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE refresh_tokens SET revoked_at_ms = ?2 WHERE subject = ?1 AND revoked_at_ms IS NULL",
+                    params![subject, time::to_millis(now)],
+                )
+                .map_err(translate)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn evict_oldest(
+        &self,
+        subject: &str,
+        keep: usize,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let subject = subject.to_owned();
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let now = time::to_millis(now);
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE refresh_tokens SET revoked_at_ms = ?3 WHERE family IN (
+                        SELECT family FROM refresh_tokens
+                        WHERE subject = ?1 AND used_at_ms IS NULL AND revoked_at_ms IS NULL AND expires_at_ms > ?3
+                        ORDER BY family_created_ms DESC, family DESC LIMIT -1 OFFSET ?2
+                    )",
+                    params![subject, keep, now],
                 )
                 .map_err(translate)?;
                 Ok(())

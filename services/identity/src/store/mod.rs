@@ -18,6 +18,7 @@ use crate::domain::{
     user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
+use topsmile_kit::auth::Kind;
 
 /// Clinics, as identity stores them.
 #[async_trait]
@@ -84,11 +85,64 @@ pub trait UserStore: Send + Sync + 'static {
     async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError>;
 }
 
+/// A refresh token as stored: never the token itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshRecord {
+    /// Hex SHA-256 of the token.
+    pub hash: String,
+    /// The user (or patient) id the token signs in.
+    pub subject: String,
+    pub kind: Kind,
+    /// The subject's clinic (or `-` for a super admin).
+    pub clinic: String,
+    /// The session family (`sid`): every token from one sign-in shares it.
+    pub family: String,
+    pub family_created: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spend {
+    /// It was live and is now spent: issue its successor.
+    Fresh(RefreshRecord),
+    /// It was spent or revoked already: someone replays it. Revoke the family.
+    Reused(RefreshRecord),
+    /// No such token, or it expired.
+    Unknown,
+}
+
+/// Refresh tokens (`refreshTokens`): one live token per session family.
+#[async_trait]
+pub trait RefreshTokenStore: Send + Sync + 'static {
+    async fn insert(&self, record: &RefreshRecord) -> Result<(), StoreError>;
+
+    /// Spends the token in one atomic conditional update: of racing presenters of one
+    /// live token exactly one gets `Fresh`. Expiry is checked here too, not left to the
+    /// TTL monitor, which may run a minute late.
+    async fn spend(&self, hash: &str, now: Timestamp) -> Result<Spend, StoreError>;
+
+    /// Revokes every token of a session family (logout, replay).
+    async fn revoke_family(&self, family: &str, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Revokes every token of a subject (password change, deactivation).
+    async fn revoke_subject(&self, subject: &str, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Revokes the oldest live families of `subject` beyond the newest `keep`.
+    async fn evict_oldest(
+        &self,
+        subject: &str,
+        keep: usize,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+}
+
 /// Every repository identity uses.
 #[derive(Clone)]
 pub struct Stores {
     pub clinics: Arc<dyn ClinicStore>,
     pub users: Arc<dyn UserStore>,
+    pub refresh_tokens: Arc<dyn RefreshTokenStore>,
 }
 
 /// Opens the store that configuration chose, creating indexes (idempotently).
@@ -98,14 +152,16 @@ pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
             let store = Arc::new(embedded::EmbeddedIdentity::open(data_dir).await?);
             Stores {
                 clinics: store.clone(),
-                users: store,
+                users: store.clone(),
+                refresh_tokens: store,
             }
         }
         Backend::Mongo(store) => {
             let store = Arc::new(mongo::MongoIdentity::open(store).await?);
             Stores {
                 clinics: store.clone(),
-                users: store,
+                users: store.clone(),
+                refresh_tokens: store,
             }
         }
     })

@@ -21,17 +21,19 @@ use topsmile_kit::{
     },
 };
 
-use super::{ClinicStore, UserStore};
+use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
 use crate::domain::{
     Clinic, ClinicFields,
     user::{Attempt, LockPolicy, LoginState, Role, User},
 };
 use jiff::Timestamp;
 use mongodb::options::ReturnDocument;
+use topsmile_kit::auth::Kind;
 
 pub struct MongoIdentity {
     clinics: Collection<Document>,
     users: Collection<Document>,
+    refresh_tokens: Collection<Document>,
     store: MongoStore,
 }
 
@@ -67,9 +69,29 @@ impl MongoIdentity {
             .create_indexes(user_indexes)
             .await
             .map_err(translate)?;
+        let refresh_tokens = store.database.collection::<Document>("refreshTokens");
+        let refresh_indexes = [
+            // The TTL monitor deletes a token once `expiresAt` has passed (reads still
+            // check expiry: the monitor runs about once a minute).
+            IndexModel::builder()
+                .keys(doc! {"expiresAt": 1})
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(std::time::Duration::ZERO)
+                        .build(),
+                )
+                .build(),
+            IndexModel::builder().keys(doc! {"subject": 1}).build(),
+            IndexModel::builder().keys(doc! {"family": 1}).build(),
+        ];
+        refresh_tokens
+            .create_indexes(refresh_indexes)
+            .await
+            .map_err(translate)?;
         Ok(Self {
             clinics,
             users,
+            refresh_tokens,
             store,
         })
     }
@@ -413,6 +435,123 @@ impl UserStore for MongoIdentity {
             )
             .await
             .map_err(translate)?;
+        Ok(())
+    }
+}
+
+/// Matches the live (unspent, unrevoked, unexpired) tokens.
+///
+/// Times that updates set or compare are epoch milliseconds (see `unlocked`);
+/// `expiresAt` is also kept as a BSON date because the TTL index needs one.
+fn live(mut filter: Document, now: Timestamp) -> Document {
+    filter.insert("usedAtMs", Bson::Null);
+    filter.insert("revokedAtMs", Bson::Null);
+    filter.insert("expiresAtMs", doc! {"$gt": now.as_millisecond()});
+    filter
+}
+
+fn refresh_from(d: &Document) -> RefreshRecord {
+    RefreshRecord {
+        hash: get_string(d, "_id"),
+        subject: get_string(d, "subject"),
+        kind: Kind::parse(&get_string(d, "kind")).unwrap_or(Kind::Staff),
+        clinic: get_string(d, "clinicId"),
+        family: get_string(d, "family"),
+        family_created: topsmile_kit::time::from_millis(get_i64(d, "familyCreatedMs")),
+        expires_at: topsmile_kit::time::from_millis(get_i64(d, "expiresAtMs")),
+    }
+}
+
+#[async_trait]
+impl RefreshTokenStore for MongoIdentity {
+    async fn insert(&self, r: &RefreshRecord) -> Result<(), StoreError> {
+        let document = doc! {
+            "_id": &r.hash,
+            "subject": &r.subject,
+            "kind": r.kind.as_str(),
+            "clinicId": &r.clinic,
+            "family": &r.family,
+            "familyCreatedMs": r.family_created.as_millisecond(),
+            "expiresAt": to_bson_time(r.expires_at),
+            "expiresAtMs": r.expires_at.as_millisecond(),
+            "usedAtMs": Bson::Null,
+            "revokedAtMs": Bson::Null,
+        };
+        self.refresh_tokens
+            .insert_one(document)
+            .await
+            .map_err(|e| translate_unique(e, "refresh token"))?;
+        Ok(())
+    }
+
+    async fn spend(&self, hash: &str, now: Timestamp) -> Result<Spend, StoreError> {
+        let spent = self
+            .refresh_tokens
+            .find_one_and_update(
+                live(doc! {"_id": hash}, now),
+                doc! {"$set": {"usedAtMs": now.as_millisecond()}},
+            )
+            .await
+            .map_err(translate)?;
+        if let Some(d) = spent {
+            return Ok(Spend::Fresh(refresh_from(&d)));
+        }
+        let found = self
+            .refresh_tokens
+            .find_one(doc! {"_id": hash})
+            .await
+            .map_err(translate)?;
+        Ok(match found.map(|d| refresh_from(&d)) {
+            Some(record) if record.expires_at > now => Spend::Reused(record),
+            _ => Spend::Unknown,
+        })
+    }
+
+    async fn revoke_family(&self, family: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.refresh_tokens
+            .update_many(
+                doc! {"family": family, "revokedAtMs": Bson::Null},
+                doc! {"$set": {"revokedAtMs": now.as_millisecond()}},
+            )
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn revoke_subject(&self, subject: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.refresh_tokens
+            .update_many(
+                doc! {"subject": subject, "revokedAtMs": Bson::Null},
+                doc! {"$set": {"revokedAtMs": now.as_millisecond()}},
+            )
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn evict_oldest(
+        &self,
+        subject: &str,
+        keep: usize,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut cursor = self
+            .refresh_tokens
+            .find(live(doc! {"subject": subject}, now))
+            .sort(doc! {"familyCreatedMs": -1, "family": -1})
+            .skip(u64::try_from(keep).unwrap_or(u64::MAX))
+            .await
+            .map_err(translate)?;
+        let mut families = Vec::new();
+        while cursor.advance().await.map_err(translate)? {
+            families.push(get_string(
+                &cursor.deserialize_current().map_err(translate)?,
+                "family",
+            ));
+        }
+        for family in families {
+            self.revoke_family(&family, now).await?;
+        }
         Ok(())
     }
 }

@@ -1,0 +1,342 @@
+//! Signing in: passwords, the lock on repeated failures, access and refresh tokens,
+//! and service tokens. The gRPC handlers of `AuthService` and
+//! `IdentityInternalService` are thin wrappers over [`Accounts`].
+//!
+//! Every failure a stranger could learn from (unknown email, wrong password, locked or
+//! deactivated account, spent or expired refresh token) is the same UNAUTHENTICATED.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use topsmile_kit::{
+    ApiError,
+    access::Caller,
+    auth::{ACCESS_TOKEN_TTL, AUDIENCE, Claims, ISSUER, Kind},
+    names::ResourceId,
+    password::Passwords,
+    time::Clock,
+};
+
+use crate::{
+    domain::user::{self, Attempt, LockPolicy, NO_CLINIC, User},
+    keys::SigningKeys,
+    store::{RefreshRecord, Spend, Stores},
+};
+
+/// How long a refresh token (and so a session without activity) lives.
+pub const REFRESH_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Live session families per user; a new sign-in evicts the oldest beyond this.
+pub const MAX_SESSIONS: usize = 10;
+/// How long a service token lives.
+pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// What a successful sign-in or refresh hands back.
+#[derive(Debug, Clone)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i32,
+}
+
+pub struct Accounts {
+    pub stores: Stores,
+    pub passwords: Passwords,
+    pub keys: Arc<SigningKeys>,
+    pub clock: Arc<dyn Clock>,
+    pub lock_policy: LockPolicy,
+    /// The secret other services present to `MintServiceToken`; none disables it.
+    pub service_secret: Option<SecretString>,
+}
+
+impl Accounts {
+    /// Staff sign-in by email and password.
+    pub async fn login(&self, email: &str, password: &SecretString) -> Result<TokenPair, ApiError> {
+        let email = email.trim().to_lowercase();
+        let found =
+            if email.is_empty() || !(1..=128).contains(&password.expose_secret().chars().count()) {
+                None
+            } else {
+                self.stores.users.get_by_email(&email).await?
+            };
+        let user = match found {
+            Some(user) if user.is_active => user,
+            _ => {
+                // Same work as a real check, so the answer's timing says nothing.
+                self.passwords.verify(password, None).await?;
+                return Err(ApiError::Unauthenticated);
+            }
+        };
+        self.check_password(&user, password).await?;
+        self.issue(&user, None).await
+    }
+
+    /// Counts the attempt, then checks the password; a locked account is refused
+    /// without hashing anything.
+    async fn check_password(&self, user: &User, password: &SecretString) -> Result<(), ApiError> {
+        let attempt = self
+            .stores
+            .users
+            .begin_login_attempt(&user.id, self.clock.now(), &self.lock_policy)
+            .await?;
+        if attempt == Attempt::Locked {
+            tracing::warn!(user = %user.id, "sign-in refused: account locked");
+            return Err(ApiError::Unauthenticated);
+        }
+        if !self
+            .passwords
+            .verify(password, Some(&user.password_hash))
+            .await?
+        {
+            return Err(ApiError::Unauthenticated);
+        }
+        self.stores.users.login_succeeded(&user.id).await?;
+        Ok(())
+    }
+
+    /// A new access token and a new refresh token; `family` continues a session
+    /// (refresh), `None` starts one (sign-in).
+    async fn issue(
+        &self,
+        user: &User,
+        family: Option<(String, jiff::Timestamp)>,
+    ) -> Result<TokenPair, ApiError> {
+        let now = self.clock.now();
+        let started = family.is_none();
+        let (family, family_created) =
+            family.unwrap_or_else(|| (ResourceId::generate().to_string(), now));
+        let issued_at = jiff::Timestamp::now().as_second();
+        let ttl = i64::try_from(ACCESS_TOKEN_TTL.as_secs()).unwrap_or(900);
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: user.name(),
+            exp: issued_at + ttl,
+            iat: issued_at,
+            jti: ResourceId::generate().to_string(),
+            clinic: if user.clinic == NO_CLINIC {
+                String::new()
+            } else {
+                user.clinic.clone()
+            },
+            role: user.role.as_str().into(),
+            kind: Kind::Staff,
+            sid: family.clone(),
+        };
+        let access_token = self
+            .keys
+            .issuer()?
+            .sign(&claims)
+            .map_err(|e| ApiError::Internal(format!("sign: {e}")))?;
+        let refresh_token = random_token();
+        self.stores
+            .refresh_tokens
+            .insert(&RefreshRecord {
+                hash: digest(&refresh_token),
+                subject: user.id.to_string(),
+                kind: Kind::Staff,
+                clinic: user.clinic.clone(),
+                family,
+                family_created,
+                expires_at: add(now, REFRESH_TOKEN_TTL),
+            })
+            .await?;
+        if started {
+            self.stores
+                .refresh_tokens
+                .evict_oldest(user.id.as_str(), MAX_SESSIONS, now)
+                .await?;
+        }
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            expires_in: i32::try_from(ttl).unwrap_or(900),
+        })
+    }
+
+    /// Rotates a refresh token. A token presented a second time means it leaked (or a
+    /// client raced itself): the whole session family is revoked.
+    pub async fn refresh(&self, token: &str) -> Result<TokenPair, ApiError> {
+        let now = self.clock.now();
+        let record = match self
+            .stores
+            .refresh_tokens
+            .spend(&digest(token), now)
+            .await?
+        {
+            Spend::Fresh(record) => record,
+            Spend::Reused(record) => {
+                tracing::warn!(family = %record.family, subject = %record.subject, "refresh token replayed: session revoked");
+                self.stores
+                    .refresh_tokens
+                    .revoke_family(&record.family, now)
+                    .await?;
+                return Err(ApiError::Unauthenticated);
+            }
+            Spend::Unknown => return Err(ApiError::Unauthenticated),
+        };
+        // Staff sessions only so far; patient sessions come with the patient portal.
+        let user = match (record.kind, ResourceId::parse(&record.subject)) {
+            (Kind::Staff, Some(id)) => self.stores.users.get(&id).await?,
+            _ => None,
+        };
+        match user {
+            Some(user) if user.is_active => {
+                self.issue(&user, Some((record.family, record.family_created)))
+                    .await
+            }
+            _ => {
+                self.stores
+                    .refresh_tokens
+                    .revoke_family(&record.family, now)
+                    .await?;
+                Err(ApiError::Unauthenticated)
+            }
+        }
+    }
+
+    /// Ends the caller's session: its refresh tokens stop working.
+    pub async fn logout(&self, caller: &Caller) -> Result<(), ApiError> {
+        self.stores
+            .refresh_tokens
+            .revoke_family(caller.session(), self.clock.now())
+            .await?;
+        Ok(())
+    }
+
+    /// Changes the caller's own password (the current one is checked like a sign-in,
+    /// lock included) and ends every session of theirs.
+    pub async fn change_password(
+        &self,
+        caller: &Caller,
+        current: &SecretString,
+        new: &SecretString,
+    ) -> Result<(), ApiError> {
+        user::password("new_password", new.expose_secret())?;
+        let user = self.caller_user(caller).await?;
+        self.check_password(&user, current).await?;
+        let mut next = user.clone();
+        next.password_hash = self.passwords.hash(new).await?;
+        next.update_time = self.clock.now();
+        next.version += 1;
+        self.stores.users.update_profile(&next).await?;
+        self.stores
+            .refresh_tokens
+            .revoke_subject(user.id.as_str(), self.clock.now())
+            .await?;
+        tracing::info!(user = %user.id, "password changed; every session ended");
+        Ok(())
+    }
+
+    async fn caller_user(&self, caller: &Caller) -> Result<User, ApiError> {
+        let id = caller
+            .subject()
+            .rsplit('/')
+            .next()
+            .and_then(ResourceId::parse)
+            .ok_or(ApiError::Unauthenticated)?;
+        match self.stores.users.get(&id).await? {
+            Some(user) if user.is_active && user.name() == caller.subject() => Ok(user),
+            _ => Err(ApiError::Unauthenticated),
+        }
+    }
+
+    /// A short-lived token for another TopSmile service, against the shared secret.
+    pub async fn mint_service_token(
+        &self,
+        service: &str,
+        secret: &SecretString,
+    ) -> Result<(String, i32), ApiError> {
+        let Some(expected) = &self.service_secret else {
+            return Err(ApiError::Unauthenticated);
+        };
+        // Comparing digests: equal-length inputs, and timing reveals nothing useful.
+        if digest(expected.expose_secret()) != digest(secret.expose_secret()) {
+            return Err(ApiError::Unauthenticated);
+        }
+        let service = ResourceId::parse(service).ok_or_else(|| {
+            ApiError::invalid("service", "must be a service name such as \"patients\"")
+        })?;
+        let now = jiff::Timestamp::now().as_second();
+        let ttl = i64::try_from(SERVICE_TOKEN_TTL.as_secs()).unwrap_or(300);
+        let jti = ResourceId::generate().to_string();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: format!("services/{service}"),
+            exp: now + ttl,
+            iat: now,
+            jti: jti.clone(),
+            clinic: String::new(),
+            role: "service".into(),
+            kind: Kind::Service,
+            sid: jti,
+        };
+        let token = self
+            .keys
+            .issuer()?
+            .sign(&claims)
+            .map_err(|e| ApiError::Internal(format!("sign: {e}")))?;
+        Ok((token, i32::try_from(ttl).unwrap_or(300)))
+    }
+
+    /// Creates the first super admin if there is none (idempotent, never overwrites).
+    /// Returns whether it created one.
+    pub async fn bootstrap_admin(
+        &self,
+        email: &str,
+        password: &SecretString,
+    ) -> Result<bool, ApiError> {
+        if self.stores.users.any_super_admin().await? {
+            return Ok(false);
+        }
+        let fields = user::validate_fields(
+            "bootstrap_admin",
+            user::UserInput {
+                email: email.to_owned(),
+                display_name: "Administrator".into(),
+                role: Some(user::Role::SuperAdmin),
+            },
+        )?;
+        user::password("bootstrap_admin_password", password.expose_secret())?;
+        let now = self.clock.now();
+        let admin = User::new(
+            fields,
+            NO_CLINIC.into(),
+            self.passwords.hash(password).await?,
+            now,
+        );
+        match self.stores.users.create(admin).await {
+            Ok(admin) => {
+                tracing::info!(user = %admin.name(), "bootstrap super admin created");
+                Ok(true)
+            }
+            // Another replica bootstrapped at the same time, or the email is taken.
+            Err(topsmile_kit::StoreError::Duplicate(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Hex SHA-256: what the store keeps of a refresh token.
+pub fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn add(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| t.checked_add(d).ok())
+        .unwrap_or(t)
+}

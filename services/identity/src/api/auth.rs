@@ -1,0 +1,144 @@
+//! `AuthService` and `IdentityInternalService`.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use tonic::{Request, Response, Status};
+use topsmile_kit::{ApiError, access::Caller};
+use topsmile_proto::topsmile::identity::v1::{
+    self as pb, auth_service_server::AuthService,
+    identity_internal_service_server::IdentityInternalService,
+};
+
+use crate::accounts::{Accounts, TokenPair};
+
+pub struct AuthApi {
+    accounts: Arc<Accounts>,
+}
+
+impl AuthApi {
+    pub fn new(accounts: Arc<Accounts>) -> Self {
+        Self { accounts }
+    }
+}
+
+macro_rules! token_response {
+    ($ty:ident, $pair:expr) => {{
+        let TokenPair {
+            access_token,
+            refresh_token,
+            expires_in,
+        } = $pair;
+        pb::$ty {
+            access_token,
+            refresh_token,
+            expires_in,
+        }
+    }};
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let req = req.into_inner();
+        let pair = self
+            .accounts
+            .login(&req.email, &SecretString::from(req.password))
+            .await?;
+        Ok(Response::new(token_response!(LoginResponse, pair)))
+    }
+
+    async fn login_patient(
+        &self,
+        _: Request<pb::LoginPatientRequest>,
+    ) -> Result<Response<pb::LoginPatientResponse>, Status> {
+        Err(ApiError::Unimplemented("LoginPatient (arrives with the patient portal)".into()).into())
+    }
+
+    async fn refresh_token(
+        &self,
+        req: Request<pb::RefreshTokenRequest>,
+    ) -> Result<Response<pb::RefreshTokenResponse>, Status> {
+        let pair = self
+            .accounts
+            .refresh(&req.into_inner().refresh_token)
+            .await?;
+        Ok(Response::new(token_response!(RefreshTokenResponse, pair)))
+    }
+
+    async fn logout(
+        &self,
+        req: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        self.accounts.logout(&caller).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let req = req.into_inner();
+        self.accounts
+            .change_password(
+                &caller,
+                &SecretString::from(req.current_password),
+                &SecretString::from(req.new_password),
+            )
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    async fn get_jwks(
+        &self,
+        _: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let keys = self.accounts.keys.public_keys()?;
+        Ok(Response::new(pb::GetJwksResponse {
+            keys: keys
+                .iter()
+                .map(|k| pb::Jwk {
+                    kty: "OKP".into(),
+                    crv: "Ed25519".into(),
+                    x: k.x.clone(),
+                    kid: k.kid.clone(),
+                    alg: "EdDSA".into(),
+                    r#use: "sig".into(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+pub struct InternalApi {
+    accounts: Arc<Accounts>,
+}
+
+impl InternalApi {
+    pub fn new(accounts: Arc<Accounts>) -> Self {
+        Self { accounts }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityInternalService for InternalApi {
+    async fn mint_service_token(
+        &self,
+        req: Request<pb::MintServiceTokenRequest>,
+    ) -> Result<Response<pb::MintServiceTokenResponse>, Status> {
+        let req = req.into_inner();
+        let (access_token, expires_in) = self
+            .accounts
+            .mint_service_token(&req.service, &SecretString::from(req.service_secret))
+            .await?;
+        Ok(Response::new(pb::MintServiceTokenResponse {
+            access_token,
+            expires_in,
+        }))
+    }
+}

@@ -1,0 +1,238 @@
+//! What the end-to-end tests share: a whole suite on port 0 with a known super admin,
+//! and clients that carry a bearer token.
+
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use secrecy::SecretString;
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use topsmile::{Suite, SuiteOptions};
+use topsmile_kit::{config::ServerLimits, password::Passwords, store::StoreChoice, time::Clock};
+use topsmile_proto::topsmile::identity::v1::{
+    self as identity, auth_service_client::AuthServiceClient,
+    clinic_service_client::ClinicServiceClient, user_service_client::UserServiceClient,
+};
+
+pub const ROOT_EMAIL: &str = "root@topsmile.test";
+pub const ROOT_PASSWORD: &str = "root password, long enough";
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            let value: MetadataValue<_> = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::invalid_argument("token is not a header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+pub struct TestSuite {
+    pub suite: Suite,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Setup {
+    pub store: Option<StoreChoice>,
+    pub limits: ServerLimits,
+    pub clock: Option<Arc<dyn Clock>>,
+    pub sign_in_per_minute: u32,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            store: None,
+            limits: ServerLimits {
+                max_message_bytes: 64 * 1024,
+                ..ServerLimits::default()
+            },
+            clock: None,
+            sign_in_per_minute: 0,
+        }
+    }
+}
+
+impl TestSuite {
+    pub async fn start() -> Self {
+        Self::with(Setup::default()).await
+    }
+
+    pub async fn start_on(store: StoreChoice) -> Self {
+        Self::with(Setup {
+            store: Some(store),
+            ..Setup::default()
+        })
+        .await
+    }
+
+    pub async fn with(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = setup.store.unwrap_or_else(|| StoreChoice::Embedded {
+            data_dir: dir.path().to_path_buf(),
+        });
+        let mut options = SuiteOptions::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            store,
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        options.limits = setup.limits;
+        options.sign_in_per_minute = setup.sign_in_per_minute;
+        options.bootstrap_admin = Some((ROOT_EMAIL.into(), SecretString::from(ROOT_PASSWORD)));
+        options.passwords = Passwords::new(2).unwrap();
+        if let Some(clock) = setup.clock {
+            options.clock = clock;
+        }
+        let suite = Suite::start(options).await.unwrap();
+        Self { suite, dir }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(self.suite.gateway).await
+    }
+
+    /// Signs in through the gateway; the access token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        self.login_pair(email, password).await.access_token
+    }
+
+    pub async fn login_pair(&self, email: &str, password: &str) -> identity::LoginResponse {
+        AuthServiceClient::new(self.channel().await)
+            .login(identity::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("login of {email} failed: {e:?}"))
+            .into_inner()
+    }
+
+    pub async fn root_token(&self) -> String {
+        self.login(ROOT_EMAIL, ROOT_PASSWORD).await
+    }
+
+    /// ClinicService as the super admin, through the gateway.
+    pub async fn clinics(&self) -> ClinicServiceClient<Authed> {
+        ClinicServiceClient::with_interceptor(
+            self.channel().await,
+            Bearer(Some(self.root_token().await)),
+        )
+    }
+
+    /// A clinic and one user per staff role in it, each signed in.
+    pub async fn clinic_with_staff(&self, label: &str) -> ClinicStaff {
+        let root = self.root_token().await;
+        let channel = self.channel().await;
+        let clinic =
+            ClinicServiceClient::with_interceptor(channel.clone(), Bearer(Some(root.clone())))
+                .create_clinic(identity::CreateClinicRequest {
+                    clinic: Some(new_clinic(label)),
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .clinic
+                .unwrap();
+        let mut users = UserServiceClient::with_interceptor(channel, Bearer(Some(root)));
+        let mut tokens = Vec::new();
+        let mut names = Vec::new();
+        for role in [
+            identity::UserRole::Admin,
+            identity::UserRole::Provider,
+            identity::UserRole::Staff,
+        ] {
+            let email = format!(
+                "{}.{}@example.com",
+                role.as_str_name().to_lowercase(),
+                uuid_like()
+            );
+            let user = users
+                .create_user(identity::CreateUserRequest {
+                    parent: clinic.name.clone(),
+                    user: Some(identity::User {
+                        email: email.clone(),
+                        display_name: format!("{label} {}", role.as_str_name()),
+                        role: role as i32,
+                        ..Default::default()
+                    }),
+                    password: STAFF_PASSWORD.into(),
+                    request_id: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .user
+                .unwrap();
+            names.push(user.name);
+            tokens.push(self.login(&email, STAFF_PASSWORD).await);
+        }
+        ClinicStaff {
+            clinic,
+            admin: tokens[0].clone(),
+            provider: tokens[1].clone(),
+            staff: tokens[2].clone(),
+            admin_name: names[0].clone(),
+            provider_name: names[1].clone(),
+            staff_name: names[2].clone(),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.suite.stop().await.unwrap();
+    }
+}
+
+pub const STAFF_PASSWORD: &str = "staff password, long enough";
+
+pub struct ClinicStaff {
+    pub clinic: identity::Clinic,
+    pub admin: String,
+    pub provider: String,
+    pub staff: String,
+    pub admin_name: String,
+    pub provider_name: String,
+    pub staff_name: String,
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+pub fn new_clinic(name: &str) -> identity::Clinic {
+    identity::Clinic {
+        display_name: name.to_owned(),
+        time_zone: "America/Sao_Paulo".to_owned(),
+        phone: "+55 11 5555-0100".to_owned(),
+        email: "front@example.com".to_owned(),
+        ..Default::default()
+    }
+}
