@@ -9,7 +9,7 @@ use prost_types::FieldMask;
 use support::{Authed, Bearer, TestSuite, connect, new_clinic};
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
-use topsmile_kit::{shutdown, store::StoreChoice, testing};
+use topsmile_kit::shutdown;
 use topsmile_proto::topsmile::{
     identity::v1::{self as identity, clinic_service_client::ClinicServiceClient},
     patients::v1::{
@@ -142,22 +142,13 @@ async fn clinic_lifecycle_through_the_gateway_on_the_embedded_store() {
 
 #[tokio::test]
 async fn clinic_lifecycle_through_the_gateway_on_mongodb() {
-    let Some(uri) = testing::mongodb_uri("clinic_lifecycle_through_the_gateway_on_mongodb") else {
+    let Some(store) = support::mongo_store("clinic_lifecycle_through_the_gateway_on_mongodb")
+    else {
         return;
-    };
-    let database = testing::unique_database("e2e");
-    let store = StoreChoice::Mongo {
-        uri: uri.clone(),
-        database: database.clone(),
-        list_read_preference: "primary".into(),
     };
     let suite = TestSuite::start_on(store).await;
     clinic_lifecycle(&suite).await;
     suite.stop().await;
-    let conn = topsmile_kit::store::mongo::connect(&uri, &database, "e2e-cleanup", "primary")
-        .await
-        .unwrap();
-    conn.database.drop().await.unwrap();
 }
 
 #[tokio::test]

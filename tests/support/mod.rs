@@ -43,6 +43,19 @@ pub type Authed = InterceptedService<Channel, Bearer>;
 pub struct TestSuite {
     pub suite: Suite,
     pub dir: tempfile::TempDir,
+    /// The MongoDB database to drop at the end, when the suite runs on MongoDB.
+    mongo: Option<(SecretString, String)>,
+}
+
+/// A fresh MongoDB database at `TOPSMILE_TEST_MONGODB_URI`, or `None` (after saying so)
+/// where the MongoDB half may be skipped (never under `CI=true`).
+pub fn mongo_store(test: &str) -> Option<StoreChoice> {
+    let uri = topsmile_kit::testing::mongodb_uri(test)?;
+    Some(StoreChoice::Mongo {
+        uri,
+        database: topsmile_kit::testing::unique_database("e2e"),
+        list_read_preference: "primary".into(),
+    })
 }
 
 pub struct Setup {
@@ -97,8 +110,12 @@ impl TestSuite {
         if let Some(clock) = setup.clock {
             options.clock = clock;
         }
+        let mongo = match &options.store {
+            StoreChoice::Mongo { uri, database, .. } => Some((uri.clone(), database.clone())),
+            StoreChoice::Embedded { .. } => None,
+        };
         let suite = Suite::start(options).await.unwrap();
-        Self { suite, dir }
+        Self { suite, dir, mongo }
     }
 
     pub async fn channel(&self) -> Channel {
@@ -194,6 +211,13 @@ impl TestSuite {
 
     pub async fn stop(self) {
         self.suite.stop().await.unwrap();
+        if let Some((uri, database)) = self.mongo {
+            let conn =
+                topsmile_kit::store::mongo::connect(&uri, &database, "e2e-cleanup", "primary")
+                    .await
+                    .unwrap();
+            conn.database.drop().await.unwrap();
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Identity's signing keys, kept in a key file (`topsmile keys rotate` adds one).
 //!
 //! The file is re-read when it changes, so a rotation takes effect without a restart:
-//! new tokens are signed with the new key and `GetJwks` publishes it with the retired
-//! ones that may still have live tokens.
+//! `GetJwks` publishes the new key at once (beside retired ones that may still have live
+//! tokens) and new tokens are signed with it once its hand-over time has come.
 
 use std::{
     path::{Path, PathBuf},
@@ -23,7 +23,7 @@ pub struct SigningKeys {
 #[derive(Clone)]
 struct Loaded {
     modified: Option<SystemTime>,
-    issuer: Arc<TokenIssuer>,
+    ring: Arc<KeyRing>,
     public: Arc<Vec<PublicKey>>,
 }
 
@@ -35,8 +35,8 @@ impl SigningKeys {
             path: path.to_path_buf(),
             current: RwLock::new(Loaded {
                 modified: modified(path),
-                issuer: Arc::new(ring.issuer()?),
                 public: Arc::new(ring.public_keys()),
+                ring: Arc::new(ring),
             }),
         })
     }
@@ -45,9 +45,12 @@ impl SigningKeys {
         &self.path
     }
 
-    /// The key that signs new tokens.
-    pub fn issuer(&self) -> Result<Arc<TokenIssuer>, ApiError> {
-        Ok(self.fresh()?.issuer)
+    /// The key that signs new tokens now.
+    pub fn issuer(&self) -> Result<TokenIssuer, ApiError> {
+        self.fresh()?
+            .ring
+            .issuer()
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 
     /// Every key a live token may carry: the JWKS.
@@ -68,13 +71,10 @@ impl SigningKeys {
         let ring = KeyRing::load(&self.path).map_err(|e| ApiError::Internal(e.to_string()))?;
         let reloaded = Loaded {
             modified: on_disk,
-            issuer: Arc::new(
-                ring.issuer()
-                    .map_err(|e| ApiError::Internal(e.to_string()))?,
-            ),
             public: Arc::new(ring.public_keys()),
+            ring: Arc::new(ring),
         };
-        tracing::info!(kid = reloaded.issuer.kid(), "signing keys reloaded");
+        tracing::info!(path = %self.path.display(), "signing keys reloaded");
         if let Ok(mut current) = self.current.write() {
             *current = reloaded.clone();
         }

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub const ISSUER: &str = "topsmile-identity";
 /// `aud` of every TopSmile access token.
 pub const AUDIENCE: &str = "topsmile";
+/// How long a rotated-in key is published before it signs: longer than the shortest
+/// interval between two key fetches of a verifier (`access::REFRESH_INTERVAL`).
+pub const PUBLISH_BEFORE_SIGNING: Duration = Duration::from_secs(10);
 /// How long an access token lives.
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -89,6 +92,11 @@ struct StoredKey {
     /// Public key, base64url (the JWK `x`).
     x: String,
     created_at: i64,
+    /// When the key starts signing (epoch seconds). A rotated-in key is published first
+    /// and signs only after [`PUBLISH_BEFORE_SIGNING`], so every verifier can have
+    /// fetched it before it meets a token carrying it.
+    #[serde(default)]
+    signs_from: i64,
     /// Set when a newer key took over; the key is still published until every token
     /// it signed has expired.
     retired_at: Option<i64>,
@@ -143,18 +151,26 @@ impl KeyRing {
         Ok(Self { keys })
     }
 
-    /// Adds a new active key and retires the current one; drops keys retired long
-    /// enough ago that no token they signed can still be valid. Returns the new kid.
+    /// Adds a new key that takes over signing after [`PUBLISH_BEFORE_SIGNING`] and
+    /// retires the current one then; drops keys retired long enough ago that no token
+    /// they signed can still be valid. Returns the new kid.
     pub fn rotate(path: &Path) -> Result<String, KeyError> {
+        Self::rotate_after(path, PUBLISH_BEFORE_SIGNING)
+    }
+
+    /// [`rotate`](Self::rotate) with another hand-over delay.
+    pub fn rotate_after(path: &Path, delay: Duration) -> Result<String, KeyError> {
         let mut ring = Self::load_or_create(path)?;
         let now = now_secs();
+        let takes_over = now + i64::try_from(delay.as_secs()).unwrap_or(0);
         let ttl = ACCESS_TOKEN_TTL.as_secs() as i64;
         ring.keys
             .retain(|k| k.retired_at.is_none_or(|r| r + ttl > now));
         for key in &mut ring.keys {
-            key.retired_at.get_or_insert(now);
+            key.retired_at.get_or_insert(takes_over);
         }
-        let key = new_key(now)?;
+        let mut key = new_key(now)?;
+        key.signs_from = takes_over;
         let kid = key.kid.clone();
         ring.keys.push(key);
         ring.save(path)?;
@@ -183,11 +199,12 @@ impl KeyRing {
 
     /// The key that signs new tokens.
     pub fn issuer(&self) -> Result<TokenIssuer, KeyError> {
+        let now = now_secs();
         let key = self
             .keys
             .iter()
-            .rev()
-            .find(|k| k.retired_at.is_none())
+            .filter(|k| k.signs_from <= now)
+            .max_by_key(|k| (k.signs_from, k.created_at))
             .ok_or(KeyError::NoActiveKey)?;
         let der = URL_SAFE_NO_PAD
             .decode(&key.pkcs8)
@@ -221,6 +238,7 @@ fn new_key(now: i64) -> Result<StoredKey, KeyError> {
         pkcs8: URL_SAFE_NO_PAD.encode(der.as_bytes()),
         x: URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes()),
         created_at: now,
+        signs_from: now,
         retired_at: None,
     })
 }

@@ -1,0 +1,1033 @@
+//! Identity and access, end to end: forged tokens, the role policy of every method,
+//! clinic tenancy, refresh-token rotation under races, brute force, and the walk-through
+//! of the README. Every test runs the whole suite on port 0 and calls it over gRPC, both
+//! through the gateway and straight at the services (which must refuse the same calls).
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use futures::future::join_all;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value};
+use secrecy::SecretString;
+use support::{
+    Bearer, ROOT_EMAIL, ROOT_PASSWORD, STAFF_PASSWORD, Setup, TestSuite, connect, mongo_store,
+};
+use tonic::{Code, Status, codegen::http::uri::PathAndQuery, transport::Channel};
+use tonic_types::StatusExt;
+use topsmile_kit::{
+    auth::{AUDIENCE, Claims, ISSUER, KeyRing, Kind},
+    policy::PolicyTable,
+    time::TestClock,
+};
+use topsmile_proto::{
+    FILE_DESCRIPTOR_SET,
+    topsmile::{
+        auth::v1::Role,
+        identity::v1::{
+            self as identity, auth_service_client::AuthServiceClient,
+            clinic_service_client::ClinicServiceClient,
+            identity_internal_service_client::IdentityInternalServiceClient,
+            user_service_client::UserServiceClient,
+        },
+        patients::v1::{
+            GetPatientRequest, VerifyPatientCredentialsRequest,
+            patient_internal_service_client::PatientInternalServiceClient,
+            patient_service_client::PatientServiceClient,
+        },
+    },
+};
+
+// ---------------------------------------------------------------------------------------
+// Forged tokens
+
+/// The suite's real signing key, as an attacker who stole nothing does not have it.
+fn real_key(suite: &TestSuite) -> KeyRing {
+    KeyRing::load(&suite.dir.path().join("signing-keys.json")).unwrap()
+}
+
+fn claims_for(sub: &str, role: &str, clinic: &str) -> Claims {
+    let now = jiff::Timestamp::now().as_second();
+    Claims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        sub: sub.into(),
+        exp: now + 600,
+        iat: now,
+        jti: "forged".into(),
+        clinic: clinic.into(),
+        role: role.into(),
+        kind: Kind::Staff,
+        sid: "forged".into(),
+    }
+}
+
+fn b64json(value: &serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+}
+
+/// Every forgery the issue lists, by name.
+fn forgeries(suite: &TestSuite, valid: &str) -> Vec<(&'static str, String)> {
+    let ring = real_key(suite);
+    let issuer = ring.issuer().unwrap();
+    let kid = issuer.kid().to_owned();
+    let super_admin = claims_for("clinics/-/users/forged", "super_admin", "");
+
+    let stranger_dir = tempfile::tempdir().unwrap();
+    let stranger = KeyRing::load_or_create(&stranger_dir.path().join("k.json")).unwrap();
+    let unknown_kid = stranger.issuer().unwrap().sign(&super_admin).unwrap();
+
+    let wrong_aud = issuer
+        .sign(&Claims {
+            aud: "somebody-else".into(),
+            ..super_admin.clone()
+        })
+        .unwrap();
+    let wrong_iss = issuer
+        .sign(&Claims {
+            iss: "evil-issuer".into(),
+            ..super_admin.clone()
+        })
+        .unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let expired = issuer
+        .sign(&Claims {
+            exp: now - 3600,
+            iat: now - 4500,
+            ..super_admin.clone()
+        })
+        .unwrap();
+
+    let payload = b64json(&serde_json::to_value(&super_admin).unwrap());
+    let alg_none = format!(
+        "{}.{payload}.",
+        b64json(&serde_json::json!({"alg": "none", "kid": kid}))
+    );
+
+    // HS256 keyed with the published public key: the classic algorithm confusion.
+    let public_x = ring.public_keys()[0].x.clone();
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some(kid.clone());
+    let hs256_public = jsonwebtoken::encode(
+        &hs_header,
+        &super_admin,
+        &EncodingKey::from_secret(&URL_SAFE_NO_PAD.decode(&public_x).unwrap()),
+    )
+    .unwrap();
+    let hs256_public_text = jsonwebtoken::encode(
+        &hs_header,
+        &super_admin,
+        &EncodingKey::from_secret(public_x.as_bytes()),
+    )
+    .unwrap();
+
+    // A real token whose payload is swapped for a super admin's, signature kept.
+    let parts: Vec<&str> = valid.split('.').collect();
+    let tampered = format!("{}.{payload}.{}", parts[0], parts[2]);
+
+    vec![
+        ("garbage", "not-a-jwt".to_owned()),
+        ("unknown kid", unknown_kid),
+        ("wrong aud", wrong_aud),
+        ("wrong iss", wrong_iss),
+        ("expired", expired),
+        ("alg none", alg_none),
+        ("HS256 with the public key", hs256_public),
+        ("HS256 with the public key text", hs256_public_text),
+        ("tampered payload", tampered),
+    ]
+}
+
+fn assert_generic_unauthenticated(what: &str, status: &Status) {
+    assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+    assert_eq!(
+        status.message(),
+        "unauthenticated",
+        "{what}: one generic message for every cause"
+    );
+}
+
+#[tokio::test]
+async fn every_forged_token_is_unauthenticated_at_the_gateway_and_at_each_service() {
+    let suite = TestSuite::start().await;
+    let staff = suite.clinic_with_staff("Forgery").await;
+    let clinic_name = staff.clinic.name.clone();
+    let patient_name = format!("{clinic_name}/patients/p1");
+    let targets = [
+        ("gateway", suite.suite.gateway),
+        ("identity", suite.suite.services["identity"]),
+        ("patients", suite.suite.services["patients"]),
+    ];
+    for (where_, addr) in targets {
+        let channel = connect(addr).await;
+        // The genuine token passes the guard everywhere (patients answers UNIMPLEMENTED
+        // for now: what matters is that it got past authentication).
+        let mut clinics = ClinicServiceClient::with_interceptor(
+            channel.clone(),
+            Bearer(Some(staff.admin.clone())),
+        );
+        let mut patients = PatientServiceClient::with_interceptor(
+            channel.clone(),
+            Bearer(Some(staff.admin.clone())),
+        );
+        if where_ != "patients" {
+            clinics
+                .get_clinic(identity::GetClinicRequest {
+                    name: clinic_name.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{where_}: genuine token refused: {e:?}"));
+        }
+        if where_ != "identity" {
+            let passed = patients
+                .get_patient(GetPatientRequest {
+                    name: patient_name.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                passed.code(),
+                Code::Unimplemented,
+                "{where_}: genuine token: {passed:?}"
+            );
+        }
+
+        let mut cases = forgeries(&suite, &staff.admin);
+        cases.push(("no token", String::new()));
+        for (what, token) in cases {
+            let bearer = Bearer((!token.is_empty()).then_some(token));
+            let status = if where_ == "patients" {
+                PatientServiceClient::with_interceptor(channel.clone(), bearer)
+                    .get_patient(GetPatientRequest {
+                        name: patient_name.clone(),
+                    })
+                    .await
+                    .unwrap_err()
+            } else {
+                ClinicServiceClient::with_interceptor(channel.clone(), bearer)
+                    .get_clinic(identity::GetClinicRequest {
+                        name: clinic_name.clone(),
+                    })
+                    .await
+                    .unwrap_err()
+            };
+            assert_generic_unauthenticated(&format!("{where_}, {what}"), &status);
+        }
+    }
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The policy of every method, and clinic tenancy
+
+/// Calls any method with a request built from the descriptor, answering only the status.
+async fn call_raw(channel: &Channel, token: &str, path: &str, request: DynamicMessage) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(request);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let codec = tonic_prost::ProstCodec::<DynamicMessage, ()>::default();
+    match grpc
+        .unary(req, PathAndQuery::try_from(path.to_owned()).unwrap(), codec)
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// A request for `method` that aims at clinic B: every `name` and `parent` (also inside
+/// the resource message) names B's resources.
+fn aimed_at(input: &MessageDescriptor, service: &str, b: &ClinicB) -> DynamicMessage {
+    let mut message = DynamicMessage::new(input.clone());
+    let own_name = if service.ends_with("UserService") {
+        &b.user
+    } else {
+        &b.clinic
+    };
+    for field in input.fields() {
+        match field.name() {
+            "name" => message.set_field(&field, Value::String(own_name.clone())),
+            "parent" => message.set_field(&field, Value::String(b.clinic.clone())),
+            "etag" => {}
+            _ => {
+                if let Some(inner) = field.kind().as_message()
+                    && inner.get_field_by_name("name").is_some()
+                    && inner.full_name().starts_with("topsmile.")
+                {
+                    let mut resource = DynamicMessage::new(inner.clone());
+                    resource.set_field_by_name("name", Value::String(own_name.clone()));
+                    if inner.get_field_by_name("display_name").is_some() {
+                        resource
+                            .set_field_by_name("display_name", Value::String("Taken over".into()));
+                    }
+                    message.set_field(&field, Value::Message(resource));
+                }
+            }
+        }
+    }
+    message
+}
+
+struct ClinicB {
+    clinic: String,
+    user: String,
+}
+
+/// Methods that act only on the caller themself: no resource to aim elsewhere.
+const SELF_ONLY: &[&str] = &[
+    "/topsmile.identity.v1.AuthService/Logout",
+    "/topsmile.identity.v1.AuthService/ChangePassword",
+];
+
+#[tokio::test]
+async fn every_identity_method_holds_each_role_to_its_policy_and_its_own_clinic() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Clinic A").await;
+    let b_staff = suite.clinic_with_staff("Clinic B").await;
+    let b = ClinicB {
+        clinic: b_staff.clinic.name.clone(),
+        user: b_staff.staff_name.clone(),
+    };
+    // The super admin may change any clinic: it aims at a clinic of its own, so that B
+    // stays as created and can be checked afterwards.
+    let c_staff = suite.clinic_with_staff("Clinic C").await;
+    let c = ClinicB {
+        clinic: c_staff.clinic.name.clone(),
+        user: c_staff.staff_name.clone(),
+    };
+    let root = suite.root_token().await;
+    let table = PolicyTable::builtin().unwrap();
+    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+    let callers = [
+        (Role::SuperAdmin, root.clone()),
+        (Role::Admin, a.admin.clone()),
+        (Role::Provider, a.provider.clone()),
+        (Role::Staff, a.staff.clone()),
+    ];
+    let mut methods: Vec<_> = table
+        .methods()
+        .filter(|m| m.area == "identity")
+        .filter(|m| m.policy.as_ref().is_some_and(|p| !p.public && !p.internal))
+        .cloned()
+        .collect();
+    methods.sort_by(|x, y| x.path.cmp(&y.path));
+    assert!(
+        methods.len() >= 12,
+        "identity's guarded methods: {}",
+        methods.len()
+    );
+    let mut checked = 0;
+    for target in [suite.suite.gateway, suite.suite.services["identity"]] {
+        let channel = connect(target).await;
+        for method in &methods {
+            let policy = method.policy.as_ref().unwrap();
+            let (_, name) = method.path.rsplit_once('/').unwrap();
+            let descriptor = pool.get_service_by_name(&method.service).unwrap();
+            let rpc = descriptor.methods().find(|m| m.name() == name).unwrap();
+            for (role, token) in &callers {
+                let aim = if *role == Role::SuperAdmin { &c } else { &b };
+                let request = aimed_at(&rpc.input(), &method.service, aim);
+                let code = call_raw(&channel, token, &method.path, request).await;
+                let allowed = policy.roles.contains(&(*role as i32));
+                let what = format!("{} as {role:?} via {target}", method.path);
+                if !allowed {
+                    assert_eq!(
+                        code,
+                        Code::PermissionDenied,
+                        "{what}: the policy does not admit the role"
+                    );
+                } else if *role == Role::SuperAdmin || SELF_ONLY.contains(&method.path.as_str()) {
+                    assert!(
+                        !matches!(code, Code::PermissionDenied | Code::Unauthenticated),
+                        "{what}: the policy admits the role, got {code:?}"
+                    );
+                } else {
+                    assert!(
+                        matches!(code, Code::PermissionDenied | Code::NotFound),
+                        "{what}: another clinic's record must not be reachable, got {code:?}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, methods.len() * callers.len() * 2);
+
+    // Clinic B's data is untouched: its name and its user are as created.
+    let mut clinics = ClinicServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(b_staff.admin.clone())),
+    );
+    let clinic = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: b.clinic.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    assert_eq!(clinic.display_name, "Clinic B");
+    assert!(clinic.is_active);
+    let user = UserServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(b_staff.admin.clone())),
+    )
+    .get_user(identity::GetUserRequest {
+        name: b.user.clone(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .user
+    .unwrap();
+    assert!(user.is_active && user.etag == "1", "{user:?}");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn an_id_from_another_clinic_is_not_found_and_another_clinics_name_is_denied() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Clinic A").await;
+    let b = suite.clinic_with_staff("Clinic B").await;
+    let mut users =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())));
+    let b_user_id = b.staff_name.rsplit('/').next().unwrap();
+    let disguised = format!("{}/users/{b_user_id}", a.clinic.name);
+    let err = users
+        .get_user(identity::GetUserRequest { name: disguised })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = users
+        .get_user(identity::GetUserRequest {
+            name: b.staff_name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let missing = format!("{}/users/0000-does-not-exist", b.clinic.name);
+    let err = users
+        .get_user(identity::GetUserRequest { name: missing })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "existence never leaks: {err:?}"
+    );
+    // Its own clinic's user: fine.
+    users
+        .get_user(identity::GetUserRequest {
+            name: a.staff_name.clone(),
+        })
+        .await
+        .unwrap();
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_cannot_make_a_super_admin_or_touch_other_clinics() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Clinic A").await;
+    let b = suite.clinic_with_staff("Clinic B").await;
+    let mut users =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())));
+    let new_user = |parent: &str, role: identity::UserRole| identity::CreateUserRequest {
+        parent: parent.to_owned(),
+        user: Some(identity::User {
+            email: format!("new.{}@example.com", role.as_str_name().to_lowercase()),
+            display_name: "New".into(),
+            role: role as i32,
+            ..Default::default()
+        }),
+        password: STAFF_PASSWORD.into(),
+        request_id: String::new(),
+    };
+    let err = users
+        .create_user(new_user("clinics/-", identity::UserRole::SuperAdmin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = users
+        .create_user(new_user(&a.clinic.name, identity::UserRole::SuperAdmin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = users
+        .create_user(new_user(&b.clinic.name, identity::UserRole::Staff))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let created = users
+        .create_user(new_user(&a.clinic.name, identity::UserRole::Staff))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(created.name.starts_with(&a.clinic.name));
+    // Promoting within the clinic to SUPER_ADMIN is refused too.
+    let err = users
+        .update_user(identity::UpdateUserRequest {
+            user: Some(identity::User {
+                role: identity::UserRole::SuperAdmin as i32,
+                ..created.clone()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["role".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::PermissionDenied | Code::InvalidArgument),
+        "{err:?}"
+    );
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Refresh tokens
+
+async fn refresh(channel: &Channel, token: &str) -> Result<identity::RefreshTokenResponse, Status> {
+    AuthServiceClient::new(channel.clone())
+        .refresh_token(identity::RefreshTokenRequest {
+            refresh_token: token.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn racing_refreshes_have_one_winner_and_a_replay_revokes_the_family() {
+    racing_refreshes(TestSuite::start().await).await;
+}
+
+#[tokio::test]
+async fn racing_refreshes_have_one_winner_and_a_replay_revokes_the_family_on_mongodb() {
+    if let Some(store) = mongo_store("racing_refreshes_on_mongodb") {
+        racing_refreshes(TestSuite::start_on(store).await).await;
+    }
+}
+
+async fn racing_refreshes(suite: TestSuite) {
+    let channel = suite.channel().await;
+    let session = suite.login_pair(ROOT_EMAIL, ROOT_PASSWORD).await;
+    // Another session of the same user must survive the revocation of this one.
+    let other_session = suite.login_pair(ROOT_EMAIL, ROOT_PASSWORD).await;
+
+    let results = join_all((0..20).map(|_| refresh(&channel, &session.refresh_token))).await;
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "exactly one refresh wins: {results:?}");
+    for loser in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_generic_unauthenticated("losing refresh", loser);
+    }
+    let winner = winners[0].clone();
+
+    // The spent token again: refused, and the winner's successor dies with its family.
+    let replay = refresh(&channel, &session.refresh_token).await.unwrap_err();
+    assert_generic_unauthenticated("replayed refresh token", &replay);
+    let successor = refresh(&channel, &winner.refresh_token).await.unwrap_err();
+    assert_generic_unauthenticated("successor after replay", &successor);
+
+    refresh(&channel, &other_session.refresh_token)
+        .await
+        .expect("another session is untouched");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn a_refresh_rotates_and_logout_ends_the_session() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let first = suite.login_pair(ROOT_EMAIL, ROOT_PASSWORD).await;
+    let second = refresh(&channel, &first.refresh_token).await.unwrap();
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(second.expires_in, 900);
+    // The new access token works.
+    ClinicServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer(Some(second.access_token.clone())),
+    )
+    .list_clinics(identity::ListClinicsRequest::default())
+    .await
+    .unwrap();
+    AuthServiceClient::with_interceptor(channel.clone(), Bearer(Some(second.access_token.clone())))
+        .logout(identity::LogoutRequest {
+            refresh_token: second.refresh_token.clone(),
+        })
+        .await
+        .unwrap();
+    let err = refresh(&channel, &second.refresh_token).await.unwrap_err();
+    assert_generic_unauthenticated("refresh after logout", &err);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_refresh_token_is_rejected() {
+    expired_refresh(None).await;
+}
+
+#[tokio::test]
+async fn an_expired_refresh_token_is_rejected_on_mongodb() {
+    if let Some(store) = mongo_store("expired_refresh_on_mongodb") {
+        expired_refresh(Some(store)).await;
+    }
+}
+
+async fn expired_refresh(store: Option<topsmile_kit::store::StoreChoice>) {
+    let clock = Arc::new(TestClock::new(jiff::Timestamp::now()));
+    let suite = TestSuite::with(Setup {
+        store,
+        clock: Some(clock.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let channel = suite.channel().await;
+    let session = suite.login_pair(ROOT_EMAIL, ROOT_PASSWORD).await;
+    clock.advance(Duration::from_secs(7 * 24 * 3600 + 1));
+    let err = refresh(&channel, &session.refresh_token).await.unwrap_err();
+    assert_generic_unauthenticated("expired refresh token", &err);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn changing_the_password_or_deactivating_a_user_ends_every_session() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let a = suite.clinic_with_staff("Sessions").await;
+    let email = {
+        let mut users =
+            UserServiceClient::with_interceptor(channel.clone(), Bearer(Some(a.admin.clone())));
+        users
+            .get_user(identity::GetUserRequest {
+                name: a.staff_name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap()
+            .email
+    };
+    let session = suite.login_pair(&email, STAFF_PASSWORD).await;
+    let mut auth = AuthServiceClient::with_interceptor(
+        channel.clone(),
+        Bearer(Some(session.access_token.clone())),
+    );
+    let wrong = auth
+        .change_password(identity::ChangePasswordRequest {
+            current_password: "not the password at all".into(),
+            new_password: "a brand new password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("wrong current password", &wrong);
+    let short = auth
+        .change_password(identity::ChangePasswordRequest {
+            current_password: STAFF_PASSWORD.into(),
+            new_password: "short".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument);
+    let fields: Vec<_> = short
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(fields, vec!["new_password".to_owned()]);
+    auth.change_password(identity::ChangePasswordRequest {
+        current_password: STAFF_PASSWORD.into(),
+        new_password: "a brand new password".into(),
+    })
+    .await
+    .unwrap();
+    assert_generic_unauthenticated(
+        "refresh after password change",
+        &refresh(&channel, &session.refresh_token).await.unwrap_err(),
+    );
+    let err = AuthServiceClient::new(channel.clone())
+        .login(identity::LoginRequest {
+            email: email.clone(),
+            password: STAFF_PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("old password", &err);
+
+    let session = suite.login_pair(&email, "a brand new password").await;
+    let mut users =
+        UserServiceClient::with_interceptor(channel.clone(), Bearer(Some(a.admin.clone())));
+    let user = users
+        .deactivate_user(identity::DeactivateUserRequest {
+            name: a.staff_name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(!user.is_active);
+    assert_generic_unauthenticated(
+        "refresh after deactivation",
+        &refresh(&channel, &session.refresh_token).await.unwrap_err(),
+    );
+    let err = AuthServiceClient::new(channel.clone())
+        .login(identity::LoginRequest {
+            email,
+            password: "a brand new password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("deactivated user", &err);
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Brute force
+
+#[tokio::test]
+async fn a_password_guessing_burst_is_locked_out_after_a_few_checks() {
+    guessing_burst(None).await;
+}
+
+#[tokio::test]
+async fn a_password_guessing_burst_is_locked_out_after_a_few_checks_on_mongodb() {
+    if let Some(store) = mongo_store("guessing_burst_on_mongodb") {
+        guessing_burst(Some(store)).await;
+    }
+}
+
+async fn guessing_burst(store: Option<topsmile_kit::store::StoreChoice>) {
+    let clock = Arc::new(TestClock::new(jiff::Timestamp::now()));
+    let suite = TestSuite::with(Setup {
+        store,
+        clock: Some(clock.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let channel = suite.channel().await;
+    let before = suite.suite.accounts.passwords.verifications();
+    let guesses = (0..50).map(|i| {
+        let channel = channel.clone();
+        async move {
+            AuthServiceClient::new(channel)
+                .login(identity::LoginRequest {
+                    email: ROOT_EMAIL.into(),
+                    password: format!("wrong guess number {i}"),
+                })
+                .await
+        }
+    });
+    for result in join_all(guesses).await {
+        assert_generic_unauthenticated("wrong password", &result.unwrap_err());
+    }
+    let checked = suite.suite.accounts.passwords.verifications() - before;
+    assert!(
+        checked <= 10,
+        "{checked} password checks ran for 50 guesses"
+    );
+    assert!(checked >= 1, "the first guesses are checked");
+
+    // Locked: the right password is refused too, with the same answer.
+    let locked = AuthServiceClient::new(channel.clone())
+        .login(identity::LoginRequest {
+            email: ROOT_EMAIL.into(),
+            password: ROOT_PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("locked account", &locked);
+
+    // Once the lock has run out, the right password works again.
+    clock.advance(Duration::from_secs(15 * 60 + 1));
+    suite.login(ROOT_EMAIL, ROOT_PASSWORD).await;
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_email_costs_a_hash_and_answers_like_a_wrong_password() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let before = suite.suite.accounts.passwords.verifications();
+    let unknown = AuthServiceClient::new(channel.clone())
+        .login(identity::LoginRequest {
+            email: "nobody@example.com".into(),
+            password: ROOT_PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    let wrong = AuthServiceClient::new(channel)
+        .login(identity::LoginRequest {
+            email: ROOT_EMAIL.into(),
+            password: "wrong but long enough".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        suite.suite.accounts.passwords.verifications() - before,
+        2,
+        "both ran a password check"
+    );
+    assert_generic_unauthenticated("unknown email", &unknown);
+    assert_generic_unauthenticated("wrong password", &wrong);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_rate_limits_sign_in_per_client_address() {
+    let suite = TestSuite::with(Setup {
+        sign_in_per_minute: 3,
+        ..Setup::default()
+    })
+    .await;
+    let mut auth = AuthServiceClient::new(suite.channel().await);
+    let mut exhausted = None;
+    for _ in 0..30 {
+        let result = auth
+            .login(identity::LoginRequest {
+                email: "nobody@example.com".into(),
+                password: "x".repeat(12),
+            })
+            .await;
+        if let Err(status) = result
+            && status.code() == Code::ResourceExhausted
+        {
+            exhausted = Some(status);
+            break;
+        }
+    }
+    let status = exhausted.expect("a burst of sign-ins from one address is throttled");
+    let retry = status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay);
+    assert!(
+        retry.is_some_and(|d| d > Duration::ZERO),
+        "RetryInfo says when: {status:?}"
+    );
+    // Other calls are not throttled.
+    ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(String::from("x"))))
+        .list_clinics(identity::ListClinicsRequest::default())
+        .await
+        .map(|_| ())
+        .or_else(|s| {
+            if s.code() == Code::Unauthenticated {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        })
+        .unwrap();
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Service tokens and keys
+
+#[tokio::test]
+async fn internal_methods_take_service_tokens_only_and_the_edge_hides_them() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Internal").await;
+    let root = suite.root_token().await;
+    let patients = connect(suite.suite.services["patients"]).await;
+    let request = || VerifyPatientCredentialsRequest {
+        email: "p@example.com".into(),
+        password: "whatever it is".into(),
+    };
+    for (who, token) in [("super admin", &root), ("admin", &a.admin)] {
+        let err = PatientInternalServiceClient::with_interceptor(
+            patients.clone(),
+            Bearer(Some(token.clone())),
+        )
+        .verify_patient_credentials(request())
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err:?}");
+    }
+
+    // A service token from identity's internal method, with the shared secret. The
+    // suite's secret is random; a wrong one is refused.
+    let identity = connect(suite.suite.services["identity"]).await;
+    let err = IdentityInternalServiceClient::new(identity.clone())
+        .mint_service_token(identity::MintServiceTokenRequest {
+            service: "patients".into(),
+            service_secret: "guess".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("wrong service secret", &err);
+    let (token, _) = suite
+        .suite
+        .accounts
+        .mint_service_token("appointments", &suite_secret(&suite))
+        .await
+        .unwrap();
+    let passed =
+        PatientInternalServiceClient::with_interceptor(patients, Bearer(Some(token.clone())))
+            .verify_patient_credentials(request())
+            .await
+            .unwrap_err();
+    assert_eq!(
+        passed.code(),
+        Code::Unimplemented,
+        "the service token passes the guard: {passed:?}"
+    );
+
+    // Through the gateway, internal methods do not exist, whatever the token.
+    let err =
+        PatientInternalServiceClient::with_interceptor(suite.channel().await, Bearer(Some(token)))
+            .verify_patient_credentials(request())
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    suite.stop().await;
+}
+
+fn suite_secret(suite: &TestSuite) -> SecretString {
+    suite
+        .suite
+        .accounts
+        .service_secret
+        .clone()
+        .expect("the suite sets a service secret")
+}
+
+#[tokio::test]
+async fn a_key_rotation_takes_effect_without_a_restart_and_old_tokens_keep_working() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Rotation").await;
+    let old = suite.root_token().await;
+    let key_file = suite.dir.path().join("signing-keys.json");
+    let old_kid = KeyRing::load(&key_file)
+        .unwrap()
+        .issuer()
+        .unwrap()
+        .kid()
+        .to_owned();
+    // The new key is published at once and signs after a hand-over longer than the
+    // verifiers' shortest interval between key fetches.
+    let hand_over = topsmile_kit::access::REFRESH_INTERVAL + Duration::from_secs(1);
+    let new_kid = KeyRing::rotate_after(&key_file, hand_over).unwrap();
+    assert_ne!(old_kid, new_kid);
+    let during = suite.root_token().await;
+    let header = jsonwebtoken::decode_header(&during).unwrap();
+    assert_eq!(
+        header.kid.as_deref(),
+        Some(old_kid.as_str()),
+        "the old key signs until the hand-over"
+    );
+    tokio::time::sleep(hand_over + Duration::from_millis(1100)).await;
+
+    let new = suite.root_token().await;
+    let header = jsonwebtoken::decode_header(&new).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+
+    let jwks = AuthServiceClient::new(suite.channel().await)
+        .get_jwks(identity::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let kids: Vec<_> = jwks.keys.iter().map(|k| k.kid.as_str()).collect();
+    assert!(
+        kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+        "{kids:?}"
+    );
+    assert!(
+        jwks.keys
+            .iter()
+            .all(|k| k.kty == "OKP" && k.crv == "Ed25519" && k.alg == "EdDSA")
+    );
+
+    // Both tokens work at the gateway and at a service that learns the new key on demand.
+    for addr in [suite.suite.gateway, suite.suite.services["patients"]] {
+        for token in [&old, &new] {
+            let err = PatientServiceClient::with_interceptor(
+                connect(addr).await,
+                Bearer(Some(token.clone())),
+            )
+            .get_patient(GetPatientRequest {
+                name: format!("{}/patients/p1", a.clinic.name),
+            })
+            .await
+            .unwrap_err();
+            assert_eq!(err.code(), Code::Unimplemented, "{addr}: {err:?}");
+        }
+    }
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The README walk-through
+
+#[tokio::test]
+async fn the_readme_walkthrough_works_as_written() {
+    // The same steps as README.md "Try it with grpcurl", with typed clients.
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    // 1. Sign in as the super admin.
+    let root = suite.root_token().await;
+    // 2. Create a clinic.
+    let clinic = ClinicServiceClient::with_interceptor(channel.clone(), Bearer(Some(root.clone())))
+        .create_clinic(identity::CreateClinicRequest {
+            clinic: Some(identity::Clinic {
+                display_name: "Sorriso Centro".into(),
+                time_zone: "America/Sao_Paulo".into(),
+                ..Default::default()
+            }),
+            request_id: "readme-walkthrough".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    // 3. Create its admin.
+    let admin = UserServiceClient::with_interceptor(channel.clone(), Bearer(Some(root)))
+        .create_user(identity::CreateUserRequest {
+            parent: clinic.name.clone(),
+            user: Some(identity::User {
+                email: "ana@sorriso.example".into(),
+                display_name: "Ana Admin".into(),
+                role: identity::UserRole::Admin as i32,
+                ..Default::default()
+            }),
+            password: "ana's long password".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(admin.name.starts_with(&format!("{}/users/", clinic.name)));
+    // 4. Sign in as that admin and read the clinic.
+    let ana = suite
+        .login("ana@sorriso.example", "ana's long password")
+        .await;
+    let mut clinics = ClinicServiceClient::with_interceptor(channel.clone(), Bearer(Some(ana)));
+    let got = clinics
+        .get_clinic(identity::GetClinicRequest {
+            name: clinic.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap();
+    assert_eq!(got.display_name, "Sorriso Centro");
+    // 5. The admin may not list every clinic: that is for super admins.
+    let err = clinics
+        .list_clinics(identity::ListClinicsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    suite.stop().await;
+}
