@@ -580,7 +580,10 @@ async fn an_expired_refresh_token_is_rejected_on_mongodb() {
     }
 }
 
-async fn expired_refresh(store: Option<topsmile_kit::store::StoreChoice>) {
+/// A suite whose lock and refresh-token expiry run on a clock the test moves.
+async fn on_test_clock(
+    store: Option<topsmile_kit::store::StoreChoice>,
+) -> (TestSuite, Arc<TestClock>) {
     let clock = Arc::new(TestClock::new(jiff::Timestamp::now()));
     let suite = TestSuite::with(Setup {
         store,
@@ -588,6 +591,11 @@ async fn expired_refresh(store: Option<topsmile_kit::store::StoreChoice>) {
         ..Setup::default()
     })
     .await;
+    (suite, clock)
+}
+
+async fn expired_refresh(store: Option<topsmile_kit::store::StoreChoice>) {
+    let (suite, clock) = on_test_clock(store).await;
     let channel = suite.channel().await;
     let session = suite.login_pair(ROOT_EMAIL, ROOT_PASSWORD).await;
     clock.advance(Duration::from_secs(7 * 24 * 3600 + 1));
@@ -706,13 +714,7 @@ async fn a_password_guessing_burst_is_locked_out_after_a_few_checks_on_mongodb()
 }
 
 async fn guessing_burst(store: Option<topsmile_kit::store::StoreChoice>) {
-    let clock = Arc::new(TestClock::new(jiff::Timestamp::now()));
-    let suite = TestSuite::with(Setup {
-        store,
-        clock: Some(clock.clone()),
-        ..Setup::default()
-    })
-    .await;
+    let (suite, clock) = on_test_clock(store).await;
     let channel = suite.channel().await;
     let before = suite.suite.accounts.passwords.verifications();
     let guesses = (0..50).map(|i| {

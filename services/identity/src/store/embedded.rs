@@ -466,6 +466,29 @@ impl UserStore for EmbeddedIdentity {
     }
 }
 
+impl EmbeddedIdentity {
+    /// Revokes every not yet revoked token whose `column` (a constant of ours, never
+    /// input) is `value`.
+    async fn revoke(
+        &self,
+        column: &'static str,
+        value: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let value = value.to_owned();
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    &format!("UPDATE refresh_tokens SET revoked_at_ms = ?2 WHERE {column} = ?1 AND revoked_at_ms IS NULL"),
+                    params![value, time::to_millis(now)],
+                )
+                .map_err(translate)?;
+                Ok(())
+            })
+            .await
+    }
+}
+
 const REFRESH_COLUMNS: &str = "hash, subject, kind, clinic_id, family, family_created_ms, expires_at_ms, used_at_ms, revoked_at_ms";
 
 /// A refresh token row and whether it was spent or revoked.
@@ -546,31 +569,11 @@ impl RefreshTokenStore for EmbeddedIdentity {
     }
 
     async fn revoke_family(&self, family: &str, now: Timestamp) -> Result<(), StoreError> {
-        let family = family.to_owned();
-        self.db
-            .write(move |conn| {
-                conn.execute(
-                    "UPDATE refresh_tokens SET revoked_at_ms = ?2 WHERE family = ?1 AND revoked_at_ms IS NULL",
-                    params![family, time::to_millis(now)],
-                )
-                .map_err(translate)?;
-                Ok(())
-            })
-            .await
+        self.revoke("family", family, now).await
     }
 
     async fn revoke_subject(&self, subject: &str, now: Timestamp) -> Result<(), StoreError> {
-        let subject = subject.to_owned();
-        self.db
-            .write(move |conn| {
-                conn.execute(
-                    "UPDATE refresh_tokens SET revoked_at_ms = ?2 WHERE subject = ?1 AND revoked_at_ms IS NULL",
-                    params![subject, time::to_millis(now)],
-                )
-                .map_err(translate)?;
-                Ok(())
-            })
-            .await
+        self.revoke("subject", subject, now).await
     }
 
     async fn evict_oldest(

@@ -16,7 +16,7 @@ use topsmile_kit::{
     names::ResourceId,
     paging::PageRequest,
     store::mongo::{
-        MongoStore, get_bool, get_i64, get_string, get_time, to_bson_time, translate,
+        MongoStore, get_bool, get_i64, get_string, get_time, list_page, to_bson_time, translate,
         translate_unique,
     },
 };
@@ -186,28 +186,16 @@ impl ClinicStore for MongoIdentity {
         include_inactive: bool,
         page: &PageRequest,
     ) -> Result<Vec<Clinic>, StoreError> {
-        let mut filter = doc! {};
-        if let Some(after) = &page.after {
-            filter.insert("_id", doc! {"$gt": after});
-        }
-        if !include_inactive {
-            filter.insert("isActive", true);
-        }
-        let limit = i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX);
-        let mut cursor = self
-            .clinics
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .limit(limit)
-            .selection_criteria(self.store.list_reads.clone())
-            .await
-            .map_err(translate)?;
-        let mut clinics = Vec::new();
-        while cursor.advance().await.map_err(translate)? {
-            let d = cursor.deserialize_current().map_err(translate)?;
-            clinics.push(from_document(&d)?);
-        }
-        Ok(clinics)
+        let filter = if include_inactive {
+            doc! {}
+        } else {
+            doc! {"isActive": true}
+        };
+        list_page(&self.store, &self.clinics, filter, page)
+            .await?
+            .iter()
+            .map(from_document)
+            .collect()
     }
 
     async fn replace(&self, next: &Clinic) -> Result<(), StoreError> {
@@ -324,31 +312,17 @@ impl UserStore for MongoIdentity {
         page: &PageRequest,
     ) -> Result<Vec<User>, StoreError> {
         let mut filter = doc! {"clinicId": clinic};
-        if let Some(after) = &page.after {
-            filter.insert("_id", doc! {"$gt": after});
-        }
         if !include_inactive {
             filter.insert("isActive", true);
         }
         if let Some(role) = role {
             filter.insert("role", role.as_str());
         }
-        let limit = i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX);
-        let mut cursor = self
-            .users
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .limit(limit)
-            .selection_criteria(self.store.list_reads.clone())
-            .await
-            .map_err(translate)?;
-        let mut users = Vec::new();
-        while cursor.advance().await.map_err(translate)? {
-            users.push(user_from(
-                &cursor.deserialize_current().map_err(translate)?,
-            )?);
-        }
-        Ok(users)
+        list_page(&self.store, &self.users, filter, page)
+            .await?
+            .iter()
+            .map(user_from)
+            .collect()
     }
 
     async fn update_profile(&self, next: &User) -> Result<(), StoreError> {
@@ -439,6 +413,18 @@ impl UserStore for MongoIdentity {
     }
 }
 
+impl MongoIdentity {
+    /// Revokes every not yet revoked token that `filter` matches.
+    async fn revoke(&self, mut filter: Document, now: Timestamp) -> Result<(), StoreError> {
+        filter.insert("revokedAtMs", Bson::Null);
+        self.refresh_tokens
+            .update_many(filter, doc! {"$set": {"revokedAtMs": now.as_millisecond()}})
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+}
+
 /// Matches the live (unspent, unrevoked, unexpired) tokens.
 ///
 /// Times that updates set or compare are epoch milliseconds (see `unlocked`);
@@ -508,25 +494,11 @@ impl RefreshTokenStore for MongoIdentity {
     }
 
     async fn revoke_family(&self, family: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.refresh_tokens
-            .update_many(
-                doc! {"family": family, "revokedAtMs": Bson::Null},
-                doc! {"$set": {"revokedAtMs": now.as_millisecond()}},
-            )
-            .await
-            .map_err(translate)?;
-        Ok(())
+        self.revoke(doc! {"family": family}, now).await
     }
 
     async fn revoke_subject(&self, subject: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.refresh_tokens
-            .update_many(
-                doc! {"subject": subject, "revokedAtMs": Bson::Null},
-                doc! {"$set": {"revokedAtMs": now.as_millisecond()}},
-            )
-            .await
-            .map_err(translate)?;
-        Ok(())
+        self.revoke(doc! {"subject": subject}, now).await
     }
 
     async fn evict_oldest(

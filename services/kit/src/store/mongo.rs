@@ -114,6 +114,33 @@ pub async fn create_indexes(
     Ok(())
 }
 
+/// One page of a list: the documents matching `filter` with `_id` after `page.after`, in
+/// `_id` (= creation) order, at most `page.fetch_limit()`, read with the store's list
+/// read preference (lists may come from a secondary; decisions never do).
+pub async fn list_page(
+    store: &MongoStore,
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    mut filter: mongodb::bson::Document,
+    page: &crate::paging::PageRequest,
+) -> Result<Vec<mongodb::bson::Document>, StoreError> {
+    if let Some(after) = &page.after {
+        filter.insert("_id", mongodb::bson::doc! {"$gt": after});
+    }
+    let limit = i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX);
+    let mut cursor = collection
+        .find(filter)
+        .sort(mongodb::bson::doc! {"_id": 1})
+        .limit(limit)
+        .selection_criteria(store.list_reads.clone())
+        .await
+        .map_err(translate)?;
+    let mut documents = Vec::new();
+    while cursor.advance().await.map_err(translate)? {
+        documents.push(cursor.deserialize_current().map_err(translate)?);
+    }
+    Ok(documents)
+}
+
 /// Reads a boolean that may have been stored as an integer: some MongoDB wire-compatible
 /// servers (nx-27017, used in CI) hand `$set` booleans back as 1/0.
 pub fn get_bool(doc: &mongodb::bson::Document, key: &str) -> bool {
