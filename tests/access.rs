@@ -1033,3 +1033,29 @@ async fn the_readme_walkthrough_works_as_written() {
     assert_eq!(err.code(), Code::PermissionDenied);
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn the_bootstrap_admin_is_created_once_and_never_overwritten() {
+    let suite = TestSuite::start().await;
+    let accounts = &suite.suite.accounts;
+    // A restart with other settings (here: another password, then another email).
+    let other = SecretString::from("a completely different password");
+    assert!(!accounts.bootstrap_admin(ROOT_EMAIL, &other).await.unwrap());
+    assert!(
+        !accounts
+            .bootstrap_admin("second@topsmile.test", &other)
+            .await
+            .unwrap(),
+        "a super admin exists: no second bootstrap account"
+    );
+    suite.login(ROOT_EMAIL, ROOT_PASSWORD).await;
+    let err = AuthServiceClient::new(suite.channel().await)
+        .login(identity::LoginRequest {
+            email: "second@topsmile.test".into(),
+            password: "a completely different password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("no second bootstrap account", &err);
+    suite.stop().await;
+}
