@@ -308,7 +308,12 @@ impl Accounts {
             self.passwords.hash(password).await?,
             now,
         );
-        match self.stores.users.create(admin).await {
+        match self
+            .stores
+            .users
+            .create(admin, Some("bootstrap-admin"))
+            .await
+        {
             Ok(admin) => {
                 tracing::info!(user = %admin.name(), "bootstrap super admin created");
                 Ok(true)

@@ -107,6 +107,7 @@ conformance!(
     racing_replaces_have_exactly_one_winner,
     user_reads_back_by_id_and_by_email,
     a_taken_email_is_a_duplicate,
+    a_retried_user_create_returns_the_first_user,
     user_updates_are_conditional_and_keep_sign_in_counters,
     users_list_by_clinic_and_role,
     a_super_admin_is_found,
@@ -336,7 +337,7 @@ fn user(clinic: &str, email: &str, role: Role) -> User {
 async fn user_reads_back_by_id_and_by_email(s: &Stores) {
     let u = s
         .users
-        .create(user("c1", "ana@example.com", Role::Admin))
+        .create(user("c1", "ana@example.com", Role::Admin), None)
         .await
         .unwrap();
     assert_eq!(s.users.get(&u.id).await.unwrap(), Some(u.clone()));
@@ -350,14 +351,53 @@ async fn user_reads_back_by_id_and_by_email(s: &Stores) {
     );
 }
 
+async fn a_retried_user_create_returns_the_first_user(s: &Stores) {
+    let attempts = join_all((0..10).map(|i| {
+        s.users.create(
+            user("c1", &format!("retry{i}@example.com"), Role::Staff),
+            Some("create-staff-1"),
+        )
+    }))
+    .await;
+    let first = attempts[0].as_ref().unwrap().clone();
+    for a in &attempts {
+        assert_eq!(
+            a.as_ref().unwrap().id,
+            first.id,
+            "every retry answers the same user"
+        );
+    }
+    // The same request id in another clinic is another request.
+    let other = s
+        .users
+        .create(
+            user("c2", "other@example.com", Role::Staff),
+            Some("create-staff-1"),
+        )
+        .await
+        .unwrap();
+    assert_ne!(other.id, first.id);
+    let listed = s
+        .users
+        .list(
+            "c1",
+            None,
+            true,
+            &PageRequest::parse(100, "", &["t"]).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
 async fn a_taken_email_is_a_duplicate(s: &Stores) {
     s.users
-        .create(user("c1", "ana@example.com", Role::Admin))
+        .create(user("c1", "ana@example.com", Role::Admin), None)
         .await
         .unwrap();
     let again = s
         .users
-        .create(user("c2", "ana@example.com", Role::Staff))
+        .create(user("c2", "ana@example.com", Role::Staff), None)
         .await;
     assert!(
         matches!(again, Err(StoreError::Duplicate("email"))),
@@ -368,7 +408,7 @@ async fn a_taken_email_is_a_duplicate(s: &Stores) {
 async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
     let u = s
         .users
-        .create(user("c1", "ana@example.com", Role::Staff))
+        .create(user("c1", "ana@example.com", Role::Staff), None)
         .await
         .unwrap();
     let policy = LockPolicy::default();
@@ -402,7 +442,7 @@ async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
     ));
     let taken = s
         .users
-        .create(user("c1", "bia@example.com", Role::Staff))
+        .create(user("c1", "bia@example.com", Role::Staff), None)
         .await
         .unwrap();
     let clash = User {
@@ -423,21 +463,21 @@ async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
 async fn users_list_by_clinic_and_role(s: &Stores) {
     let a = s
         .users
-        .create(user("c1", "a@example.com", Role::Admin))
+        .create(user("c1", "a@example.com", Role::Admin), None)
         .await
         .unwrap();
     let b = s
         .users
-        .create(user("c1", "b@example.com", Role::Staff))
+        .create(user("c1", "b@example.com", Role::Staff), None)
         .await
         .unwrap();
     s.users
-        .create(user("c2", "c@example.com", Role::Staff))
+        .create(user("c2", "c@example.com", Role::Staff), None)
         .await
         .unwrap();
     let gone = s
         .users
-        .create(user("c1", "d@example.com", Role::Staff))
+        .create(user("c1", "d@example.com", Role::Staff), None)
         .await
         .unwrap();
     s.users
@@ -471,12 +511,12 @@ async fn users_list_by_clinic_and_role(s: &Stores) {
 async fn a_super_admin_is_found(s: &Stores) {
     assert!(!s.users.any_super_admin().await.unwrap());
     s.users
-        .create(user("c1", "admin@example.com", Role::Admin))
+        .create(user("c1", "admin@example.com", Role::Admin), None)
         .await
         .unwrap();
     assert!(!s.users.any_super_admin().await.unwrap());
     s.users
-        .create(user("-", "root@example.com", Role::SuperAdmin))
+        .create(user("-", "root@example.com", Role::SuperAdmin), None)
         .await
         .unwrap();
     assert!(s.users.any_super_admin().await.unwrap());
@@ -485,7 +525,7 @@ async fn a_super_admin_is_found(s: &Stores) {
 async fn sign_in_attempts_lock_the_account_until_the_lock_expires(s: &Stores) {
     let u = s
         .users
-        .create(user("c1", "ana@example.com", Role::Staff))
+        .create(user("c1", "ana@example.com", Role::Staff), None)
         .await
         .unwrap();
     let policy = LockPolicy::default();
@@ -560,7 +600,7 @@ async fn sign_in_attempts_lock_the_account_until_the_lock_expires(s: &Stores) {
 async fn racing_sign_in_attempts_let_at_most_the_threshold_through(s: &Stores) {
     let u = s
         .users
-        .create(user("c1", "ana@example.com", Role::Staff))
+        .create(user("c1", "ana@example.com", Role::Staff), None)
         .await
         .unwrap();
     let policy = LockPolicy::default();
@@ -581,7 +621,7 @@ async fn racing_sign_in_attempts_let_at_most_the_threshold_through(s: &Stores) {
 async fn a_successful_sign_in_resets_the_counters(s: &Stores) {
     let u = s
         .users
-        .create(user("c1", "ana@example.com", Role::Staff))
+        .create(user("c1", "ana@example.com", Role::Staff), None)
         .await
         .unwrap();
     let policy = LockPolicy::default();

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 use topsmile_kit::{
     ApiError, FieldViolation, access::Caller, names::ResourceId, paging::PageRequest, time,
+    validate,
 };
 use topsmile_proto::topsmile::identity::v1::{self as pb, user_service_server::UserService};
 
@@ -32,6 +33,7 @@ impl UserApi {
     ) -> Result<pb::CreateUserResponse, ApiError> {
         let clinic = parse_parent("parent", &req.parent)?;
         may_manage(caller, &clinic)?;
+        let request_id = validate::request_id("request_id", &req.request_id)?;
         let input = req.user.map(input_of).unwrap_or_default();
         let mut violations = Vec::new();
         let fields = user::validate_fields("user", input)
@@ -67,7 +69,10 @@ impl UserApi {
             .accounts
             .stores
             .users
-            .create(User::new(fields, clinic, hash, self.accounts.clock.now()))
+            .create(
+                User::new(fields, clinic, hash, self.accounts.clock.now()),
+                request_id.as_deref(),
+            )
             .await?;
         tracing::info!(user = %created.name(), role = created.role.as_str(), by = caller.subject(), "user created");
         Ok(pb::CreateUserResponse {

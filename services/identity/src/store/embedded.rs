@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS users (
     id              TEXT PRIMARY KEY,
     clinic_id       TEXT NOT NULL,
     email           TEXT NOT NULL UNIQUE,
+    request_id      TEXT NOT NULL UNIQUE,
     role            TEXT NOT NULL,
     is_active       INTEGER NOT NULL,
     failed_logins   INTEGER NOT NULL DEFAULT 0,
@@ -301,15 +302,32 @@ fn user_doc(u: &User) -> Result<String, StoreError> {
 
 #[async_trait]
 impl UserStore for EmbeddedIdentity {
-    async fn create(&self, user: User) -> Result<User, StoreError> {
+    async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError> {
         let doc = user_doc(&user)?;
+        let request_key = request_key(&user, request_id);
         self.db
             .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO users (id, clinic_id, email, role, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![user.id.as_str(), user.clinic, user.email, user.role.as_str(), user.is_active, user.version, doc],
+                // One transaction: the idempotency check and the insert cannot interleave.
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(translate)?;
+                let existing = tx
+                    .query_row(
+                        &format!("SELECT {USER_COLUMNS} FROM users WHERE request_id = ?1"),
+                        params![request_key],
+                        user_row,
+                    )
+                    .optional()
+                    .map_err(translate)?;
+                if let Some(row) = existing {
+                    return to_user(row);
+                }
+                tx.execute(
+                    "INSERT INTO users (id, clinic_id, email, request_id, role, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![user.id.as_str(), user.clinic, user.email, request_key, user.role.as_str(), user.is_active, user.version, doc],
                 )
                 .map_err(|e| translate_unique(e, "email"))?;
+                tx.commit().map_err(translate)?;
                 Ok(user)
             })
             .await
@@ -486,6 +504,15 @@ impl EmbeddedIdentity {
                 Ok(())
             })
             .await
+    }
+}
+
+/// The stored idempotency key of a create: the clinic's request id, or the user's own id
+/// when the client sent none (so the column can be unique without partial indexes).
+pub(crate) fn request_key(user: &User, request_id: Option<&str>) -> String {
+    match request_id {
+        Some(r) => format!("{}/{r}", user.clinic),
+        None => user.id.to_string(),
     }
 }
 

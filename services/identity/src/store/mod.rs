@@ -45,8 +45,10 @@ pub trait ClinicStore: Send + Sync + 'static {
 /// Staff users, as identity stores them.
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
-    /// Inserts a user; `Duplicate("email")` if the email is taken (by anyone, active or not).
-    async fn create(&self, user: User) -> Result<User, StoreError>;
+    /// Inserts a user; `Duplicate("email")` if the email is taken (by anyone, active or
+    /// not). If a user of the same clinic was already created with `request_id`, returns
+    /// that one and inserts nothing: a retried create never makes a duplicate.
+    async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError>;
 
     async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError>;
 

@@ -57,6 +57,10 @@ impl MongoIdentity {
                 .options(IndexOptions::builder().unique(true).build())
                 .build(),
             IndexModel::builder()
+                .keys(doc! {"requestId": 1})
+                .options(IndexOptions::builder().unique(true).build())
+                .build(),
+            IndexModel::builder()
                 .keys(doc! {"clinicId": 1, "role": 1})
                 .options(
                     IndexOptions::builder()
@@ -278,12 +282,27 @@ fn unlocked(id: &ResourceId, now: Timestamp) -> Document {
 
 #[async_trait]
 impl UserStore for MongoIdentity {
-    async fn create(&self, user: User) -> Result<User, StoreError> {
-        self.users
-            .insert_one(user_document(&user))
-            .await
-            .map_err(|e| translate_unique(e, "email"))?;
-        Ok(user)
+    async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError> {
+        let request_key = super::embedded::request_key(&user, request_id);
+        let mut document = user_document(&user);
+        document.insert("requestId", &request_key);
+        match self.users.insert_one(document).await {
+            Ok(_) => Ok(user),
+            Err(e) if topsmile_kit::store::mongo::is_duplicate_key(&e) => {
+                // Either the request id (a retry: answer with the first result) or the
+                // email (taken) decided it.
+                match self
+                    .users
+                    .find_one(doc! {"requestId": &request_key})
+                    .await
+                    .map_err(translate)?
+                {
+                    Some(existing) => user_from(&existing),
+                    None => Err(StoreError::Duplicate("email")),
+                }
+            }
+            Err(e) => Err(translate_unique(e, "email")),
+        }
     }
 
     async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError> {
