@@ -517,10 +517,16 @@ mod tests {
         let path = dir.path().join("keys.json");
         let before = KeyRing::load_or_create(&path).unwrap().issuer().unwrap();
         let old_token = before.sign(&claims(600)).unwrap();
-        let new_kid = KeyRing::rotate(&path).unwrap();
+        // Published at once, signing only after the hand-over.
+        let next_kid = KeyRing::rotate(&path).unwrap();
+        let ring = KeyRing::load(&path).unwrap();
+        assert_eq!(ring.issuer().unwrap().kid(), before.kid());
+        assert!(ring.public_keys().iter().any(|k| k.kid == next_kid));
+        // With no hand-over delay the new key signs at once.
+        let new_kid = KeyRing::rotate_after(&path, Duration::ZERO).unwrap();
         let ring = KeyRing::load(&path).unwrap();
         assert_eq!(ring.issuer().unwrap().kid(), new_kid);
-        assert_eq!(ring.public_keys().len(), 2);
+        assert_eq!(ring.public_keys().len(), 3);
         let verifier = TokenVerifier::new(&ring.public_keys());
         assert!(verifier.verify(&old_token).is_ok());
     }
