@@ -119,10 +119,14 @@ impl Suite {
         let identity = identity_service.routes(&limits);
         let via_identity =
             || Guard::via_identity(&identity_addresses).map_err(|e| anyhow::anyhow!("guard: {e}"));
-        let patients = topsmile_patients::routes(
-            topsmile_patients::open_store(&options.store).await?,
-            &limits,
-        );
+        let patient_stores = topsmile_patients::open_store(&options.store).await?;
+        let patients_guard = topsmile_patients::guard(
+            topsmile_kit::access::KeySource::identity(&identity_addresses)?,
+            &patient_stores,
+        )
+        .map_err(|e| anyhow::anyhow!("patients guard: {e}"))?;
+        let patients =
+            topsmile_patients::routes(patient_stores, options.passwords.clone(), &limits);
         let providers = topsmile_providers::routes(
             topsmile_providers::open_store(&options.store).await?,
             &limits,
@@ -142,7 +146,7 @@ impl Suite {
                 "patients",
                 patients,
                 topsmile_patients::SERVICE_NAMES,
-                via_identity()?,
+                patients_guard,
             ),
             (
                 "providers",

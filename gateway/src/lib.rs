@@ -84,7 +84,7 @@ impl Gateway {
         let (health, health_service) = tonic_health::server::health_reporter();
         let names: Vec<&str> = public.iter().map(String::as_str).collect();
         let local = add_reflection(Routes::new(health_service), &names)?;
-        let guard = topsmile_kit::access::Guard::via_identity(&config.identity_addresses())
+        let guard = topsmile_kit::access::Guard::edge_via_identity(&config.identity_addresses())
             .map_err(|e| GatewayError::Config(e.to_string()))?;
         let sign_in_limiter = std::num::NonZeroU32::new(config.sign_in_per_minute).map(|rate| {
             let burst = std::num::NonZeroU32::new(config.sign_in_burst).unwrap_or(rate);

@@ -260,3 +260,79 @@ pub fn new_clinic(name: &str) -> identity::Clinic {
         ..Default::default()
     }
 }
+
+/// Calls any method with a request built from the descriptor, answering only the status
+/// code (the tests that use it check that no data comes back: OK is a failure there).
+pub async fn call_raw(
+    channel: &Channel,
+    token: &str,
+    path: &str,
+    request: prost_reflect::DynamicMessage,
+) -> tonic::Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(request);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let codec = tonic_prost::ProstCodec::<prost_reflect::DynamicMessage, ()>::default();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
+    match grpc.unary(req, path, codec).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// A request message whose `name` and `parent` (also inside the resource message it
+/// carries) are the given resource names, so a call aims at someone else's data.
+pub fn aimed_at(
+    input: &prost_reflect::MessageDescriptor,
+    name: &str,
+    parent: &str,
+) -> prost_reflect::DynamicMessage {
+    use prost_reflect::{DynamicMessage, Value};
+    let mut message = DynamicMessage::new(input.clone());
+    for field in input.fields() {
+        match field.name() {
+            "name" => message.set_field(&field, Value::String(name.to_owned())),
+            "parent" => message.set_field(&field, Value::String(parent.to_owned())),
+            "etag" => {}
+            _ => {
+                if let Some(inner) = field.kind().as_message()
+                    && inner.get_field_by_name("name").is_some()
+                    && inner.full_name().starts_with("topsmile.")
+                {
+                    let mut resource = DynamicMessage::new(inner.clone());
+                    resource.set_field_by_name("name", Value::String(name.to_owned()));
+                    for text in ["display_name", "given_name", "family_name"] {
+                        if inner.get_field_by_name(text).is_some() {
+                            resource.set_field_by_name(text, Value::String("Taken over".into()));
+                        }
+                    }
+                    message.set_field(&field, Value::Message(resource));
+                }
+            }
+        }
+    }
+    message
+}
+
+/// A real token for a patient of `clinic`, signed with the suite's own key, as the
+/// portal sign-in will issue them.
+pub fn patient_token(suite: &TestSuite, clinic_id: &str, patient_name: &str) -> String {
+    use topsmile_kit::auth::{AUDIENCE, Claims, ISSUER, KeyRing, Kind};
+    let ring = KeyRing::load(&suite.dir.path().join("signing-keys.json")).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let claims = Claims {
+        iss: ISSUER.into(),
+        aud: AUDIENCE.into(),
+        sub: patient_name.into(),
+        exp: now + 600,
+        iat: now,
+        jti: format!("patient-{now}-{patient_name}"),
+        clinic: clinic_id.into(),
+        role: "patient".into(),
+        kind: Kind::Patient,
+        sid: format!("session-{patient_name}"),
+    };
+    ring.issuer().unwrap().sign(&claims).unwrap()
+}

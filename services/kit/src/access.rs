@@ -185,12 +185,29 @@ impl KeySource {
     }
 }
 
+/// Where a service records the calls its guard refused for the caller's role (the
+/// patients service keeps them in its audit trail). A failure to record fails the call
+/// with that error instead.
+pub trait Refusals: Send + Sync + 'static {
+    fn refused<'a>(
+        &'a self,
+        path: &'a str,
+        caller: &'a Caller,
+        headers: &'a HeaderMap,
+        error: &'a ApiError,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>;
+}
+
 /// The authentication and policy check of one process.
 pub struct Guard {
     table: PolicyTable,
     verifier: TokenVerifier,
     keys: KeySource,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    refusals: Option<Arc<dyn Refusals>>,
+    /// At the edge, `audited` methods get only the token check: their service decides
+    /// the role, so that it can record the refusal in its audit trail.
+    at_edge: bool,
 }
 
 impl Guard {
@@ -200,7 +217,24 @@ impl Guard {
             verifier: TokenVerifier::new(&[]),
             keys,
             last_fetch: tokio::sync::Mutex::new(None),
+            refusals: None,
+            at_edge: false,
         }
+    }
+
+    /// The gateway's guard: the full check, except that the role of an `audited`
+    /// method is left to its service (which checks the same policy and records the
+    /// refusal). The token is still required and verified here.
+    pub fn at_edge(mut self) -> Self {
+        self.at_edge = true;
+        self
+    }
+
+    /// Records every call refused for its role (a valid token, a method the role may
+    /// not call) with `refusals`.
+    pub fn with_refusals(mut self, refusals: Arc<dyn Refusals>) -> Self {
+        self.refusals = Some(refusals);
+        self
     }
 
     /// The guard of a service other than identity: keys from identity's `GetJwks`.
@@ -211,6 +245,19 @@ impl Guard {
             PolicyTable::builtin()?,
             KeySource::identity(identity_addresses)?,
         )))
+    }
+
+    /// The gateway's guard (see [`at_edge`](Self::at_edge)), keys from identity.
+    pub fn edge_via_identity(
+        identity_addresses: &[String],
+    ) -> Result<Arc<Self>, crate::server::BoxError> {
+        Ok(Arc::new(
+            Self::new(
+                PolicyTable::builtin()?,
+                KeySource::identity(identity_addresses)?,
+            )
+            .at_edge(),
+        ))
     }
 
     /// Fetches the keys now (at start-up), so the first call doesn't wait for them.
@@ -242,8 +289,15 @@ impl Guard {
         }
         let token = bearer(headers).ok_or(ApiError::Unauthenticated)?;
         let caller = Caller::from_claims(self.verify(token).await?)?;
+        if self.at_edge && policy.audited {
+            return Ok(Some(caller));
+        }
         if !permits(policy, &caller) {
-            return Err(ApiError::PermissionDenied);
+            let refused = ApiError::PermissionDenied;
+            if let Some(refusals) = &self.refusals {
+                refusals.refused(path, &caller, headers, &refused).await?;
+            }
+            return Err(refused);
         }
         Ok(Some(caller))
     }

@@ -90,7 +90,8 @@ impl ApiError {
         Self::Invalid(vec![FieldViolation::new(field, description)])
     }
 
-    fn reason(&self) -> &'static str {
+    /// The UPPER_SNAKE reason of the `ErrorInfo` detail (also what audit trails record).
+    pub fn reason(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "INVALID_ARGUMENT",
             Self::NotFound(_) => "NOT_FOUND",

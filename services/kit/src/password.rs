@@ -28,6 +28,19 @@ pub const ITERATIONS: u32 = 2;
 /// Lanes.
 pub const PARALLELISM: u32 = 1;
 
+/// The password policy of every TopSmile account, staff and patients: 12 to 128
+/// characters (characters, not bytes: "é" counts once).
+pub fn check_policy(field: &str, value: &str) -> Result<(), crate::FieldViolation> {
+    let n = value.chars().count();
+    if !(12..=128).contains(&n) {
+        return Err(crate::FieldViolation::new(
+            field,
+            "must be 12 to 128 characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Hashes and verifies passwords; cheap to clone, share one per process.
 #[derive(Clone)]
 pub struct Passwords {

@@ -49,6 +49,18 @@ pub const NX_27017_GAPS: &[&str] = &[
     "a compound index that includes _id makes every later insert fail (JSON path error)",
 ];
 
+/// Whether `database` is served by nx-27017 (its `buildInfo` names the process), so a
+/// test that meets one of [`NX_27017_GAPS`] can check the stand-in's behaviour there
+/// and MongoDB's everywhere else.
+pub async fn is_nx_27017(database: &mongodb::Database) -> bool {
+    database
+        .run_command(mongodb::bson::doc! {"buildInfo": 1})
+        .await
+        .ok()
+        .and_then(|info| info.get_str("process").ok().map(|p| p == "nx_27017"))
+        .unwrap_or(false)
+}
+
 /// Asserts that every `(table, index)` exists in the SQLite database.
 ///
 /// # Panics

@@ -1,18 +1,52 @@
-//! gRPC handlers of the patients service.
+//! gRPC handlers of the patients service: proto in, caller and tenancy checks, domain
+//! rules, repository, audit event, proto out.
 //!
-//! No method is mounted yet: every call answers UNIMPLEMENTED (the router's own answer
-//! for a method it does not serve) until the patients issue lands its handlers here.
+//! Every call that names patient data leaves an audit event, refused ones included,
+//! before it answers; if the event cannot be written the call fails: no unaudited
+//! access to patient data.
+
+pub mod audit;
+pub mod patients;
 
 use std::sync::Arc;
 
-use tonic::service::Routes;
-use topsmile_kit::config::ServerLimits;
+use tonic::{server::NamedService, service::Routes};
+use topsmile_kit::{config::ServerLimits, password::Passwords};
+use topsmile_proto::topsmile::patients::v1::{
+    audit_service_server::AuditServiceServer, patient_service_server::PatientServiceServer,
+};
 
-use crate::store::PatientStore;
+use crate::store::Stores;
 
 /// The gRPC services mounted by [`routes`].
-pub const SERVED: &[&str] = &[];
+pub const SERVED: &[&str] = &[
+    PatientServiceServer::<patients::PatientApi>::NAME,
+    AuditServiceServer::<audit::AuditApi>::NAME,
+];
 
-pub fn routes(_store: Arc<dyn PatientStore>, _limits: &ServerLimits) -> Routes {
-    Routes::default()
+pub fn routes(stores: Stores, passwords: Passwords, limits: &ServerLimits) -> Routes {
+    let max = limits.max_message_bytes;
+    let trail = audit::Trail::new(stores.audit.clone());
+    Routes::new(
+        PatientServiceServer::new(patients::PatientApi::new(stores.clone(), trail, passwords))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        AuditServiceServer::new(audit::AuditApi::new(stores.audit))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+}
+
+/// The patients service's guard: the common one, plus audit events for the calls it
+/// refuses before a handler sees them.
+pub fn guard(
+    keys: topsmile_kit::access::KeySource,
+    stores: &Stores,
+) -> Result<Arc<topsmile_kit::access::Guard>, topsmile_kit::server::BoxError> {
+    Ok(Arc::new(
+        topsmile_kit::access::Guard::new(topsmile_kit::policy::PolicyTable::builtin()?, keys)
+            .with_refusals(Arc::new(audit::Trail::new(stores.audit.clone()))),
+    ))
 }

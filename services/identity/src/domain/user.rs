@@ -161,13 +161,9 @@ pub enum Attempt {
     Locked,
 }
 
-/// The password policy: 12 to 128 characters.
+/// The password policy: 12 to 128 characters (shared with patients).
 pub fn password(field: &str, value: &str) -> Result<(), FieldViolation> {
-    let n = value.chars().count();
-    if !(12..=128).contains(&n) {
-        return Err(FieldViolation::new(field, "must be 12 to 128 characters"));
-    }
-    Ok(())
+    topsmile_kit::password::check_policy(field, value)
 }
 
 /// Raw fields of a user from a request.

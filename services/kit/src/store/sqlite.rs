@@ -71,6 +71,36 @@ impl SqliteDb {
         .map_err(|e| StoreError::Backend(format!("sqlite open task failed: {e}")))?
     }
 
+    /// Opens `dir/<file>` and brings its schema up to date: `migrations[i]` runs once,
+    /// in its own transaction, when the file's `PRAGMA user_version` is `i` or less, and
+    /// the version is then set to `i + 1`. Migrations are only ever appended.
+    pub async fn open_migrated(
+        dir: &Path,
+        file: &str,
+        migrations: &'static [&'static str],
+    ) -> Result<Self, StoreError> {
+        let db = Self::open(dir, file, "").await?;
+        db.write(move |conn| {
+            let current: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(translate)?;
+            for (index, sql) in migrations.iter().enumerate() {
+                let version = i64::try_from(index).unwrap_or(i64::MAX) + 1;
+                if version <= current {
+                    continue;
+                }
+                let tx = conn.transaction().map_err(translate)?;
+                tx.execute_batch(sql).map_err(translate)?;
+                tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+                    .map_err(translate)?;
+                tx.commit().map_err(translate)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(db)
+    }
+
     /// Runs `f` on the writer connection, on the blocking pool. For a multi-statement
     /// change, `f` opens a `BEGIN IMMEDIATE` transaction itself.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>

@@ -1,38 +1,85 @@
-//! The patients service on the embedded SQLite store: one table per collection, with
-//! indexed columns for the fields the MongoDB indexes cover.
+//! The patients service on the embedded SQLite store: a table per collection with the
+//! queried fields as indexed columns, the rest as a JSON document, and a search table
+//! holding every word-start suffix of each name (the SQLite side of the multikey
+//! `searchName` index on MongoDB).
 
 use std::path::Path;
 
-use topsmile_kit::{StoreError, store::sqlite::SqliteDb};
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params, types::Value};
+use serde::{Deserialize, Serialize};
+use topsmile_kit::{
+    StoreError,
+    address::PostalAddress,
+    names::ResourceId,
+    paging::PageRequest,
+    store::sqlite::{SqliteDb, translate, translate_unique},
+    time,
+};
 
-use super::PatientStore;
+use super::{AuditEvent, AuditLog, AuditQuery, PatientStore};
+use crate::domain::{Patient, PatientFields, PatientQuery, prefix_upper_bound};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS patients (
-    id          TEXT PRIMARY KEY,
-    clinic_id   TEXT NOT NULL,
-    email       TEXT,
-    is_active   INTEGER NOT NULL,
-    search_name TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    doc         TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS patients_email_active ON patients (email) WHERE is_active = 1 AND email IS NOT NULL;
-CREATE INDEX IF NOT EXISTS patients_clinic_active ON patients (clinic_id, is_active);
-CREATE INDEX IF NOT EXISTS patients_clinic_search_name ON patients (clinic_id, search_name);
-CREATE TABLE IF NOT EXISTS medical_history (
-    patient_id  TEXT PRIMARY KEY,
-    clinic_id   TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    doc         TEXT NOT NULL
-);
-";
+/// Schema migrations, applied once each, in order (see `SqliteDb::open_migrated`).
+const MIGRATIONS: &[&str] = &[
+    // 1. The foundation created placeholder tables that nothing ever wrote: replace them.
+    "
+    DROP TABLE IF EXISTS patients;
+    DROP TABLE IF EXISTS medical_history;
+    CREATE TABLE patients (
+        id           TEXT PRIMARY KEY,
+        clinic_id    TEXT NOT NULL,
+        request_id   TEXT NOT NULL UNIQUE,
+        email        TEXT,
+        phone_digits TEXT NOT NULL,
+        is_active    INTEGER NOT NULL,
+        search_name  TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        doc          TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX patients_email_active ON patients (email) WHERE is_active = 1 AND email IS NOT NULL;
+    CREATE INDEX patients_clinic_active ON patients (clinic_id, is_active);
+    CREATE INDEX patients_clinic_search_name ON patients (clinic_id, search_name);
+    CREATE INDEX patients_clinic_phone ON patients (clinic_id, phone_digits);
+    CREATE TABLE patient_search (
+        clinic_id  TEXT NOT NULL,
+        term       TEXT NOT NULL,
+        patient_id TEXT NOT NULL,
+        PRIMARY KEY (patient_id, term)
+    );
+    CREATE INDEX patient_search_clinic_term ON patient_search (clinic_id, term);
+    CREATE TABLE medical_history (
+        patient_id  TEXT PRIMARY KEY,
+        clinic_id   TEXT NOT NULL,
+        version     INTEGER NOT NULL,
+        doc         TEXT NOT NULL
+    );
+    CREATE TABLE audit_events (
+        id        TEXT PRIMARY KEY,
+        clinic_id TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        resource  TEXT NOT NULL,
+        doc       TEXT NOT NULL
+    );
+    CREATE INDEX audit_events_clinic ON audit_events (clinic_id, id);
+    CREATE INDEX audit_events_clinic_resource ON audit_events (clinic_id, resource, id);
+    CREATE INDEX audit_events_clinic_actor ON audit_events (clinic_id, actor, id);
+    -- The trail is append-only, whatever code runs against this file.
+    CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+    CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+    ",
+];
 
 /// Index names, as `(table, index)`.
 pub const INDEXES: &[(&str, &str)] = &[
     ("patients", "patients_email_active"),
     ("patients", "patients_clinic_active"),
     ("patients", "patients_clinic_search_name"),
+    ("patients", "patients_clinic_phone"),
+    ("patient_search", "patient_search_clinic_term"),
+    ("audit_events", "audit_events_clinic_resource"),
 ];
 
 pub struct EmbeddedPatients {
@@ -42,9 +89,366 @@ pub struct EmbeddedPatients {
 impl EmbeddedPatients {
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            db: SqliteDb::open(data_dir, "patients.sqlite3", SCHEMA).await?,
+            db: SqliteDb::open_migrated(data_dir, "patients.sqlite3", MIGRATIONS).await?,
         })
     }
 }
 
-impl PatientStore for EmbeddedPatients {}
+/// The stored JSON form of a patient.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PatientDoc {
+    given_name: String,
+    family_name: String,
+    email: Option<String>,
+    phone: String,
+    /// `YYYY-MM-DD`.
+    date_of_birth: Option<String>,
+    address: Option<PostalAddress>,
+    password_hash: Option<String>,
+    create_time_ms: i64,
+    update_time_ms: i64,
+}
+
+fn to_doc(p: &Patient) -> Result<String, StoreError> {
+    serde_json::to_string(&PatientDoc {
+        given_name: p.fields.given_name.clone(),
+        family_name: p.fields.family_name.clone(),
+        email: p.fields.email.clone(),
+        phone: p.fields.phone.clone(),
+        date_of_birth: p.fields.date_of_birth.map(|d| d.to_string()),
+        address: p.fields.address.clone(),
+        password_hash: p.password_hash.clone(),
+        create_time_ms: time::to_millis(p.create_time),
+        update_time_ms: time::to_millis(p.update_time),
+    })
+    .map_err(|e| StoreError::Backend(format!("encode patient: {e}")))
+}
+
+type PatientRow = (String, String, bool, i64, String);
+
+const COLUMNS: &str = "p.id, p.clinic_id, p.is_active, p.version, p.doc";
+
+fn patient_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PatientRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn to_patient((id, clinic, is_active, version, doc): PatientRow) -> Result<Patient, StoreError> {
+    let doc: PatientDoc = serde_json::from_str(&doc)
+        .map_err(|e| StoreError::Backend(format!("decode patient {id}: {e}")))?;
+    let date_of_birth = doc
+        .date_of_birth
+        .map(|d| {
+            d.parse()
+                .map_err(|e| StoreError::Backend(format!("patient {id} date of birth: {e}")))
+        })
+        .transpose()?;
+    Ok(Patient {
+        id: ResourceId::from_stored(id),
+        clinic: ResourceId::from_stored(clinic),
+        fields: PatientFields {
+            given_name: doc.given_name,
+            family_name: doc.family_name,
+            email: doc.email,
+            phone: doc.phone,
+            date_of_birth,
+            address: doc.address,
+        },
+        is_active,
+        password_hash: doc.password_hash,
+        create_time: time::from_millis(doc.create_time_ms),
+        update_time: time::from_millis(doc.update_time_ms),
+        version,
+    })
+}
+
+/// The stored idempotency key of a create: clinic and request id, or the patient's own
+/// id when the client sent none (so the column can be unique without a partial index).
+pub fn request_key(patient: &Patient, request_id: Option<&str>) -> String {
+    match request_id {
+        Some(r) => format!("{}/{r}", patient.clinic),
+        None => patient.id.to_string(),
+    }
+}
+
+/// Rewrites the search terms of one patient (inside the caller's transaction).
+fn index_terms(tx: &rusqlite::Transaction<'_>, p: &Patient) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM patient_search WHERE patient_id = ?1",
+        params![p.id.as_str()],
+    )
+    .map_err(translate)?;
+    for term in p.search_terms() {
+        tx.execute(
+            "INSERT OR IGNORE INTO patient_search (clinic_id, term, patient_id) VALUES (?1, ?2, ?3)",
+            params![p.clinic.as_str(), term, p.id.as_str()],
+        )
+        .map_err(translate)?;
+    }
+    Ok(())
+}
+
+/// The SQL of a patient list and its parameters; shared with the query-plan test.
+pub fn list_sql(
+    clinic: &ResourceId,
+    query: &PatientQuery,
+    page: &PageRequest,
+) -> (String, Vec<Value>) {
+    let mut params: Vec<Value> = vec![
+        Value::Text(clinic.to_string()),
+        Value::Text(page.after.clone().unwrap_or_default()),
+    ];
+    let mut sql = match &query.name_prefix {
+        Some(prefix) => {
+            params.push(Value::Text(prefix.clone()));
+            params.push(Value::Text(prefix_upper_bound(prefix)));
+            format!(
+                "SELECT DISTINCT {COLUMNS} FROM patient_search s JOIN patients p ON p.id = s.patient_id \
+                 WHERE s.clinic_id = ?1 AND s.term >= ?3 AND s.term < ?4 AND p.id > ?2"
+            )
+        }
+        None => format!("SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.id > ?2"),
+    };
+    if !query.include_inactive {
+        sql.push_str(" AND p.is_active = 1");
+    }
+    if let Some(digits) = &query.phone_digits {
+        params.push(Value::Text(digits.clone()));
+        sql.push_str(&format!(" AND p.phone_digits = ?{}", params.len()));
+    }
+    if let Some(email) = &query.email {
+        params.push(Value::Text(email.clone()));
+        sql.push_str(&format!(" AND p.email = ?{}", params.len()));
+    }
+    params.push(Value::Integer(
+        i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX),
+    ));
+    sql.push_str(&format!(" ORDER BY p.id LIMIT ?{}", params.len()));
+    (sql, params)
+}
+
+#[async_trait]
+impl PatientStore for EmbeddedPatients {
+    async fn create(
+        &self,
+        patient: Patient,
+        request_id: Option<&str>,
+    ) -> Result<Patient, StoreError> {
+        let doc = to_doc(&patient)?;
+        let key = request_key(&patient, request_id);
+        self.db
+            .write(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(translate)?;
+                let existing = tx
+                    .query_row(
+                        &format!("SELECT {COLUMNS} FROM patients p WHERE p.request_id = ?1"),
+                        params![key],
+                        patient_row,
+                    )
+                    .optional()
+                    .map_err(translate)?;
+                if let Some(row) = existing {
+                    return to_patient(row);
+                }
+                tx.execute(
+                    "INSERT INTO patients (id, clinic_id, request_id, email, phone_digits, is_active, search_name, version, doc) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    params![
+                        patient.id.as_str(),
+                        patient.clinic.as_str(),
+                        key,
+                        patient.fields.email,
+                        patient.phone_digits(),
+                        patient.is_active,
+                        patient.search_terms().first().cloned().unwrap_or_default(),
+                        patient.version,
+                        doc
+                    ],
+                )
+                .map_err(|e| translate_unique(e, "email"))?;
+                index_terms(&tx, &patient)?;
+                tx.commit().map_err(translate)?;
+                Ok(patient)
+            })
+            .await
+    }
+
+    async fn get(&self, id: &ResourceId) -> Result<Option<Patient>, StoreError> {
+        let id = id.to_string();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!("SELECT {COLUMNS} FROM patients p WHERE p.id = ?1"),
+                    params![id],
+                    patient_row,
+                )
+                .optional()
+                .map_err(translate)?
+                .map(to_patient)
+                .transpose()
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        clinic: &ResourceId,
+        query: &PatientQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<Patient>, StoreError> {
+        let (sql, params) = list_sql(clinic, query, page);
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&sql).map_err(translate)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), patient_row)
+                    .map_err(translate)?;
+                rows.map(|r| r.map_err(translate).and_then(to_patient))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn replace(&self, next: &Patient) -> Result<(), StoreError> {
+        let doc = to_doc(next)?;
+        let next = next.clone();
+        self.db
+            .write(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(translate)?;
+                let changed = tx
+                    .execute(
+                        "UPDATE patients SET email = ?1, phone_digits = ?2, is_active = ?3, search_name = ?4, version = ?5, doc = ?6 \
+                         WHERE id = ?7 AND version = ?8",
+                        params![
+                            next.fields.email,
+                            next.phone_digits(),
+                            next.is_active,
+                            next.search_terms().first().cloned().unwrap_or_default(),
+                            next.version,
+                            doc,
+                            next.id.as_str(),
+                            next.version - 1
+                        ],
+                    )
+                    .map_err(|e| translate_unique(e, "email"))?;
+                if changed != 1 {
+                    let exists = tx
+                        .query_row("SELECT 1 FROM patients WHERE id = ?1", params![next.id.as_str()], |_| Ok(()))
+                        .optional()
+                        .map_err(translate)?;
+                    return Err(if exists.is_some() { StoreError::Stale } else { StoreError::NotFound("patient") });
+                }
+                index_terms(&tx, &next)?;
+                tx.commit().map_err(translate)
+            })
+            .await
+    }
+}
+
+/// The stored JSON form of an audit event.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditDoc {
+    actor_role: String,
+    actor_kind: String,
+    action: String,
+    outcome: String,
+    time_ms: i64,
+    trace_id: String,
+}
+
+#[async_trait]
+impl AuditLog for EmbeddedPatients {
+    async fn append(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let e = event.clone();
+        let doc = serde_json::to_string(&AuditDoc {
+            actor_role: e.actor_role.clone(),
+            actor_kind: e.actor_kind.clone(),
+            action: e.action.clone(),
+            outcome: e.outcome.clone(),
+            time_ms: time::to_millis(e.time),
+            trace_id: e.trace_id.clone(),
+        })
+        .map_err(|err| StoreError::Backend(format!("encode audit event: {err}")))?;
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO audit_events (id, clinic_id, actor, resource, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![e.id.as_str(), e.clinic, e.actor, e.resource, doc],
+                )
+                .map_err(translate)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        clinic: &str,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut params: Vec<Value> = vec![
+            Value::Text(clinic.to_owned()),
+            Value::Text(page.after.clone().unwrap_or_default()),
+        ];
+        let mut sql = "SELECT id, clinic_id, actor, resource, doc FROM audit_events WHERE clinic_id = ?1 AND id > ?2".to_owned();
+        if let Some(resource) = &query.resource {
+            params.push(Value::Text(resource.clone()));
+            sql.push_str(&format!(" AND resource = ?{}", params.len()));
+        }
+        if let Some(actor) = &query.actor {
+            params.push(Value::Text(actor.clone()));
+            sql.push_str(&format!(" AND actor = ?{}", params.len()));
+        }
+        params.push(Value::Integer(
+            i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX),
+        ));
+        sql.push_str(&format!(" ORDER BY id LIMIT ?{}", params.len()));
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn.prepare_cached(&sql).map_err(translate)?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(params), |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                        ))
+                    })
+                    .map_err(translate)?;
+                rows.map(|row| {
+                    let (id, clinic, actor, resource, doc) = row.map_err(translate)?;
+                    let doc: AuditDoc = serde_json::from_str(&doc).map_err(|e| {
+                        StoreError::Backend(format!("decode audit event {id}: {e}"))
+                    })?;
+                    Ok(AuditEvent {
+                        id: ResourceId::from_stored(id),
+                        clinic,
+                        actor,
+                        actor_role: doc.actor_role,
+                        actor_kind: doc.actor_kind,
+                        action: doc.action,
+                        resource,
+                        outcome: doc.outcome,
+                        time: time::from_millis(doc.time_ms),
+                        trace_id: doc.trace_id,
+                    })
+                })
+                .collect()
+            })
+            .await
+    }
+}

@@ -1,27 +1,117 @@
-//! The patients service's store: opened on the embedded SQLite store or on MongoDB,
-//! with its collections and indexes created idempotently at start-up.
-//!
-//! The repository operations arrive with the patients issue; the collections, indexes
-//! and the way the store is chosen are fixed now so deployments can prepare them.
+//! The repositories the patients service needs, and how to open them on either store.
 
 pub mod embedded;
 pub mod mongo;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use jiff::Timestamp;
 use topsmile_kit::{
     StoreError,
+    names::ResourceId,
+    paging::PageRequest,
     store::{Backend, StoreChoice},
 };
 
-/// The patients repository. Its operations, named for what they mean, arrive with the
-/// patients issue together with the conformance suite that both adapters must pass.
-pub trait PatientStore: Send + Sync + 'static {}
+use crate::domain::{Patient, PatientQuery};
+
+/// Patients, as the patients service stores them.
+#[async_trait]
+pub trait PatientStore: Send + Sync + 'static {
+    /// Inserts `patient`; `Duplicate("email")` if an active patient has its email. If a
+    /// patient of the same clinic was already created with `request_id`, returns that
+    /// one and inserts nothing: a retried create never makes a duplicate.
+    async fn create(
+        &self,
+        patient: Patient,
+        request_id: Option<&str>,
+    ) -> Result<Patient, StoreError>;
+
+    /// The patient with this id, active or not. Read from the primary.
+    async fn get(&self, id: &ResourceId) -> Result<Option<Patient>, StoreError>;
+
+    /// Up to `page.fetch_limit()` patients of `clinic` matching `query`, in id (=
+    /// creation) order after `page.after`. Served by an index on both stores.
+    async fn list(
+        &self,
+        clinic: &ResourceId,
+        query: &PatientQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<Patient>, StoreError>;
+
+    /// Replaces the stored patient with `next` if the stored version is still
+    /// `next.version - 1`: `Stale`, `NotFound`, or `Duplicate("email")`.
+    async fn replace(&self, next: &Patient) -> Result<(), StoreError>;
+}
+
+/// One access to patient data, as the audit trail keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Time-ordered id.
+    pub id: ResourceId,
+    /// The clinic whose data was touched (or aimed at).
+    pub clinic: String,
+    /// The caller's subject (a user, patient or service name).
+    pub actor: String,
+    pub actor_role: String,
+    pub actor_kind: String,
+    /// The method, e.g. `PatientService/GetPatient`.
+    pub action: String,
+    /// The resource name the call named.
+    pub resource: String,
+    /// `OK` or the gRPC code name of the refusal (`PERMISSION_DENIED`, ...).
+    pub outcome: String,
+    pub time: Timestamp,
+    /// The W3C trace id of the call, when it carried one.
+    pub trace_id: String,
+}
+
+/// What an audit listing selects (always within one clinic).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub resource: Option<String>,
+    pub actor: Option<String>,
+}
+
+/// The append-only audit trail (`auditEvents`): nothing updates or deletes an event.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Appends one event, durably (majority write on MongoDB) before the call answers.
+    async fn append(&self, event: &AuditEvent) -> Result<(), StoreError>;
+
+    /// Events of `clinic` in time order after `page.after`.
+    async fn list(
+        &self,
+        clinic: &str,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// Every repository the patients service uses.
+#[derive(Clone)]
+pub struct Stores {
+    pub patients: Arc<dyn PatientStore>,
+    pub audit: Arc<dyn AuditLog>,
+}
 
 /// Opens the store that configuration chose, creating tables and indexes.
-pub async fn open(choice: &StoreChoice) -> Result<Arc<dyn PatientStore>, StoreError> {
+pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
     Ok(match choice.connect("topsmile-patients").await? {
-        Backend::Embedded(data_dir) => Arc::new(embedded::EmbeddedPatients::open(data_dir).await?),
-        Backend::Mongo(store) => Arc::new(mongo::MongoPatients::open(store).await?),
+        Backend::Embedded(data_dir) => {
+            let store = Arc::new(embedded::EmbeddedPatients::open(data_dir).await?);
+            Stores {
+                patients: store.clone(),
+                audit: store,
+            }
+        }
+        Backend::Mongo(store) => {
+            let store = Arc::new(mongo::MongoPatients::open(store).await?);
+            Stores {
+                patients: store.clone(),
+                audit: store,
+            }
+        }
     })
 }

@@ -1,12 +1,30 @@
-//! The patients service on MongoDB: collections `medicalHistory`, `patients`.
+//! The patients service on MongoDB: collections `patients`, `medicalHistory` and
+//! `auditEvents`.
+//!
+//! A patient is one document; a change is a whole-document replacement conditioned on
+//! `version` (one atomic compare-and-swap). `searchName` holds every word-start suffix
+//! of the folded name, so the multikey index `{clinicId, searchName}` answers a prefix
+//! search on any name word.
 
-use mongodb::{IndexModel, bson::doc, options::IndexOptions};
+use async_trait::async_trait;
+use mongodb::{
+    Collection, IndexModel,
+    bson::{Bson, Document, doc},
+    options::IndexOptions,
+};
 use topsmile_kit::{
     StoreError,
-    store::mongo::{MongoStore, create_indexes},
+    address::PostalAddress,
+    names::ResourceId,
+    paging::PageRequest,
+    store::mongo::{
+        MongoStore, create_indexes, get_bool, get_i64, get_string, get_time, is_duplicate_key,
+        list_page, to_bson_time, translate, translate_unique,
+    },
 };
 
-use super::PatientStore;
+use super::{AuditEvent, AuditLog, AuditQuery, PatientStore, embedded::request_key};
+use crate::domain::{Patient, PatientFields, PatientQuery, prefix_upper_bound};
 
 /// The indexes of this service's collections, as `(collection, index)`.
 pub fn indexes() -> Vec<(&'static str, IndexModel)> {
@@ -49,6 +67,51 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
                 .build(),
         ),
         (
+            "patients",
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "phoneDigits": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name("clinic_phone".to_owned())
+                        .build(),
+                )
+                .build(),
+        ),
+        (
+            "patients",
+            IndexModel::builder()
+                .keys(doc! {"requestId": 1})
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name("request_id_unique".to_owned())
+                        .build(),
+                )
+                .build(),
+        ),
+        (
+            "auditEvents",
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "resource": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name("clinic_resource".to_owned())
+                        .build(),
+                )
+                .build(),
+        ),
+        (
+            "auditEvents",
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "actor": 1})
+                .options(
+                    IndexOptions::builder()
+                        .name("clinic_actor".to_owned())
+                        .build(),
+                )
+                .build(),
+        ),
+        (
             "medicalHistory",
             IndexModel::builder()
                 .keys(doc! {"clinicId": 1, "patientId": 1})
@@ -65,6 +128,8 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
 
 pub struct MongoPatients {
     pub store: MongoStore,
+    patients: Collection<Document>,
+    audit: Collection<Document>,
 }
 
 impl MongoPatients {
@@ -72,8 +137,234 @@ impl MongoPatients {
     /// is a no-op, so this runs at every start.
     pub async fn open(store: MongoStore) -> Result<Self, StoreError> {
         create_indexes(&store.database, indexes()).await?;
-        Ok(Self { store })
+        Ok(Self {
+            patients: store.database.collection("patients"),
+            audit: store.database.collection("auditEvents"),
+            store,
+        })
     }
 }
 
-impl PatientStore for MongoPatients {}
+fn to_document(p: &Patient, request_key: &str) -> Result<Document, StoreError> {
+    let address = match &p.fields.address {
+        Some(a) => mongodb::bson::to_bson(a)
+            .map_err(|e| StoreError::Backend(format!("encode address: {e}")))?,
+        None => Bson::Null,
+    };
+    let mut d = doc! {
+        "_id": p.id.as_str(),
+        "clinicId": p.clinic.as_str(),
+        "requestId": request_key,
+        "givenName": &p.fields.given_name,
+        "familyName": &p.fields.family_name,
+        "phone": &p.fields.phone,
+        "phoneDigits": p.phone_digits(),
+        "dateOfBirth": p.fields.date_of_birth.map(|d| d.to_string()),
+        "address": address,
+        "passwordHash": p.password_hash.clone(),
+        "isActive": p.is_active,
+        "searchName": p.search_terms(),
+        "createTime": to_bson_time(p.create_time),
+        "updateTime": to_bson_time(p.update_time),
+        "version": p.version,
+    };
+    // No email, no field: the partial unique index covers only patients that have one.
+    if let Some(email) = &p.fields.email {
+        d.insert("email", email);
+    }
+    Ok(d)
+}
+
+fn from_document(d: &Document) -> Result<Patient, StoreError> {
+    let id = get_string(d, "_id");
+    let address = match d.get("address") {
+        None | Some(Bson::Null) => None,
+        Some(Bson::Document(a)) => Some(
+            mongodb::bson::from_document::<PostalAddress>(a.clone())
+                .map_err(|e| StoreError::Backend(format!("decode address of {id}: {e}")))?,
+        ),
+        Some(other) => {
+            return Err(StoreError::Backend(format!(
+                "patient {id} address has type {:?}",
+                other.element_type()
+            )));
+        }
+    };
+    let date_of_birth = match d.get_str("dateOfBirth") {
+        Ok(text) => Some(
+            text.parse()
+                .map_err(|e| StoreError::Backend(format!("patient {id} date of birth: {e}")))?,
+        ),
+        Err(_) => None,
+    };
+    Ok(Patient {
+        clinic: ResourceId::from_stored(get_string(d, "clinicId")),
+        fields: PatientFields {
+            given_name: get_string(d, "givenName"),
+            family_name: get_string(d, "familyName"),
+            email: d.get_str("email").ok().map(str::to_owned),
+            phone: get_string(d, "phone"),
+            date_of_birth,
+            address,
+        },
+        is_active: get_bool(d, "isActive"),
+        password_hash: d.get_str("passwordHash").ok().map(str::to_owned),
+        create_time: get_time(d, "createTime"),
+        update_time: get_time(d, "updateTime"),
+        version: get_i64(d, "version"),
+        id: ResourceId::from_stored(id),
+    })
+}
+
+/// The filter of a patient list (without paging); shared with the query-plan test.
+pub fn list_filter(clinic: &ResourceId, query: &PatientQuery) -> Document {
+    let mut filter = doc! {"clinicId": clinic.as_str()};
+    if let Some(prefix) = &query.name_prefix {
+        // $elemMatch keeps both bounds on one array element (and nx-27017 needs it).
+        filter.insert(
+            "searchName",
+            doc! {"$elemMatch": {"$gte": prefix, "$lt": prefix_upper_bound(prefix)}},
+        );
+    }
+    if !query.include_inactive {
+        filter.insert("isActive", true);
+    }
+    if let Some(digits) = &query.phone_digits {
+        filter.insert("phoneDigits", digits);
+    }
+    if let Some(email) = &query.email {
+        filter.insert("email", email);
+    }
+    filter
+}
+
+#[async_trait]
+impl PatientStore for MongoPatients {
+    async fn create(
+        &self,
+        patient: Patient,
+        request_id: Option<&str>,
+    ) -> Result<Patient, StoreError> {
+        let key = request_key(&patient, request_id);
+        match self.patients.insert_one(to_document(&patient, &key)?).await {
+            Ok(_) => Ok(patient),
+            Err(e) if is_duplicate_key(&e) => {
+                // The request id (a retry: answer with the first result) or the email
+                // (taken by an active patient) decided it.
+                match self
+                    .patients
+                    .find_one(doc! {"requestId": &key})
+                    .await
+                    .map_err(translate)?
+                {
+                    Some(existing) => from_document(&existing),
+                    None => Err(StoreError::Duplicate("email")),
+                }
+            }
+            Err(e) => Err(translate_unique(e, "email")),
+        }
+    }
+
+    async fn get(&self, id: &ResourceId) -> Result<Option<Patient>, StoreError> {
+        let found = self
+            .patients
+            .find_one(doc! {"_id": id.as_str()})
+            .await
+            .map_err(translate)?;
+        found.as_ref().map(from_document).transpose()
+    }
+
+    async fn list(
+        &self,
+        clinic: &ResourceId,
+        query: &PatientQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<Patient>, StoreError> {
+        list_page(
+            &self.store,
+            &self.patients,
+            list_filter(clinic, query),
+            page,
+        )
+        .await?
+        .iter()
+        .map(from_document)
+        .collect()
+    }
+
+    async fn replace(&self, next: &Patient) -> Result<(), StoreError> {
+        let current = self
+            .patients
+            .find_one(doc! {"_id": next.id.as_str()})
+            .await
+            .map_err(translate)?
+            .ok_or(StoreError::NotFound("patient"))?;
+        let key = get_string(&current, "requestId");
+        let result = self
+            .patients
+            .replace_one(
+                doc! {"_id": next.id.as_str(), "version": next.version - 1},
+                to_document(next, &key)?,
+            )
+            .await
+            .map_err(|e| translate_unique(e, "email"))?;
+        if result.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Stale)
+        }
+    }
+}
+
+#[async_trait]
+impl AuditLog for MongoPatients {
+    async fn append(&self, e: &AuditEvent) -> Result<(), StoreError> {
+        self.audit
+            .insert_one(doc! {
+                "_id": e.id.as_str(),
+                "clinicId": &e.clinic,
+                "actor": &e.actor,
+                "actorRole": &e.actor_role,
+                "actorKind": &e.actor_kind,
+                "action": &e.action,
+                "resource": &e.resource,
+                "outcome": &e.outcome,
+                "time": to_bson_time(e.time),
+                "traceId": &e.trace_id,
+            })
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        clinic: &str,
+        query: &AuditQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let mut filter = doc! {"clinicId": clinic};
+        if let Some(resource) = &query.resource {
+            filter.insert("resource", resource);
+        }
+        if let Some(actor) = &query.actor {
+            filter.insert("actor", actor);
+        }
+        Ok(list_page(&self.store, &self.audit, filter, page)
+            .await?
+            .iter()
+            .map(|d| AuditEvent {
+                id: ResourceId::from_stored(get_string(d, "_id")),
+                clinic: get_string(d, "clinicId"),
+                actor: get_string(d, "actor"),
+                actor_role: get_string(d, "actorRole"),
+                actor_kind: get_string(d, "actorKind"),
+                action: get_string(d, "action"),
+                resource: get_string(d, "resource"),
+                outcome: get_string(d, "outcome"),
+                time: get_time(d, "time"),
+                trace_id: get_string(d, "traceId"),
+            })
+            .collect())
+    }
+}

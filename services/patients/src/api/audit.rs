@@ -1,0 +1,176 @@
+//! The audit trail: recording events, and `AuditService` to read them.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use topsmile_kit::{
+    ApiError,
+    access::{Caller, Refusals},
+    names::{ClinicName, ResourceId},
+    paging::PageRequest,
+    time,
+};
+use topsmile_proto::topsmile::patients::v1::{self as pb, audit_service_server::AuditService};
+
+use crate::store::{AuditEvent, AuditLog, AuditQuery};
+
+/// Writes audit events.
+#[derive(Clone)]
+pub struct Trail {
+    log: Arc<dyn AuditLog>,
+}
+
+/// Who called and how to find the call in the traces.
+pub struct Actor<'a> {
+    pub caller: &'a Caller,
+    pub trace_id: String,
+}
+
+impl Trail {
+    pub fn new(log: Arc<dyn AuditLog>) -> Self {
+        Self { log }
+    }
+
+    /// Records the outcome of one call on `resource` (in `clinic`) and hands the result
+    /// back, unless the event cannot be written: then the call fails instead.
+    pub async fn record<T>(
+        &self,
+        actor: &Actor<'_>,
+        action: &str,
+        clinic: &str,
+        resource: &str,
+        result: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let outcome = match &result {
+            Ok(_) => "OK",
+            Err(e) => e.reason(),
+        };
+        self.append(
+            actor.caller,
+            &actor.trace_id,
+            action,
+            clinic,
+            resource,
+            outcome,
+        )
+        .await?;
+        result
+    }
+
+    async fn append(
+        &self,
+        caller: &Caller,
+        trace_id: &str,
+        action: &str,
+        clinic: &str,
+        resource: &str,
+        outcome: &str,
+    ) -> Result<(), ApiError> {
+        let event = AuditEvent {
+            id: ResourceId::generate(),
+            clinic: if clinic.is_empty() {
+                caller.clinic().to_owned()
+            } else {
+                clinic.to_owned()
+            },
+            actor: caller.subject().to_owned(),
+            actor_role: caller.claims().role.clone(),
+            actor_kind: caller.kind().as_str().to_owned(),
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            outcome: outcome.to_owned(),
+            time: time::now(),
+            trace_id: trace_id.to_owned(),
+        };
+        self.log.append(&event).await.map_err(|e| {
+            tracing::error!(error = %e, action, resource, "audit event not written: call refused");
+            ApiError::Unavailable("the audit trail is unavailable".into())
+        })
+    }
+}
+
+impl Refusals for Trail {
+    /// A call the guard refused for its role: recorded against the caller's clinic,
+    /// without a resource (the request was never read).
+    fn refused<'a>(
+        &'a self,
+        path: &'a str,
+        caller: &'a Caller,
+        headers: &'a http::HeaderMap,
+        error: &'a ApiError,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let action = path.rsplit_once('.').map_or(path, |(_, m)| m);
+            self.append(caller, &trace_id(headers), action, "", "", error.reason())
+                .await
+        })
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub struct AuditApi {
+    log: Arc<dyn AuditLog>,
+}
+
+impl AuditApi {
+    pub fn new(log: Arc<dyn AuditLog>) -> Self {
+        Self { log }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    async fn list_audit_events(
+        &self,
+        req: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let req = req.into_inner();
+        let parent = ClinicName::parse("parent", &req.parent).map_err(ApiError::from)?;
+        caller.check_clinic(parent.clinic.as_str())?;
+        let query = AuditQuery {
+            resource: Some(req.resource.clone()).filter(|r| !r.is_empty()),
+            actor: Some(req.actor.clone()).filter(|a| !a.is_empty()),
+        };
+        let page = PageRequest::parse(
+            req.page_size,
+            &req.page_token,
+            &[&req.parent, &req.resource, &req.actor],
+        )
+        .map_err(ApiError::from)?;
+        let events = self
+            .log
+            .list(parent.clinic.as_str(), &query, &page)
+            .await
+            .map_err(ApiError::from)?;
+        let (events, next_page_token) = page.finish(events, |e| e.id.to_string());
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            audit_events: events
+                .into_iter()
+                .map(|e| pb::AuditEvent {
+                    name: format!("clinics/{}/auditEvents/{}", e.clinic, e.id),
+                    actor: e.actor,
+                    actor_role: e.actor_role,
+                    actor_kind: e.actor_kind,
+                    action: e.action,
+                    resource: e.resource,
+                    outcome: e.outcome,
+                    time: Some(time::to_proto(e.time)),
+                    trace_id: e.trace_id,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+}

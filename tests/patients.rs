@@ -1,0 +1,657 @@
+//! The patients service end to end: tenancy and patient-self rules over every method
+//! (generated from the descriptor's policy), idempotent and racing creates, validation,
+//! and the completeness of the audit trail. The whole suite runs on port 0.
+
+mod support;
+
+use futures::future::join_all;
+use prost_reflect::DescriptorPool;
+use support::{
+    Authed, Bearer, ClinicStaff, TestSuite, aimed_at, call_raw, mongo_store, patient_token,
+};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use topsmile_kit::policy::PolicyTable;
+use topsmile_proto::{
+    FILE_DESCRIPTOR_SET,
+    google::r#type::Date,
+    topsmile::{
+        auth::v1::Role,
+        patients::v1::{
+            self as pb, audit_service_client::AuditServiceClient,
+            patient_service_client::PatientServiceClient,
+        },
+    },
+};
+
+async fn patients_as(suite: &TestSuite, token: &str) -> PatientServiceClient<Authed> {
+    PatientServiceClient::with_interceptor(suite.channel().await, Bearer(Some(token.to_owned())))
+}
+
+fn new_patient(given: &str, family: &str, email: &str) -> pb::Patient {
+    pb::Patient {
+        given_name: given.into(),
+        family_name: family.into(),
+        email: email.into(),
+        phone: "+55 11 91234-5678".into(),
+        date_of_birth: Some(Date {
+            year: 1988,
+            month: 3,
+            day: 14,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create(
+    client: &mut PatientServiceClient<Authed>,
+    clinic: &str,
+    p: pb::Patient,
+) -> pb::Patient {
+    client
+        .create_patient(pb::CreatePatientRequest {
+            parent: clinic.to_owned(),
+            patient: Some(p),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap()
+}
+
+fn violations(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A clinic with staff and two patients.
+struct World {
+    staff: ClinicStaff,
+    patient: pb::Patient,
+    other_patient: pb::Patient,
+    patient_token: String,
+}
+
+async fn world(suite: &TestSuite, label: &str) -> World {
+    let staff = suite.clinic_with_staff(label).await;
+    let mut client = patients_as(suite, &staff.staff).await;
+    let tag = label.to_lowercase().replace(' ', ".");
+    let patient = create(
+        &mut client,
+        &staff.clinic.name,
+        new_patient("José", "Álvarez", &format!("jose.{tag}@example.com")),
+    )
+    .await;
+    let other_patient = create(
+        &mut client,
+        &staff.clinic.name,
+        new_patient("Maria", "Souza", &format!("maria.{tag}@example.com")),
+    )
+    .await;
+    let clinic_id = staff.clinic.name.trim_start_matches("clinics/").to_owned();
+    let patient_token = patient_token(suite, &clinic_id, &patient.name);
+    World {
+        staff,
+        patient,
+        other_patient,
+        patient_token,
+    }
+}
+
+#[tokio::test]
+async fn no_patient_data_crosses_a_clinic_or_reaches_another_patient() {
+    let suite = TestSuite::start().await;
+    let a = world(&suite, "Clinic A").await;
+    let b = world(&suite, "Clinic B").await;
+    let c = world(&suite, "Clinic C").await;
+    let root = suite.root_token().await;
+    let table = PolicyTable::builtin().unwrap();
+    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods: Vec<_> = table
+        .methods()
+        .filter(|m| m.area == "patients" && !m.is_internal())
+        .cloned()
+        .collect();
+    methods.sort_by(|x, y| x.path.cmp(&y.path));
+    assert!(
+        methods.len() >= 10,
+        "patients-service methods: {}",
+        methods.len()
+    );
+
+    // (who, role, token, whose data it aims at: clinic, patient)
+    let callers = [
+        ("super admin", Role::SuperAdmin, root.clone(), &c),
+        ("admin of A", Role::Admin, a.staff.admin.clone(), &b),
+        (
+            "provider of A",
+            Role::Provider,
+            a.staff.provider.clone(),
+            &b,
+        ),
+        ("staff of A", Role::Staff, a.staff.staff.clone(), &b),
+        (
+            "patient of A, at B",
+            Role::Patient,
+            a.patient_token.clone(),
+            &b,
+        ),
+        (
+            "patient of A, at A's other patient",
+            Role::Patient,
+            a.patient_token.clone(),
+            &a,
+        ),
+    ];
+    let channel = suite.channel().await;
+    let direct = support::connect(suite.suite.services["patients"]).await;
+    for target in [&channel, &direct] {
+        for method in &methods {
+            let policy = method.policy.as_ref().unwrap();
+            let (service, name) = method
+                .path
+                .trim_start_matches('/')
+                .rsplit_once('/')
+                .unwrap();
+            let rpc = pool
+                .get_service_by_name(service)
+                .unwrap()
+                .methods()
+                .find(|m| m.name() == name)
+                .unwrap();
+            for (who, role, token, aim) in &callers {
+                let victim = if *role == Role::Patient && std::ptr::eq(*aim, &a) {
+                    &a.other_patient.name
+                } else {
+                    &aim.patient.name
+                };
+                let (name, parent) = if service.ends_with("MedicalHistoryService") {
+                    (format!("{victim}/medicalHistory"), victim.clone())
+                } else {
+                    (victim.clone(), aim.staff.clinic.name.clone())
+                };
+                let code = call_raw(
+                    target,
+                    token,
+                    &method.path,
+                    aimed_at(&rpc.input(), &name, &parent),
+                )
+                .await;
+                let allowed = policy.roles.contains(&(*role as i32))
+                    || (*role == Role::Patient && policy.allow_patient_self);
+                let what = format!("{} by {who}", method.path);
+                if !allowed {
+                    assert_eq!(
+                        code,
+                        Code::PermissionDenied,
+                        "{what}: the policy does not admit the role"
+                    );
+                } else if *role == Role::SuperAdmin {
+                    assert!(
+                        !matches!(code, Code::PermissionDenied | Code::Unauthenticated),
+                        "{what}: the policy admits the role, got {code:?}"
+                    );
+                } else {
+                    assert!(
+                        matches!(
+                            code,
+                            Code::PermissionDenied | Code::NotFound | Code::Unimplemented
+                        ),
+                        "{what}: someone else's data must not be reachable, got {code:?}"
+                    );
+                }
+            }
+        }
+    }
+    // B's patients are as created.
+    let got = patients_as(&suite, &b.staff.admin)
+        .await
+        .get_patient(pb::GetPatientRequest {
+            name: b.patient.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert_eq!(got, b.patient);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn a_patient_reads_their_own_record_and_changes_only_how_to_reach_them() {
+    let suite = TestSuite::start().await;
+    let a = world(&suite, "Self").await;
+    let mut me = patients_as(&suite, &a.patient_token).await;
+    let own = me
+        .get_patient(pb::GetPatientRequest {
+            name: a.patient.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert_eq!(own, a.patient);
+    let other = me
+        .get_patient(pb::GetPatientRequest {
+            name: a.other_patient.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::NotFound, "{other:?}");
+    let listed = me
+        .list_patients(pb::ListPatientsRequest {
+            parent: a.staff.clinic.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(listed.code(), Code::PermissionDenied);
+
+    let mask = |paths: &[&str]| prost_types::FieldMask {
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+    };
+    let phone = me
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(pb::Patient {
+                phone: "+55 11 90000-0000".into(),
+                ..own.clone()
+            }),
+            update_mask: Some(mask(&["phone"])),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert_eq!(phone.phone, "+55 11 90000-0000");
+    let renamed = me
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(pb::Patient {
+                given_name: "Someone Else".into(),
+                ..phone.clone()
+            }),
+            update_mask: Some(mask(&["given_name"])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(renamed.code(), Code::PermissionDenied);
+
+    // Portal password: staff set it, the patient changes it with the current one.
+    let mut staff = patients_as(&suite, &a.staff.staff).await;
+    let enabled = staff
+        .set_patient_password(pb::SetPatientPasswordRequest {
+            name: a.patient.name.clone(),
+            new_password: "first portal password".into(),
+            current_password: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert!(enabled.has_portal_access);
+    let wrong = me
+        .set_patient_password(pb::SetPatientPasswordRequest {
+            name: a.patient.name.clone(),
+            new_password: "second portal password".into(),
+            current_password: "not the current one".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    me.set_patient_password(pb::SetPatientPasswordRequest {
+        name: a.patient.name.clone(),
+        new_password: "second portal password".into(),
+        current_password: "first portal password".into(),
+    })
+    .await
+    .unwrap();
+    suite.stop().await;
+}
+
+async fn idempotent_and_racing_creates(suite: TestSuite) {
+    let a = suite.clinic_with_staff("Races").await;
+    let client = patients_as(&suite, &a.staff).await;
+    let same = join_all((0..10).map(|_| {
+        let mut client = client.clone();
+        let parent = a.clinic.name.clone();
+        async move {
+            client
+                .create_patient(pb::CreatePatientRequest {
+                    parent,
+                    patient: Some(new_patient("Idem", "Potent", "idem@example.com")),
+                    request_id: "front-desk-42".into(),
+                })
+                .await
+                .map(|r| r.into_inner().patient.unwrap())
+        }
+    }))
+    .await;
+    let first = same[0].as_ref().unwrap().clone();
+    assert!(
+        same.iter().all(|r| r.as_ref().unwrap() == &first),
+        "10 identical answers"
+    );
+
+    let racing = join_all((0..20).map(|i| {
+        let mut client = client.clone();
+        let parent = a.clinic.name.clone();
+        async move {
+            client
+                .create_patient(pb::CreatePatientRequest {
+                    parent,
+                    patient: Some(new_patient(
+                        "Race",
+                        &format!("Number {i}"),
+                        "race@example.com",
+                    )),
+                    request_id: String::new(),
+                })
+                .await
+        }
+    }))
+    .await;
+    let created = racing.iter().filter(|r| r.is_ok()).count();
+    let taken = racing
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::AlreadyExists))
+        .count();
+    assert_eq!((created, taken), (1, 19), "{racing:?}");
+
+    let listed = patients_as(&suite, &a.admin)
+        .await
+        .list_patients(pb::ListPatientsRequest {
+            parent: a.clinic.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patients;
+    assert_eq!(
+        listed.len(),
+        2,
+        "one idempotent patient and one race winner"
+    );
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_create_makes_one_patient_and_one_email_one_winner() {
+    idempotent_and_racing_creates(TestSuite::start().await).await;
+}
+
+#[tokio::test]
+async fn a_retried_create_makes_one_patient_and_one_email_one_winner_on_mongodb() {
+    if let Some(store) = mongo_store("patients_idempotent_and_racing_on_mongodb") {
+        idempotent_and_racing_creates(TestSuite::start_on(store).await).await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_patients_are_refused_field_by_field() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Validation").await;
+    let mut client = patients_as(&suite, &a.staff).await;
+    let err = client
+        .create_patient(pb::CreatePatientRequest {
+            parent: a.clinic.name.clone(),
+            patient: Some(pb::Patient {
+                given_name: "Ana".into(),
+                family_name: String::new(),
+                email: "not-an-email".into(),
+                phone: "12".into(),
+                date_of_birth: Some(Date {
+                    year: 2999,
+                    month: 1,
+                    day: 1,
+                }),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        violations(&err),
+        vec![
+            "patient.family_name",
+            "patient.email",
+            "patient.phone",
+            "patient.date_of_birth"
+        ]
+    );
+    let impossible = client
+        .create_patient(pb::CreatePatientRequest {
+            parent: a.clinic.name.clone(),
+            patient: Some(pb::Patient {
+                date_of_birth: Some(Date {
+                    year: 1990,
+                    month: 2,
+                    day: 30,
+                }),
+                ..new_patient("Ana", "Lima", "")
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violations(&impossible), vec!["patient.date_of_birth"]);
+    let listed = client
+        .list_patients(pb::ListPatientsRequest {
+            parent: a.clinic.name.clone(),
+            show_inactive: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patients;
+    assert!(listed.is_empty(), "nothing was written");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn search_deactivation_and_stale_updates_through_the_gateway() {
+    let suite = TestSuite::start().await;
+    let a = world(&suite, "Search").await;
+    let mut client = patients_as(&suite, &a.staff.admin).await;
+    let search = |q: &str| pb::ListPatientsRequest {
+        parent: a.staff.clinic.name.clone(),
+        name_query: q.into(),
+        ..Default::default()
+    };
+    let found = client
+        .list_patients(search("jose"))
+        .await
+        .unwrap()
+        .into_inner()
+        .patients;
+    assert_eq!(
+        found.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        vec![&a.patient.name]
+    );
+    let found = client
+        .list_patients(search("SOU"))
+        .await
+        .unwrap()
+        .into_inner()
+        .patients;
+    assert_eq!(
+        found.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        vec![&a.other_patient.name]
+    );
+
+    let gone = client
+        .deactivate_patient(pb::DeactivatePatientRequest {
+            name: a.patient.name.clone(),
+            etag: a.patient.etag.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert!(!gone.is_active);
+    // Still readable by staff, saying inactive; hidden from lists unless asked.
+    let read = client
+        .get_patient(pb::GetPatientRequest {
+            name: a.patient.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert!(!read.is_active);
+    assert!(
+        client
+            .list_patients(search("jose"))
+            .await
+            .unwrap()
+            .into_inner()
+            .patients
+            .is_empty()
+    );
+    let stale = client
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(pb::Patient {
+                phone: "+55 11 3333-3333".into(),
+                ..a.patient.clone()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["phone".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn every_access_to_patient_data_is_audited_denied_ones_included() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Audit A").await;
+    let b = suite.clinic_with_staff("Audit B").await;
+    let mut staff = patients_as(&suite, &a.staff).await;
+    // 1. create (OK)
+    let p = create(
+        &mut staff,
+        &a.clinic.name,
+        new_patient("Audit", "Me", "audit.me@example.com"),
+    )
+    .await;
+    // 2. get (OK)
+    staff
+        .get_patient(pb::GetPatientRequest {
+            name: p.name.clone(),
+        })
+        .await
+        .unwrap();
+    // 3. list (OK)
+    staff
+        .list_patients(pb::ListPatientsRequest {
+            parent: a.clinic.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // 4. staff may not deactivate: refused by the policy before the handler
+    let denied = staff
+        .deactivate_patient(pb::DeactivatePatientRequest {
+            name: p.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    // 5. another clinic's admin aims at it: refused by tenancy
+    let foreign = patients_as(&suite, &b.admin)
+        .await
+        .get_patient(pb::GetPatientRequest {
+            name: p.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::PermissionDenied);
+    // 6. a patient reads itself (OK); 7. and someone else (NOT_FOUND)
+    let clinic_id = a.clinic.name.trim_start_matches("clinics/");
+    let mut me = patients_as(&suite, &patient_token(&suite, clinic_id, &p.name)).await;
+    me.get_patient(pb::GetPatientRequest {
+        name: p.name.clone(),
+    })
+    .await
+    .unwrap();
+    let missing = format!("{}/patients/0000-nobody", a.clinic.name);
+    me.get_patient(pb::GetPatientRequest { name: missing })
+        .await
+        .unwrap_err();
+
+    let events =
+        AuditServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+            .list_audit_events(pb::ListAuditEventsRequest {
+                parent: a.clinic.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_events;
+    let seen: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| (e.action.clone(), e.actor_kind.clone(), e.outcome.clone()))
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("PatientService/CreatePatient", "staff", "OK"),
+        ("PatientService/GetPatient", "staff", "OK"),
+        ("PatientService/ListPatients", "staff", "OK"),
+        (
+            "PatientService/DeactivatePatient",
+            "staff",
+            "PERMISSION_DENIED",
+        ),
+        ("PatientService/GetPatient", "staff", "PERMISSION_DENIED"),
+        ("PatientService/GetPatient", "patient", "OK"),
+        ("PatientService/GetPatient", "patient", "NOT_FOUND"),
+    ]
+    .iter()
+    .map(|(a, k, o)| ((*a).to_owned(), (*k).to_owned(), (*o).to_owned()))
+    .collect();
+    assert_eq!(seen, expected);
+    assert!(
+        events
+            .iter()
+            .all(|e| !e.actor.is_empty() && e.time.is_some())
+    );
+    assert_eq!(
+        events[4].actor, b.admin_name,
+        "the foreign attempt names its actor"
+    );
+    // Filtered by resource: the events that named the patient.
+    let about =
+        AuditServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+            .list_audit_events(pb::ListAuditEventsRequest {
+                parent: a.clinic.name.clone(),
+                resource: p.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_events;
+    assert_eq!(
+        about.len(),
+        4,
+        "create, get, foreign get, own get: {about:?}"
+    );
+    suite.stop().await;
+}
