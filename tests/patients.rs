@@ -171,7 +171,8 @@ async fn no_patient_data_crosses_a_clinic_or_reaches_another_patient() {
                     &aim.patient.name
                 };
                 let (name, parent) = if service.ends_with("MedicalHistoryService") {
-                    (format!("{victim}/medicalHistory"), victim.clone())
+                    let history = format!("{victim}/medicalHistory");
+                    (history.clone(), history)
                 } else {
                     (victim.clone(), aim.staff.clinic.name.clone())
                 };
@@ -652,6 +653,134 @@ async fn every_access_to_patient_data_is_audited_denied_ones_included() {
         about.len(),
         4,
         "create, get, foreign get, own get: {about:?}"
+    );
+    suite.stop().await;
+}
+
+fn history_update(name: &str, etag: &str, notes: &str) -> pb::UpdateMedicalHistoryRequest {
+    pb::UpdateMedicalHistoryRequest {
+        medical_history: Some(pb::MedicalHistory {
+            name: name.to_owned(),
+            notes: notes.to_owned(),
+            allergies: vec![pb::Allergy {
+                allergen: "latex".into(),
+                reaction: "hives".into(),
+                severity: pb::AllergySeverity::Moderate as i32,
+            }],
+            etag: etag.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["notes".into(), "allergies".into()],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn medical_history_is_revised_never_overwritten_and_kept_from_staff() {
+    let suite = TestSuite::start().await;
+    let a = world(&suite, "History").await;
+    let name = format!("{}/medicalHistory", a.patient.name);
+    let client = |token: &str| {
+        let token = token.to_owned();
+        let suite = &suite;
+        async move {
+            topsmile_proto::topsmile::patients::v1::medical_history_service_client::MedicalHistoryServiceClient::with_interceptor(
+                suite.channel().await,
+                Bearer(Some(token)),
+            )
+        }
+    };
+    let mut provider = client(&a.staff.provider).await;
+    let empty = provider
+        .get_medical_history(pb::GetMedicalHistoryRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .medical_history
+        .unwrap();
+    assert_eq!(empty.etag, "0");
+    let first = provider
+        .update_medical_history(history_update(&name, "0", "first visit"))
+        .await
+        .unwrap()
+        .into_inner()
+        .medical_history
+        .unwrap();
+    assert_eq!(
+        first.recorded_by, a.staff.provider_name,
+        "recorded_by comes from the token"
+    );
+    assert_eq!(first.etag, "1");
+
+    // Two updates racing on one etag: one wins, the other is ABORTED.
+    let racers = join_all((0..2).map(|i| {
+        let mut c = provider.clone();
+        let req = history_update(&name, "1", &format!("racer {i}"));
+        async move { c.update_medical_history(req).await }
+    }))
+    .await;
+    assert_eq!(racers.iter().filter(|r| r.is_ok()).count(), 1, "{racers:?}");
+    assert!(
+        racers
+            .iter()
+            .any(|r| matches!(r, Err(s) if s.code() == Code::Aborted))
+    );
+
+    let revisions = client(&a.staff.admin)
+        .await
+        .list_medical_history_revisions(pb::ListMedicalHistoryRevisionsRequest {
+            parent: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revisions;
+    assert_eq!(revisions.len(), 1);
+    assert_eq!(
+        revisions[0].notes, "first visit",
+        "the replaced version is kept"
+    );
+
+    // Least privilege: the front desk may not read clinical data.
+    let staff = client(&a.staff.staff)
+        .await
+        .get_medical_history(pb::GetMedicalHistoryRequest { name: name.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(staff.code(), Code::PermissionDenied);
+    // The patient reads their own, and not anyone else's.
+    let mut me = client(&a.patient_token).await;
+    let own = me
+        .get_medical_history(pb::GetMedicalHistoryRequest { name: name.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .medical_history
+        .unwrap();
+    assert_eq!(own.etag, "2");
+    let other = me
+        .get_medical_history(pb::GetMedicalHistoryRequest {
+            name: format!("{}/medicalHistory", a.other_patient.name),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::NotFound);
+    let write = me
+        .update_medical_history(history_update(&name, "2", "self-diagnosis"))
+        .await
+        .unwrap_err();
+    assert_eq!(write.code(), Code::PermissionDenied);
+    // A missing severity is a field violation, and nothing is written.
+    let mut bad = history_update(&name, "2", "x");
+    if let Some(h) = bad.medical_history.as_mut() {
+        h.allergies[0].severity = 0;
+    }
+    let err = provider.update_medical_history(bad).await.unwrap_err();
+    assert_eq!(
+        violations(&err),
+        vec!["medical_history.allergies[0].severity"]
     );
     suite.stop().await;
 }

@@ -6,6 +6,7 @@
 //! access to patient data.
 
 pub mod audit;
+pub mod history;
 pub mod patients;
 
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use std::sync::Arc;
 use tonic::{server::NamedService, service::Routes};
 use topsmile_kit::{config::ServerLimits, password::Passwords};
 use topsmile_proto::topsmile::patients::v1::{
-    audit_service_server::AuditServiceServer, patient_service_server::PatientServiceServer,
+    audit_service_server::AuditServiceServer,
+    medical_history_service_server::MedicalHistoryServiceServer,
+    patient_service_server::PatientServiceServer,
 };
 
 use crate::store::Stores;
@@ -21,6 +24,7 @@ use crate::store::Stores;
 /// The gRPC services mounted by [`routes`].
 pub const SERVED: &[&str] = &[
     PatientServiceServer::<patients::PatientApi>::NAME,
+    MedicalHistoryServiceServer::<history::MedicalHistoryApi>::NAME,
     AuditServiceServer::<audit::AuditApi>::NAME,
 ];
 
@@ -28,7 +32,16 @@ pub fn routes(stores: Stores, passwords: Passwords, limits: &ServerLimits) -> Ro
     let max = limits.max_message_bytes;
     let trail = audit::Trail::new(stores.audit.clone());
     Routes::new(
-        PatientServiceServer::new(patients::PatientApi::new(stores.clone(), trail, passwords))
+        PatientServiceServer::new(patients::PatientApi::new(
+            stores.clone(),
+            trail.clone(),
+            passwords,
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+    )
+    .add_service(
+        MedicalHistoryServiceServer::new(history::MedicalHistoryApi::new(stores.clone(), trail))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     )

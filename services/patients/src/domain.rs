@@ -1,6 +1,8 @@
 //! Patients as the domain sees them: fields, their rules, the search forms of names and
 //! phones, and update masks. Pure functions over plain types: no proto, no store.
 
+pub mod history;
+
 use jiff::{Timestamp, civil::Date};
 use topsmile_kit::{FieldViolation, address::PostalAddress, names::ResourceId, validate};
 

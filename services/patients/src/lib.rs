@@ -4,9 +4,9 @@
 //! The library is what the `topsmile-patients` binary, the all-in-one `topsmile dev`
 //! launcher and the tests mount: [`open_store`], then [`routes`] behind [`guard`].
 //!
-//! Served now: `PatientService` and `AuditService`. `MedicalHistoryService` and
-//! `PatientInternalService` are in the contract and answer UNIMPLEMENTED until they land:
-//! no fake data is ever returned.
+//! Served now: `PatientService`, `MedicalHistoryService` and `AuditService`.
+//! `PatientInternalService` (portal credential checks) is in the contract and answers
+//! UNIMPLEMENTED until it lands: no fake data is ever returned.
 
 pub mod api;
 pub mod domain;

@@ -10,7 +10,11 @@ use topsmile_kit::{
     StoreError, names::ResourceId, paging::PageRequest, store::mongo, testing, time,
 };
 use topsmile_patients::{
-    domain::{Patient, PatientFields, PatientQuery, search_name},
+    domain::{
+        Patient, PatientFields, PatientQuery,
+        history::{Allergy, HistoryContent, HistoryVersion, Severity},
+        search_name,
+    },
     store::{AuditEvent, AuditQuery, Stores, embedded::EmbeddedPatients, mongo::MongoPatients},
 };
 
@@ -31,6 +35,7 @@ impl Harness {
         Self {
             stores: Stores {
                 patients: store.clone(),
+                histories: store.clone(),
                 audit: store,
             },
             _dir: Some(dir),
@@ -53,6 +58,7 @@ impl Harness {
         Some(Self {
             stores: Stores {
                 patients: store.clone(),
+                histories: store.clone(),
                 audit: store,
             },
             _dir: None,
@@ -104,6 +110,8 @@ conformance!(
     phone_and_email_search,
     racing_replaces_have_exactly_one_winner,
     audit_events_are_listed_by_clinic_resource_and_actor,
+    a_history_update_keeps_the_version_it_replaces,
+    racing_history_updates_on_one_etag_have_one_winner,
 );
 
 fn clinic() -> ResourceId {
@@ -426,4 +434,72 @@ async fn audit_events_are_listed_by_clinic_resource_and_actor(
         actor: Some("u1".into()),
     };
     assert_eq!(s.audit.list("c1", &u1, &page(100)).await.unwrap().len(), 2);
+}
+
+fn version(n: i64, notes: &str) -> HistoryVersion {
+    HistoryVersion {
+        content: HistoryContent {
+            notes: notes.into(),
+            allergies: vec![Allergy {
+                allergen: "penicillin".into(),
+                reaction: "rash".into(),
+                severity: Severity::Severe,
+            }],
+            ..HistoryContent::default()
+        },
+        recorded_by: "clinics/c/users/u".into(),
+        update_time_ms: 1_700_000_000_000 + n,
+        version: n,
+    }
+}
+
+async fn a_history_update_keeps_the_version_it_replaces(s: &Stores, _: Option<mongodb::Database>) {
+    let (c, p) = (clinic(), ResourceId::generate());
+    assert_eq!(s.histories.current(&p).await.unwrap(), None);
+    for n in 1..=4 {
+        s.histories
+            .record(&c, &p, &version(n, &format!("v{n}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.histories.current(&p).await.unwrap(),
+        Some(version(4, "v4"))
+    );
+    let all = s.histories.revisions(&p, None, 10).await.unwrap();
+    assert_eq!(
+        all,
+        vec![version(3, "v3"), version(2, "v2"), version(1, "v1")],
+        "newest first"
+    );
+    let older = s.histories.revisions(&p, Some(3), 1).await.unwrap();
+    assert_eq!(older, vec![version(2, "v2")]);
+    // A write naming a version that is not current changes nothing.
+    assert!(matches!(
+        s.histories.record(&c, &p, &version(3, "late")).await,
+        Err(StoreError::Stale)
+    ));
+    assert_eq!(s.histories.revisions(&p, None, 10).await.unwrap().len(), 3);
+}
+
+async fn racing_history_updates_on_one_etag_have_one_winner(
+    s: &Stores,
+    _: Option<mongodb::Database>,
+) {
+    let (c, p) = (clinic(), ResourceId::generate());
+    for round in 1..=2 {
+        let attempts = join_all((0..6).map(|i| {
+            let v = version(round, &format!("writer {i}"));
+            let (c, p) = (c.clone(), p.clone());
+            async move { s.histories.record(&c, &p, &v).await }
+        }))
+        .await;
+        let won = attempts.iter().filter(|a| a.is_ok()).count();
+        let stale = attempts
+            .iter()
+            .filter(|a| matches!(a, Err(StoreError::Stale)))
+            .count();
+        assert_eq!((won, stale), (1, 5), "round {round}: {attempts:?}");
+    }
+    assert_eq!(s.histories.revisions(&p, None, 10).await.unwrap().len(), 1);
 }

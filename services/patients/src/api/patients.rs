@@ -39,14 +39,14 @@ fn latest_today() -> jiff::civil::Date {
 }
 
 /// The clinic id a resource name aims at, if it has one (for the audit event).
-fn clinic_of(name: &str) -> &str {
+pub(crate) fn clinic_of(name: &str) -> &str {
     match name.split('/').collect::<Vec<_>>().as_slice() {
         ["clinics", clinic, ..] => clinic,
         _ => "",
     }
 }
 
-fn actor<T>(req: &Request<T>) -> Result<(Caller, String), ApiError> {
+pub(crate) fn actor<T>(req: &Request<T>) -> Result<(Caller, String), ApiError> {
     let caller = Caller::of(req)?;
     let trace = trace_id(req.metadata().as_ref());
     Ok((caller, trace))
@@ -61,19 +61,8 @@ impl PatientApi {
         }
     }
 
-    /// The named patient, for `caller`. Another clinic's name is PERMISSION_DENIED
-    /// before anything is read; a patient naming anyone but themself, or an id that is
-    /// not in the named clinic, is NOT_FOUND.
     async fn load(&self, caller: &Caller, field: &str, name: &str) -> Result<Patient, ApiError> {
-        let name = ClinicScopedName::parse(field, "patients", name)?;
-        caller.check_clinic(name.clinic.as_str())?;
-        if caller.role() == Role::Patient && caller.subject() != name.to_string() {
-            return Err(ApiError::NotFound("patient"));
-        }
-        match self.stores.patients.get(&name.id).await? {
-            Some(patient) if patient.clinic == name.clinic => Ok(patient),
-            _ => Err(ApiError::NotFound("patient")),
-        }
+        load_patient(&self.stores, caller, field, name).await
     }
 
     async fn create(
@@ -216,6 +205,26 @@ impl PatientApi {
         next.password_hash = Some(hash);
         self.stores.patients.replace(&next).await?;
         Ok(next)
+    }
+}
+
+/// The named patient, for `caller`. Another clinic's name is PERMISSION_DENIED before
+/// anything is read; a patient naming anyone but themself, or an id that is not in the
+/// named clinic, is NOT_FOUND.
+pub(crate) async fn load_patient(
+    stores: &Stores,
+    caller: &Caller,
+    field: &str,
+    name: &str,
+) -> Result<Patient, ApiError> {
+    let name = ClinicScopedName::parse(field, "patients", name)?;
+    caller.check_clinic(name.clinic.as_str())?;
+    if caller.role() == Role::Patient && caller.subject() != name.to_string() {
+        return Err(ApiError::NotFound("patient"));
+    }
+    match stores.patients.get(&name.id).await? {
+        Some(patient) if patient.clinic == name.clinic => Ok(patient),
+        _ => Err(ApiError::NotFound("patient")),
     }
 }
 

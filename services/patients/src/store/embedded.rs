@@ -17,8 +17,10 @@ use topsmile_kit::{
     time,
 };
 
-use super::{AuditEvent, AuditLog, AuditQuery, PatientStore};
-use crate::domain::{Patient, PatientFields, PatientQuery, prefix_upper_bound};
+use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore};
+use crate::domain::{
+    Patient, PatientFields, PatientQuery, history::HistoryVersion, prefix_upper_bound,
+};
 
 /// Schema migrations, applied once each, in order (see `SqliteDb::open_migrated`).
 const MIGRATIONS: &[&str] = &[
@@ -69,6 +71,15 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
     CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
         BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+    ",
+    // 2. Replaced versions of medical histories.
+    "
+    CREATE TABLE medical_history_revisions (
+        patient_id TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        doc        TEXT NOT NULL,
+        PRIMARY KEY (patient_id, version)
+    );
     ",
 ];
 
@@ -448,6 +459,108 @@ impl AuditLog for EmbeddedPatients {
                     })
                 })
                 .collect()
+            })
+            .await
+    }
+}
+
+fn encode_version(v: &HistoryVersion) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encode history: {e}")))
+}
+
+fn decode_version(doc: &str) -> Result<HistoryVersion, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Backend(format!("decode history: {e}")))
+}
+
+#[async_trait]
+impl HistoryStore for EmbeddedPatients {
+    async fn current(&self, patient: &ResourceId) -> Result<Option<HistoryVersion>, StoreError> {
+        let patient = patient.to_string();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    "SELECT doc FROM medical_history WHERE patient_id = ?1",
+                    params![patient],
+                    |r| r.get::<_, String>(0),
+                )
+                .optional()
+                .map_err(translate)?
+                .map(|doc| decode_version(&doc))
+                .transpose()
+            })
+            .await
+    }
+
+    async fn record(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        next: &HistoryVersion,
+    ) -> Result<(), StoreError> {
+        let (clinic, patient) = (clinic.to_string(), patient.to_string());
+        let doc = encode_version(next)?;
+        let version = next.version;
+        self.db
+            .write(move |conn| {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(translate)?;
+                let stored = tx
+                    .query_row(
+                        "SELECT version, doc FROM medical_history WHERE patient_id = ?1",
+                        params![patient],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                    )
+                    .optional()
+                    .map_err(translate)?;
+                match stored {
+                    None if version == 1 => {
+                        tx.execute(
+                            "INSERT INTO medical_history (patient_id, clinic_id, version, doc) VALUES (?1, ?2, 1, ?3)",
+                            params![patient, clinic, doc],
+                        )
+                        .map_err(translate)?;
+                    }
+                    Some((current, previous)) if current == version - 1 => {
+                        tx.execute(
+                            "INSERT INTO medical_history_revisions (patient_id, version, doc) VALUES (?1, ?2, ?3)",
+                            params![patient, current, previous],
+                        )
+                        .map_err(translate)?;
+                        tx.execute(
+                            "UPDATE medical_history SET version = ?2, doc = ?3 WHERE patient_id = ?1",
+                            params![patient, version, doc],
+                        )
+                        .map_err(translate)?;
+                    }
+                    _ => return Err(StoreError::Stale),
+                }
+                tx.commit().map_err(translate)
+            })
+            .await
+    }
+
+    async fn revisions(
+        &self,
+        patient: &ResourceId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryVersion>, StoreError> {
+        let patient = patient.to_string();
+        let before = before.unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT doc FROM medical_history_revisions WHERE patient_id = ?1 AND version < ?2 ORDER BY version DESC LIMIT ?3",
+                    )
+                    .map_err(translate)?;
+                let rows = stmt
+                    .query_map(params![patient, before, limit], |r| r.get::<_, String>(0))
+                    .map_err(translate)?;
+                rows.map(|r| r.map_err(translate).and_then(|doc| decode_version(&doc)))
+                    .collect()
             })
             .await
     }

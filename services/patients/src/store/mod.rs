@@ -14,7 +14,7 @@ use topsmile_kit::{
     store::{Backend, StoreChoice},
 };
 
-use crate::domain::{Patient, PatientQuery};
+use crate::domain::{Patient, PatientQuery, history::HistoryVersion};
 
 /// Patients, as the patients service stores them.
 #[async_trait]
@@ -43,6 +43,34 @@ pub trait PatientStore: Send + Sync + 'static {
     /// Replaces the stored patient with `next` if the stored version is still
     /// `next.version - 1`: `Stale`, `NotFound`, or `Duplicate("email")`.
     async fn replace(&self, next: &Patient) -> Result<(), StoreError>;
+}
+
+/// Medical histories (`medicalHistory`): one current version per patient and every
+/// version it replaced.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// The current version, or `None` when nothing was recorded yet. Read from the
+    /// primary: updates are decided on it.
+    async fn current(&self, patient: &ResourceId) -> Result<Option<HistoryVersion>, StoreError>;
+
+    /// Records `next` if the stored version is still `next.version - 1` (0: nothing yet),
+    /// keeping the version it replaces as a revision in the same atomic write. `Stale`
+    /// if another update came first: of racing updates on one etag exactly one wins.
+    async fn record(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        next: &HistoryVersion,
+    ) -> Result<(), StoreError>;
+
+    /// Replaced versions, newest first, older than version `before` (all when `None`),
+    /// at most `limit`.
+    async fn revisions(
+        &self,
+        patient: &ResourceId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryVersion>, StoreError>;
 }
 
 /// One access to patient data, as the audit trail keeps it.
@@ -93,6 +121,7 @@ pub trait AuditLog: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Stores {
     pub patients: Arc<dyn PatientStore>,
+    pub histories: Arc<dyn HistoryStore>,
     pub audit: Arc<dyn AuditLog>,
 }
 
@@ -103,6 +132,7 @@ pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
             let store = Arc::new(embedded::EmbeddedPatients::open(data_dir).await?);
             Stores {
                 patients: store.clone(),
+                histories: store.clone(),
                 audit: store,
             }
         }
@@ -110,6 +140,7 @@ pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
             let store = Arc::new(mongo::MongoPatients::open(store).await?);
             Stores {
                 patients: store.clone(),
+                histories: store.clone(),
                 audit: store,
             }
         }

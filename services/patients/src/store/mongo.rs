@@ -23,8 +23,10 @@ use topsmile_kit::{
     },
 };
 
-use super::{AuditEvent, AuditLog, AuditQuery, PatientStore, embedded::request_key};
-use crate::domain::{Patient, PatientFields, PatientQuery, prefix_upper_bound};
+use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore, embedded::request_key};
+use crate::domain::{
+    Patient, PatientFields, PatientQuery, history::HistoryVersion, prefix_upper_bound,
+};
 
 /// The indexes of this service's collections, as `(collection, index)`.
 pub fn indexes() -> Vec<(&'static str, IndexModel)> {
@@ -129,6 +131,7 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
 pub struct MongoPatients {
     pub store: MongoStore,
     patients: Collection<Document>,
+    histories: Collection<Document>,
     audit: Collection<Document>,
 }
 
@@ -139,6 +142,7 @@ impl MongoPatients {
         create_indexes(&store.database, indexes()).await?;
         Ok(Self {
             patients: store.database.collection("patients"),
+            histories: store.database.collection("medicalHistory"),
             audit: store.database.collection("auditEvents"),
             store,
         })
@@ -366,5 +370,112 @@ impl AuditLog for MongoPatients {
                 trace_id: get_string(d, "traceId"),
             })
             .collect())
+    }
+}
+
+fn version_to_bson(v: &HistoryVersion) -> Result<Bson, StoreError> {
+    mongodb::bson::to_bson(v).map_err(|e| StoreError::Backend(format!("encode history: {e}")))
+}
+
+fn version_from_bson(b: &Bson) -> Result<HistoryVersion, StoreError> {
+    mongodb::bson::from_bson(b.clone())
+        .map_err(|e| StoreError::Backend(format!("decode history: {e}")))
+}
+
+/// A history document: the current version, and every version it replaced, kept in
+/// the same document so that replacing and keeping are one atomic write.
+#[async_trait]
+impl HistoryStore for MongoPatients {
+    async fn current(&self, patient: &ResourceId) -> Result<Option<HistoryVersion>, StoreError> {
+        let found = self
+            .histories
+            .find_one(doc! {"_id": patient.as_str()})
+            .await
+            .map_err(translate)?;
+        found
+            .map(|d| version_from_bson(d.get("current").unwrap_or(&Bson::Null)))
+            .transpose()
+    }
+
+    async fn record(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        next: &HistoryVersion,
+    ) -> Result<(), StoreError> {
+        let current = version_to_bson(next)?;
+        if next.version == 1 {
+            let first = doc! {
+                "_id": patient.as_str(),
+                "clinicId": clinic.as_str(),
+                "patientId": patient.as_str(),
+                "version": 1_i64,
+                "current": current,
+                "revisions": [],
+            };
+            return match self.histories.insert_one(first).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_duplicate_key(&e) => Err(StoreError::Stale),
+                Err(e) => Err(translate(e)),
+            };
+        }
+        let stored = self
+            .histories
+            .find_one(doc! {"_id": patient.as_str()})
+            .await
+            .map_err(translate)?
+            .ok_or(StoreError::Stale)?;
+        let previous = stored.get("current").cloned().unwrap_or(Bson::Null);
+        let mut revisions = stored.get_array("revisions").cloned().unwrap_or_default();
+        revisions.push(previous);
+        let replacement = doc! {
+            "_id": patient.as_str(),
+            "clinicId": clinic.as_str(),
+            "patientId": patient.as_str(),
+            "version": next.version,
+            "current": current,
+            "revisions": revisions,
+        };
+        let result = self
+            .histories
+            .replace_one(
+                doc! {"_id": patient.as_str(), "version": next.version - 1},
+                replacement,
+            )
+            .await
+            .map_err(translate)?;
+        if result.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Stale)
+        }
+    }
+
+    async fn revisions(
+        &self,
+        patient: &ResourceId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<HistoryVersion>, StoreError> {
+        let Some(stored) = self
+            .histories
+            .find_one(doc! {"_id": patient.as_str()})
+            .await
+            .map_err(translate)?
+        else {
+            return Ok(Vec::new());
+        };
+        let mut versions = stored
+            .get_array("revisions")
+            .map(|a| {
+                a.iter()
+                    .map(version_from_bson)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap_or_else(|_| Ok(Vec::new()))?;
+        versions.retain(|v| before.is_none_or(|b| v.version < b));
+        versions.sort_by(|a, b| b.version.cmp(&a.version));
+        versions.truncate(limit);
+        Ok(versions)
     }
 }
