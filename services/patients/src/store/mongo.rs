@@ -474,7 +474,7 @@ impl HistoryStore for MongoPatients {
             })
             .unwrap_or_else(|_| Ok(Vec::new()))?;
         versions.retain(|v| before.is_none_or(|b| v.version < b));
-        versions.sort_by(|a, b| b.version.cmp(&a.version));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.version));
         versions.truncate(limit);
         Ok(versions)
     }
