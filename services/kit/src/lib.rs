@@ -10,6 +10,7 @@ pub mod address;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod lockout;
 pub mod names;
 pub mod paging;
 pub mod password;

@@ -1,7 +1,5 @@
 //! Staff users: roles, the sign-in lock policy, and field rules.
 
-use std::time::Duration;
-
 use jiff::Timestamp;
 use topsmile_kit::{FieldViolation, names::ResourceId, validate};
 
@@ -121,45 +119,7 @@ impl User {
     }
 }
 
-/// When sign-in attempts lock an account, and for how long.
-#[derive(Debug, Clone, Copy)]
-pub struct LockPolicy {
-    /// Failed attempts allowed before the account locks.
-    pub threshold: i64,
-    /// Length of the first lock; each further lock doubles it.
-    pub first_lock: Duration,
-    /// The longest a lock lasts, so nobody can lock a colleague out for good.
-    pub longest_lock: Duration,
-}
-
-impl Default for LockPolicy {
-    fn default() -> Self {
-        Self {
-            threshold: 5,
-            first_lock: Duration::from_secs(15 * 60),
-            longest_lock: Duration::from_secs(24 * 60 * 60),
-        }
-    }
-}
-
-impl LockPolicy {
-    /// How long the lock after `earlier_locks` previous ones lasts.
-    pub fn lock_length(&self, earlier_locks: i64) -> Duration {
-        let doublings = u32::try_from(earlier_locks.clamp(0, 16)).unwrap_or(16);
-        self.first_lock
-            .saturating_mul(2u32.saturating_pow(doublings))
-            .min(self.longest_lock)
-    }
-}
-
-/// The outcome of counting a sign-in attempt, before any password is checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Attempt {
-    /// Check the password.
-    Proceed,
-    /// Refuse without checking: the account is locked (or just became locked).
-    Locked,
-}
+pub use topsmile_kit::lockout::{Attempt, LockPolicy};
 
 /// The password policy: 12 to 128 characters (shared with patients).
 pub fn password(field: &str, value: &str) -> Result<(), FieldViolation> {
@@ -241,14 +201,6 @@ pub fn validate_fields(prefix: &str, input: UserInput) -> Result<UserFields, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locks_grow_but_never_past_the_longest() {
-        let p = LockPolicy::default();
-        assert_eq!(p.lock_length(0), Duration::from_secs(900));
-        assert_eq!(p.lock_length(1), Duration::from_secs(1800));
-        assert_eq!(p.lock_length(50), p.longest_lock);
-    }
 
     #[test]
     fn passwords_are_12_to_128_characters() {

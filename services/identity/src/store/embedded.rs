@@ -429,58 +429,18 @@ impl UserStore for EmbeddedIdentity {
         now: Timestamp,
         policy: &LockPolicy,
     ) -> Result<Attempt, StoreError> {
-        let id = id.as_str().to_owned();
-        let now_ms = time::to_millis(now);
-        let policy = *policy;
-        self.db
-            .write(move |conn| {
-                // One immediate transaction: read, count and maybe lock cannot interleave
-                // with another attempt.
-                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(translate)?;
-                let Some((failed, locked_until, lock_count)) = tx
-                    .query_row(
-                        "SELECT failed_logins, locked_until_ms, lock_count FROM users WHERE id = ?1",
-                        params![id],
-                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, i64>(2)?)),
-                    )
-                    .optional()
-                    .map_err(translate)?
-                else {
-                    return Ok(Attempt::Locked);
-                };
-                if locked_until.is_some_and(|until| until > now_ms) {
-                    return Ok(Attempt::Locked);
-                }
-                let outcome = if failed + 1 > policy.threshold {
-                    let until = now_ms + i64::try_from(policy.lock_length(lock_count).as_millis()).unwrap_or(i64::MAX / 2);
-                    tx.execute(
-                        "UPDATE users SET failed_logins = 0, locked_until_ms = ?1, lock_count = lock_count + 1 WHERE id = ?2",
-                        params![until, id],
-                    )
-                    .map_err(translate)?;
-                    Attempt::Locked
-                } else {
-                    tx.execute("UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1", params![id]).map_err(translate)?;
-                    Attempt::Proceed
-                };
-                tx.commit().map_err(translate)?;
-                Ok(outcome)
-            })
-            .await
+        topsmile_kit::store::sqlite::begin_login_attempt(
+            &self.db,
+            "users",
+            id.as_str(),
+            now,
+            policy,
+        )
+        .await
     }
 
     async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
-        let id = id.as_str().to_owned();
-        self.db
-            .write(move |conn| {
-                conn.execute(
-                    "UPDATE users SET failed_logins = 0, locked_until_ms = NULL, lock_count = 0 WHERE id = ?1",
-                    params![id],
-                )
-                .map_err(translate)?;
-                Ok(())
-            })
-            .await
+        topsmile_kit::store::sqlite::login_succeeded(&self.db, "users", id.as_str()).await
     }
 }
 

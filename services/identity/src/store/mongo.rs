@@ -27,7 +27,6 @@ use crate::domain::{
     user::{Attempt, LockPolicy, LoginState, Role, User},
 };
 use jiff::Timestamp;
-use mongodb::options::ReturnDocument;
 use topsmile_kit::auth::Kind;
 
 pub struct MongoIdentity {
@@ -269,17 +268,6 @@ fn user_from(d: &Document) -> Result<User, StoreError> {
     })
 }
 
-/// Matches a user that is not locked at `now`.
-///
-/// The lock end is kept as epoch milliseconds rather than a BSON date: the comparison is
-/// the same on real MongoDB, and nx-27017 reads a date written by `$set` back as a string.
-fn unlocked(id: &ResourceId, now: Timestamp) -> Document {
-    doc! {
-        "_id": id.as_str(),
-        "$or": [{"lockedUntilMs": Bson::Null}, {"lockedUntilMs": {"$lte": now.as_millisecond()}}],
-    }
-}
-
 #[async_trait]
 impl UserStore for MongoIdentity {
     async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError> {
@@ -391,44 +379,11 @@ impl UserStore for MongoIdentity {
         now: Timestamp,
         policy: &LockPolicy,
     ) -> Result<Attempt, StoreError> {
-        // Count first, in one atomic update that only matches an unlocked account.
-        let counted = self
-            .users
-            .find_one_and_update(unlocked(id, now), doc! {"$inc": {"failedLogins": 1}})
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(translate)?;
-        let Some(user) = counted else {
-            return Ok(Attempt::Locked);
-        };
-        if get_i64(&user, "failedLogins") <= policy.threshold {
-            return Ok(Attempt::Proceed);
-        }
-        // One too many: lock. Only one racing attempt wins the lock (the filter requires
-        // the account to be unlocked still), so the lock count grows once per lock.
-        let lock = policy.lock_length(get_i64(&user, "lockCount"));
-        let until = now
-            .checked_add(jiff::SignedDuration::try_from(lock).unwrap_or(jiff::SignedDuration::MAX))
-            .unwrap_or(now);
-        self.users
-            .update_one(
-                unlocked(id, now),
-                doc! {"$set": {"failedLogins": 0_i64, "lockedUntilMs": until.as_millisecond()}, "$inc": {"lockCount": 1}},
-            )
-            .await
-            .map_err(translate)?;
-        Ok(Attempt::Locked)
+        topsmile_kit::store::mongo::begin_login_attempt(&self.users, id.as_str(), now, policy).await
     }
 
     async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
-        self.users
-            .update_one(
-                doc! {"_id": id.as_str()},
-                doc! {"$set": {"failedLogins": 0_i64, "lockedUntilMs": Bson::Null, "lockCount": 0_i64}},
-            )
-            .await
-            .map_err(translate)?;
-        Ok(())
+        topsmile_kit::store::mongo::login_succeeded(&self.users, id.as_str()).await
     }
 }
 

@@ -181,3 +181,71 @@ pub fn get_time(doc: &mongodb::bson::Document, key: &str) -> jiff::Timestamp {
 pub fn to_bson_time(ts: jiff::Timestamp) -> mongodb::bson::DateTime {
     mongodb::bson::DateTime::from_millis(crate::time::to_millis(ts))
 }
+
+/// Matches the document `id` if it is not locked at `now`.
+///
+/// The lock end is kept as epoch milliseconds rather than a BSON date: the comparison is
+/// the same on real MongoDB, and nx-27017 reads a date written by `$set` back as a string.
+fn unlocked(id: &str, now: jiff::Timestamp) -> mongodb::bson::Document {
+    mongodb::bson::doc! {
+        "_id": id,
+        "$or": [
+            {"lockedUntilMs": mongodb::bson::Bson::Null},
+            {"lockedUntilMs": {"$lte": now.as_millisecond()}},
+        ],
+    }
+}
+
+/// Counts a sign-in attempt on document `id` before its password is checked, in one
+/// atomic update that only matches an unlocked account (see [`crate::lockout`]). Fields:
+/// `failedLogins`, `lockedUntilMs`, `lockCount`. A missing document is `Locked`.
+pub async fn begin_login_attempt(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    id: &str,
+    now: jiff::Timestamp,
+    policy: &crate::lockout::LockPolicy,
+) -> Result<crate::lockout::Attempt, StoreError> {
+    use crate::lockout::Attempt;
+    use mongodb::bson::doc;
+    let counted = collection
+        .find_one_and_update(unlocked(id, now), doc! {"$inc": {"failedLogins": 1}})
+        .return_document(mongodb::options::ReturnDocument::After)
+        .await
+        .map_err(translate)?;
+    let Some(account) = counted else {
+        return Ok(Attempt::Locked);
+    };
+    if get_i64(&account, "failedLogins") <= policy.threshold {
+        return Ok(Attempt::Proceed);
+    }
+    // One too many: lock. Only one racing attempt wins the lock (the filter requires the
+    // account to be unlocked still), so the lock count grows once per lock.
+    let until = crate::lockout::lock_until(policy, get_i64(&account, "lockCount"), now);
+    collection
+        .update_one(
+            unlocked(id, now),
+            doc! {
+                "$set": {"failedLogins": 0_i64, "lockedUntilMs": until.as_millisecond()},
+                "$inc": {"lockCount": 1},
+            },
+        )
+        .await
+        .map_err(translate)?;
+    Ok(Attempt::Locked)
+}
+
+/// A sign-in on document `id` succeeded: the counters start again.
+pub async fn login_succeeded(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    id: &str,
+) -> Result<(), StoreError> {
+    use mongodb::bson::{Bson, doc};
+    collection
+        .update_one(
+            doc! {"_id": id},
+            doc! {"$set": {"failedLogins": 0_i64, "lockedUntilMs": Bson::Null, "lockCount": 0_i64}},
+        )
+        .await
+        .map_err(translate)?;
+    Ok(())
+}

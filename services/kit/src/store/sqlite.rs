@@ -172,3 +172,77 @@ pub fn translate(e: rusqlite::Error) -> StoreError {
         _ => StoreError::Backend(e.to_string()),
     }
 }
+
+/// Counts a sign-in attempt on the row `id` of `table` before its password is checked,
+/// in one immediate transaction (see [`crate::lockout`]). The table has the columns
+/// `failed_logins`, `locked_until_ms` and `lock_count`; `table` is a constant of the
+/// caller's, never input. A missing row is `Locked`: there is nothing to check.
+pub async fn begin_login_attempt(
+    db: &SqliteDb,
+    table: &'static str,
+    id: &str,
+    now: jiff::Timestamp,
+    policy: &crate::lockout::LockPolicy,
+) -> Result<crate::lockout::Attempt, StoreError> {
+    use crate::lockout::Attempt;
+    use rusqlite::OptionalExtension;
+    let id = id.to_owned();
+    let policy = *policy;
+    db.write(move |conn| {
+        let now_ms = now.as_millisecond();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(translate)?;
+        let Some((failed, locked_until, lock_count)) = tx
+            .query_row(
+                &format!("SELECT failed_logins, locked_until_ms, lock_count FROM {table} WHERE id = ?1"),
+                rusqlite::params![id],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, i64>(2)?)),
+            )
+            .optional()
+            .map_err(translate)?
+        else {
+            return Ok(Attempt::Locked);
+        };
+        if locked_until.is_some_and(|until| until > now_ms) {
+            return Ok(Attempt::Locked);
+        }
+        let outcome = if failed + 1 > policy.threshold {
+            let until = crate::lockout::lock_until(&policy, lock_count, now).as_millisecond();
+            tx.execute(
+                &format!("UPDATE {table} SET failed_logins = 0, locked_until_ms = ?1, lock_count = lock_count + 1 WHERE id = ?2"),
+                rusqlite::params![until, id],
+            )
+            .map_err(translate)?;
+            Attempt::Locked
+        } else {
+            tx.execute(
+                &format!("UPDATE {table} SET failed_logins = failed_logins + 1 WHERE id = ?1"),
+                rusqlite::params![id],
+            )
+            .map_err(translate)?;
+            Attempt::Proceed
+        };
+        tx.commit().map_err(translate)?;
+        Ok(outcome)
+    })
+    .await
+}
+
+/// A sign-in on the row `id` of `table` succeeded: the counters start again.
+pub async fn login_succeeded(
+    db: &SqliteDb,
+    table: &'static str,
+    id: &str,
+) -> Result<(), StoreError> {
+    let id = id.to_owned();
+    db.write(move |conn| {
+        conn.execute(
+            &format!("UPDATE {table} SET failed_logins = 0, locked_until_ms = NULL, lock_count = 0 WHERE id = ?1"),
+            rusqlite::params![id],
+        )
+        .map_err(translate)?;
+        Ok(())
+    })
+    .await
+}
