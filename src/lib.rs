@@ -87,6 +87,12 @@ impl Suite {
             services.insert(area, listener.local_addr()?);
             listeners.push(listener);
         }
+        let patients_addresses = vec![
+            services
+                .get("patients")
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        ];
         let identity_addresses = vec![
             services
                 .get("identity")
@@ -106,6 +112,7 @@ impl Suite {
             topsmile_identity::open_store(&options.store).await?,
             options.key_file.clone(),
             Some(service_secret),
+            Some(&patients_addresses),
             options.clock.clone(),
             options.passwords.clone(),
         )

@@ -34,7 +34,7 @@ use topsmile_proto::{
             user_service_client::UserServiceClient,
         },
         patients::v1::{
-            GetPatientRequest, VerifyPatientCredentialsRequest,
+            GetPatientRequest, GetPortalAccessRequest, VerifyPatientCredentialsRequest,
             patient_internal_service_client::PatientInternalServiceClient,
             patient_service_client::PatientServiceClient,
         },
@@ -805,14 +805,20 @@ async fn internal_methods_take_service_tokens_only_and_the_edge_hides_them() {
         email: "p@example.com".into(),
         password: "whatever it is".into(),
     };
+    let access = || GetPortalAccessRequest {
+        name: format!("{}/patients/p1", a.clinic.name),
+    };
     for (who, token) in [("super admin", &root), ("admin", &a.admin)] {
-        let err = PatientInternalServiceClient::with_interceptor(
+        let mut client = PatientInternalServiceClient::with_interceptor(
             patients.clone(),
             Bearer(Some(token.clone())),
-        )
-        .verify_patient_credentials(request())
-        .await
-        .unwrap_err();
+        );
+        let err = client
+            .verify_patient_credentials(request())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err:?}");
+        let err = client.get_portal_access(access()).await.unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err:?}");
     }
 
@@ -835,14 +841,11 @@ async fn internal_methods_take_service_tokens_only_and_the_edge_hides_them() {
         .unwrap();
     let passed =
         PatientInternalServiceClient::with_interceptor(patients, Bearer(Some(token.clone())))
-            .verify_patient_credentials(request())
+            .get_portal_access(access())
             .await
-            .unwrap_err();
-    assert_eq!(
-        passed.code(),
-        Code::Unimplemented,
-        "the service token passes the guard: {passed:?}"
-    );
+            .expect("the service token passes the guard")
+            .into_inner();
+    assert!(!passed.allowed, "no such patient");
 
     // Through the gateway, internal methods do not exist, whatever the token.
     let err =

@@ -784,3 +784,165 @@ async fn medical_history_is_revised_never_overwritten_and_kept_from_staff() {
     );
     suite.stop().await;
 }
+
+async fn portal_login(
+    suite: &TestSuite,
+    email: &str,
+    password: &str,
+) -> Result<topsmile_proto::topsmile::identity::v1::LoginPatientResponse, Status> {
+    topsmile_proto::topsmile::identity::v1::auth_service_client::AuthServiceClient::new(
+        suite.channel().await,
+    )
+    .login_patient(
+        topsmile_proto::topsmile::identity::v1::LoginPatientRequest {
+            email: email.into(),
+            password: password.into(),
+        },
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn enable_portal(suite: &TestSuite, staff_token: &str, patient: &str, password: &str) {
+    patients_as(suite, staff_token)
+        .await
+        .set_patient_password(pb::SetPatientPasswordRequest {
+            name: patient.to_owned(),
+            new_password: password.into(),
+            current_password: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn portal_sign_in(suite: TestSuite) {
+    let a = world(&suite, "Portal").await;
+    let email = a.patient.email.clone();
+    // No portal access yet: the same answer as a wrong password.
+    let none = portal_login(&suite, &email, "portal password 1")
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated);
+    enable_portal(&suite, &a.staff.staff, &a.patient.name, "portal password 1").await;
+    let session = portal_login(&suite, &email, "portal password 1")
+        .await
+        .unwrap();
+    let claims = jsonwebtoken::dangerous::insecure_decode::<topsmile_kit::auth::Claims>(
+        &session.access_token,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims.kind, topsmile_kit::auth::Kind::Patient);
+    assert_eq!(claims.sub, a.patient.name);
+    assert_eq!(format!("clinics/{}", claims.clinic), a.staff.clinic.name);
+
+    let mut me = patients_as(&suite, &session.access_token).await;
+    let own = me
+        .get_patient(pb::GetPatientRequest {
+            name: a.patient.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert!(own.has_portal_access);
+    let other = me
+        .get_patient(pb::GetPatientRequest {
+            name: a.other_patient.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::NotFound);
+
+    // The session refreshes while the patient is active, and not after deactivation.
+    let auth = || async {
+        topsmile_proto::topsmile::identity::v1::auth_service_client::AuthServiceClient::new(
+            suite.channel().await,
+        )
+    };
+    let refreshed = auth()
+        .await
+        .refresh_token(
+            topsmile_proto::topsmile::identity::v1::RefreshTokenRequest {
+                refresh_token: session.refresh_token.clone(),
+            },
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    patients_as(&suite, &a.staff.admin)
+        .await
+        .deactivate_patient(pb::DeactivatePatientRequest {
+            name: a.patient.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    let after = auth()
+        .await
+        .refresh_token(
+            topsmile_proto::topsmile::identity::v1::RefreshTokenRequest {
+                refresh_token: refreshed.refresh_token,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::Unauthenticated);
+    let gone = portal_login(&suite, &email, "portal password 1")
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::Unauthenticated);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn patients_sign_in_to_the_portal_and_reach_only_their_own_record() {
+    portal_sign_in(TestSuite::start().await).await;
+}
+
+#[tokio::test]
+async fn patients_sign_in_to_the_portal_and_reach_only_their_own_record_on_mongodb() {
+    if let Some(store) = mongo_store("portal_sign_in_on_mongodb") {
+        portal_sign_in(TestSuite::start_on(store).await).await;
+    }
+}
+
+#[tokio::test]
+async fn portal_password_guessing_is_locked_out_like_staff_sign_in() {
+    let suite = TestSuite::start().await;
+    let a = world(&suite, "Portal Lock").await;
+    enable_portal(
+        &suite,
+        &a.staff.staff,
+        &a.patient.name,
+        "the right portal password",
+    )
+    .await;
+    let before = suite.suite.accounts.passwords.verifications();
+    let guesses = join_all((0..30).map(|i| {
+        let suite = &suite;
+        let email = a.patient.email.clone();
+        async move { portal_login(suite, &email, &format!("wrong guess {i} here")).await }
+    }))
+    .await;
+    assert!(
+        guesses
+            .iter()
+            .all(|g| matches!(g, Err(s) if s.code() == Code::Unauthenticated))
+    );
+    let checked = suite.suite.accounts.passwords.verifications() - before;
+    assert!(
+        (1..=10).contains(&checked),
+        "{checked} password checks for 30 guesses"
+    );
+    let locked = portal_login(&suite, &a.patient.email, "the right portal password")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        locked.code(),
+        Code::Unauthenticated,
+        "locked: even the right password is refused"
+    );
+    suite.stop().await;
+}

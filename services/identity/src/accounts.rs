@@ -20,6 +20,11 @@ use topsmile_kit::{
     time::Clock,
 };
 
+use topsmile_proto::topsmile::patients::v1::{
+    GetPortalAccessRequest, VerifyPatientCredentialsRequest,
+    patient_internal_service_client::PatientInternalServiceClient,
+};
+
 use crate::{
     domain::user::{self, Attempt, LockPolicy, NO_CLINIC, User},
     keys::SigningKeys,
@@ -41,6 +46,42 @@ pub struct TokenPair {
     pub expires_in: i32,
 }
 
+/// Who a session signs in: a staff user or a portal patient.
+struct Principal {
+    /// The `sub` claim: the resource name.
+    name: String,
+    /// What refresh records and session eviction key on.
+    subject: String,
+    kind: Kind,
+    /// The clinic id (`-` for a super admin).
+    clinic: String,
+    role: String,
+}
+
+impl Principal {
+    fn staff(user: &User) -> Self {
+        Self {
+            name: user.name(),
+            subject: user.id.to_string(),
+            kind: Kind::Staff,
+            clinic: user.clinic.clone(),
+            role: user.role.as_str().into(),
+        }
+    }
+
+    fn patient(name: &str) -> Result<Self, ApiError> {
+        let parsed = topsmile_kit::names::ClinicScopedName::parse("patient", "patients", name)
+            .map_err(|_| ApiError::Internal(format!("patients answered a bad name {name:?}")))?;
+        Ok(Self {
+            name: name.to_owned(),
+            subject: name.to_owned(),
+            kind: Kind::Patient,
+            clinic: parsed.clinic.to_string(),
+            role: "patient".into(),
+        })
+    }
+}
+
 pub struct Accounts {
     pub stores: Stores,
     pub passwords: Passwords,
@@ -49,6 +90,8 @@ pub struct Accounts {
     pub lock_policy: LockPolicy,
     /// The secret other services present to `MintServiceToken`; none disables it.
     pub service_secret: Option<SecretString>,
+    /// The patients service, which checks portal credentials.
+    pub patients: Option<PatientDirectory>,
 }
 
 impl Accounts {
@@ -70,7 +113,23 @@ impl Accounts {
             }
         };
         self.check_password(&user, password).await?;
-        self.issue(&user, None).await
+        self.issue(&Principal::staff(&user), None).await
+    }
+
+    /// Patient portal sign-in: the patients service checks the credentials (same lock,
+    /// same dummy hash, same generic answer); identity issues the tokens.
+    pub async fn login_patient(
+        &self,
+        email: &str,
+        password: &SecretString,
+    ) -> Result<TokenPair, ApiError> {
+        let patients = self
+            .patients
+            .as_ref()
+            .ok_or_else(|| ApiError::Unavailable("patient sign-in is not configured".into()))?;
+        let (token, _) = self.sign_service_token("identity")?;
+        let name = patients.verify(&token, email, password).await?;
+        self.issue(&Principal::patient(&name)?, None).await
     }
 
     /// Counts the attempt, then checks the password; a locked account is refused
@@ -100,7 +159,7 @@ impl Accounts {
     /// (refresh), `None` starts one (sign-in).
     async fn issue(
         &self,
-        user: &User,
+        principal: &Principal,
         family: Option<(String, jiff::Timestamp)>,
     ) -> Result<TokenPair, ApiError> {
         let now = self.clock.now();
@@ -112,17 +171,17 @@ impl Accounts {
         let claims = Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
-            sub: user.name(),
+            sub: principal.name.clone(),
             exp: issued_at + ttl,
             iat: issued_at,
             jti: ResourceId::generate().to_string(),
-            clinic: if user.clinic == NO_CLINIC {
+            clinic: if principal.clinic == NO_CLINIC {
                 String::new()
             } else {
-                user.clinic.clone()
+                principal.clinic.clone()
             },
-            role: user.role.as_str().into(),
-            kind: Kind::Staff,
+            role: principal.role.clone(),
+            kind: principal.kind,
             sid: family.clone(),
         };
         let access_token = self
@@ -135,9 +194,9 @@ impl Accounts {
             .refresh_tokens
             .insert(&RefreshRecord {
                 hash: digest(&refresh_token),
-                subject: user.id.to_string(),
-                kind: Kind::Staff,
-                clinic: user.clinic.clone(),
+                subject: principal.subject.clone(),
+                kind: principal.kind,
+                clinic: principal.clinic.clone(),
                 family,
                 family_created,
                 expires_at: add(now, REFRESH_TOKEN_TTL),
@@ -146,7 +205,7 @@ impl Accounts {
         if started {
             self.stores
                 .refresh_tokens
-                .evict_oldest(user.id.as_str(), MAX_SESSIONS, now)
+                .evict_oldest(&principal.subject, MAX_SESSIONS, now)
                 .await?;
         }
         Ok(TokenPair {
@@ -177,17 +236,37 @@ impl Accounts {
             }
             Spend::Unknown => return Err(ApiError::Unauthenticated),
         };
-        // Staff sessions only so far; patient sessions come with the patient portal.
-        let user = match (record.kind, ResourceId::parse(&record.subject)) {
-            (Kind::Staff, Some(id)) => self.stores.users.get(&id).await?,
-            _ => None,
+        // The session lives only while its principal may still sign in.
+        let principal = match record.kind {
+            Kind::Staff => match ResourceId::parse(&record.subject) {
+                Some(id) => self
+                    .stores
+                    .users
+                    .get(&id)
+                    .await?
+                    .filter(|u| u.is_active)
+                    .map(|u| Principal::staff(&u)),
+                None => None,
+            },
+            Kind::Patient => match &self.patients {
+                Some(patients) => {
+                    let (token, _) = self.sign_service_token("identity")?;
+                    if patients.has_portal_access(&token, &record.subject).await? {
+                        Some(Principal::patient(&record.subject)?)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            },
+            Kind::Service => None,
         };
-        match user {
-            Some(user) if user.is_active => {
-                self.issue(&user, Some((record.family, record.family_created)))
+        match principal {
+            Some(principal) => {
+                self.issue(&principal, Some((record.family, record.family_created)))
                     .await
             }
-            _ => {
+            None => {
                 self.stores
                     .refresh_tokens
                     .revoke_family(&record.family, now)
@@ -256,6 +335,11 @@ impl Accounts {
         if digest(expected.expose_secret()) != digest(secret.expose_secret()) {
             return Err(ApiError::Unauthenticated);
         }
+        self.sign_service_token(service)
+    }
+
+    /// Signs a service token for `service` (identity signs its own this way).
+    pub fn sign_service_token(&self, service: &str) -> Result<(String, i32), ApiError> {
         let service = ResourceId::parse(service).ok_or_else(|| {
             ApiError::invalid("service", "must be a service name such as \"patients\"")
         })?;
@@ -344,4 +428,103 @@ fn add(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
         .ok()
         .and_then(|d| t.checked_add(d).ok())
         .unwrap_or(t)
+}
+
+/// The patients service as identity reaches it: each replica in turn until one answers.
+pub struct PatientDirectory {
+    replicas: Vec<tonic::transport::Channel>,
+}
+
+impl PatientDirectory {
+    /// Lazily connected channels to `addresses` (host:port).
+    pub fn new(addresses: &[String]) -> Result<Self, ApiError> {
+        let replicas = addresses
+            .iter()
+            .map(|a| {
+                tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                    .map(|e| {
+                        e.connect_timeout(std::time::Duration::from_secs(2))
+                            .timeout(std::time::Duration::from_secs(10))
+                            .connect_lazy()
+                    })
+                    .map_err(|e| ApiError::Internal(format!("patients address {a:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { replicas })
+    }
+
+    fn client(
+        channel: &tonic::transport::Channel,
+        token: &str,
+    ) -> Result<
+        PatientInternalServiceClient<
+            tonic::service::interceptor::InterceptedService<
+                tonic::transport::Channel,
+                impl tonic::service::Interceptor + use<>,
+            >,
+        >,
+        ApiError,
+    > {
+        let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| ApiError::Internal("service token is not a header value".into()))?;
+        Ok(PatientInternalServiceClient::with_interceptor(
+            channel.clone(),
+            move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            },
+        ))
+    }
+
+    /// The patient these portal credentials sign in, or UNAUTHENTICATED.
+    async fn verify(
+        &self,
+        token: &str,
+        email: &str,
+        password: &SecretString,
+    ) -> Result<String, ApiError> {
+        let mut last = ApiError::Unavailable("no patients replica".into());
+        for channel in &self.replicas {
+            let request = VerifyPatientCredentialsRequest {
+                email: email.to_owned(),
+                password: password.expose_secret().to_owned(),
+            };
+            match Self::client(channel, token)?
+                .verify_patient_credentials(request)
+                .await
+            {
+                Ok(answer) => return Ok(answer.into_inner().patient),
+                Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                    return Err(ApiError::Unauthenticated);
+                }
+                Err(status) => last = unavailable(&status),
+            }
+        }
+        Err(last)
+    }
+
+    /// Whether the patient may still use the portal.
+    async fn has_portal_access(&self, token: &str, name: &str) -> Result<bool, ApiError> {
+        let mut last = ApiError::Unavailable("no patients replica".into());
+        for channel in &self.replicas {
+            let request = GetPortalAccessRequest {
+                name: name.to_owned(),
+            };
+            match Self::client(channel, token)?
+                .get_portal_access(request)
+                .await
+            {
+                Ok(answer) => return Ok(answer.into_inner().allowed),
+                Err(status) => last = unavailable(&status),
+            }
+        }
+        Err(last)
+    }
+}
+
+fn unavailable(status: &tonic::Status) -> ApiError {
+    tracing::warn!(code = ?status.code(), message = status.message(), "patients service call failed");
+    ApiError::Unavailable("the patients service is unavailable".into())
 }

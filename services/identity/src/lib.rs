@@ -57,6 +57,9 @@ pub struct IdentitySettings {
     /// What other services present to `MintServiceToken`.
     #[serde(skip_serializing)]
     pub service_secret: Option<SecretString>,
+    /// Replicas of the patients service (`host:port`, comma-separated), which checks
+    /// patients' portal credentials for `LoginPatient`.
+    pub patients_upstreams: Option<String>,
 }
 
 /// A configured identity service.
@@ -73,9 +76,11 @@ impl Identity {
         stores: Stores,
         key_file: PathBuf,
         service_secret: Option<SecretString>,
+        patients: Option<&[String]>,
         clock: Arc<dyn Clock>,
         passwords: Passwords,
     ) -> Result<Self, BoxError> {
+        let patients = patients.map(accounts::PatientDirectory::new).transpose()?;
         let keys = Arc::new(keys::SigningKeys::open(&key_file)?);
         let guard = Arc::new(Guard::new(
             PolicyTable::builtin()?,
@@ -89,6 +94,7 @@ impl Identity {
                 clock,
                 lock_policy: LockPolicy::default(),
                 service_secret,
+                patients,
             }),
             guard,
         })
@@ -104,10 +110,17 @@ impl Identity {
             .key_file
             .clone()
             .unwrap_or_else(|| data_dir.join("signing-keys.json"));
+        let patients = topsmile_kit::config::split_list(
+            settings
+                .patients_upstreams
+                .as_deref()
+                .unwrap_or("127.0.0.1:50062"),
+        );
         Self::new(
             stores,
             key_file,
             settings.service_secret.clone(),
+            Some(&patients),
             Arc::new(SystemClock),
             Passwords::for_this_machine()?,
         )

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod history;
+pub mod internal;
 pub mod patients;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use topsmile_kit::{config::ServerLimits, password::Passwords};
 use topsmile_proto::topsmile::patients::v1::{
     audit_service_server::AuditServiceServer,
     medical_history_service_server::MedicalHistoryServiceServer,
+    patient_internal_service_server::PatientInternalServiceServer,
     patient_service_server::PatientServiceServer,
 };
 
@@ -26,6 +28,7 @@ pub const SERVED: &[&str] = &[
     PatientServiceServer::<patients::PatientApi>::NAME,
     MedicalHistoryServiceServer::<history::MedicalHistoryApi>::NAME,
     AuditServiceServer::<audit::AuditApi>::NAME,
+    PatientInternalServiceServer::<internal::InternalApi>::NAME,
 ];
 
 pub fn routes(stores: Stores, passwords: Passwords, limits: &ServerLimits) -> Routes {
@@ -33,6 +36,15 @@ pub fn routes(stores: Stores, passwords: Passwords, limits: &ServerLimits) -> Ro
     let trail = audit::Trail::new(stores.audit.clone());
     Routes::new(
         PatientServiceServer::new(patients::PatientApi::new(
+            stores.clone(),
+            trail.clone(),
+            passwords.clone(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+    )
+    .add_service(
+        PatientInternalServiceServer::new(internal::InternalApi::new(
             stores.clone(),
             trail.clone(),
             passwords,

@@ -4,9 +4,8 @@
 //! The library is what the `topsmile-patients` binary, the all-in-one `topsmile dev`
 //! launcher and the tests mount: [`open_store`], then [`routes`] behind [`guard`].
 //!
-//! Served now: `PatientService`, `MedicalHistoryService` and `AuditService`.
-//! `PatientInternalService` (portal credential checks) is in the contract and answers
-//! UNIMPLEMENTED until it lands: no fake data is ever returned.
+//! Served: `PatientService`, `MedicalHistoryService`, `AuditService`, and
+//! `PatientInternalService` (portal credential checks for identity; never exposed).
 
 pub mod api;
 pub mod domain;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
-use topsmile_kit::{ApiError, access::Caller};
+use topsmile_kit::access::Caller;
 use topsmile_proto::topsmile::identity::v1::{
     self as pb, auth_service_server::AuthService,
     identity_internal_service_server::IdentityInternalService,
@@ -53,9 +53,14 @@ impl AuthService for AuthApi {
 
     async fn login_patient(
         &self,
-        _: Request<pb::LoginPatientRequest>,
+        req: Request<pb::LoginPatientRequest>,
     ) -> Result<Response<pb::LoginPatientResponse>, Status> {
-        Err(ApiError::Unimplemented("LoginPatient (arrives with the patient portal)".into()).into())
+        let req = req.into_inner();
+        let pair = self
+            .accounts
+            .login_patient(&req.email, &SecretString::from(req.password))
+            .await?;
+        Ok(Response::new(token_response!(LoginPatientResponse, pair)))
     }
 
     async fn refresh_token(

@@ -21,6 +21,8 @@ use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore};
 use crate::domain::{
     Patient, PatientFields, PatientQuery, history::HistoryVersion, prefix_upper_bound,
 };
+use jiff::Timestamp;
+use topsmile_kit::lockout::{Attempt, LockPolicy};
 
 /// Schema migrations, applied once each, in order (see `SqliteDb::open_migrated`).
 const MIGRATIONS: &[&str] = &[
@@ -80,6 +82,12 @@ const MIGRATIONS: &[&str] = &[
         doc        TEXT NOT NULL,
         PRIMARY KEY (patient_id, version)
     );
+    ",
+    // 3. Portal sign-in counters.
+    "
+    ALTER TABLE patients ADD COLUMN failed_logins INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE patients ADD COLUMN locked_until_ms INTEGER;
+    ALTER TABLE patients ADD COLUMN lock_count INTEGER NOT NULL DEFAULT 0;
     ",
 ];
 
@@ -246,6 +254,45 @@ pub fn list_sql(
 
 #[async_trait]
 impl PatientStore for EmbeddedPatients {
+    async fn get_by_email(&self, email: &str) -> Result<Option<Patient>, StoreError> {
+        let email = email.to_owned();
+        self.db
+            .read(move |conn| {
+                conn.query_row(
+                    &format!(
+                        "SELECT {COLUMNS} FROM patients p WHERE p.email = ?1 AND p.is_active = 1"
+                    ),
+                    params![email],
+                    patient_row,
+                )
+                .optional()
+                .map_err(translate)?
+                .map(to_patient)
+                .transpose()
+            })
+            .await
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        id: &ResourceId,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError> {
+        topsmile_kit::store::sqlite::begin_login_attempt(
+            &self.db,
+            "patients",
+            id.as_str(),
+            now,
+            policy,
+        )
+        .await
+    }
+
+    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
+        topsmile_kit::store::sqlite::login_succeeded(&self.db, "patients", id.as_str()).await
+    }
+
     async fn create(
         &self,
         patient: Patient,

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use topsmile_kit::{
     StoreError,
+    lockout::{Attempt, LockPolicy},
     names::ResourceId,
     paging::PageRequest,
     store::{Backend, StoreChoice},
@@ -41,8 +42,25 @@ pub trait PatientStore: Send + Sync + 'static {
     ) -> Result<Vec<Patient>, StoreError>;
 
     /// Replaces the stored patient with `next` if the stored version is still
-    /// `next.version - 1`: `Stale`, `NotFound`, or `Duplicate("email")`.
+    /// `next.version - 1`: `Stale`, `NotFound`, or `Duplicate("email")`. Sign-in
+    /// counters are left alone.
     async fn replace(&self, next: &Patient) -> Result<(), StoreError>;
+
+    /// The active patient with this (normalised) email, for portal sign-in. Read from
+    /// the primary.
+    async fn get_by_email(&self, email: &str) -> Result<Option<Patient>, StoreError>;
+
+    /// Counts a portal sign-in attempt before the password is checked (see
+    /// `topsmile_kit::lockout`).
+    async fn begin_login_attempt(
+        &self,
+        id: &ResourceId,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError>;
+
+    /// A portal sign-in succeeded: the counters start again.
+    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError>;
 }
 
 /// Medical histories (`medicalHistory`): one current version per patient and every

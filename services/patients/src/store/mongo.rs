@@ -244,6 +244,29 @@ pub fn list_filter(clinic: &ResourceId, query: &PatientQuery) -> Document {
 
 #[async_trait]
 impl PatientStore for MongoPatients {
+    async fn get_by_email(&self, email: &str) -> Result<Option<Patient>, StoreError> {
+        let found = self
+            .patients
+            .find_one(doc! {"email": email, "isActive": true})
+            .await
+            .map_err(translate)?;
+        found.as_ref().map(from_document).transpose()
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        id: &ResourceId,
+        now: jiff::Timestamp,
+        policy: &topsmile_kit::lockout::LockPolicy,
+    ) -> Result<topsmile_kit::lockout::Attempt, StoreError> {
+        topsmile_kit::store::mongo::begin_login_attempt(&self.patients, id.as_str(), now, policy)
+            .await
+    }
+
+    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
+        topsmile_kit::store::mongo::login_succeeded(&self.patients, id.as_str()).await
+    }
+
     async fn create(
         &self,
         patient: Patient,
@@ -304,11 +327,18 @@ impl PatientStore for MongoPatients {
             .map_err(translate)?
             .ok_or(StoreError::NotFound("patient"))?;
         let key = get_string(&current, "requestId");
+        let mut replacement = to_document(next, &key)?;
+        // Sign-in counters are not part of the record: carry them over.
+        for counter in ["failedLogins", "lockedUntilMs", "lockCount"] {
+            if let Some(value) = current.get(counter) {
+                replacement.insert(counter, value.clone());
+            }
+        }
         let result = self
             .patients
             .replace_one(
                 doc! {"_id": next.id.as_str(), "version": next.version - 1},
-                to_document(next, &key)?,
+                replacement,
             )
             .await
             .map_err(|e| translate_unique(e, "email"))?;
