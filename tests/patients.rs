@@ -946,3 +946,108 @@ async fn portal_password_guessing_is_locked_out_like_staff_sign_in() {
     );
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn the_readme_patient_walkthrough_works_as_written() {
+    // The same steps as README.md "Patients, the portal and medical history".
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("Sorriso Centro").await;
+    let mut ana = patients_as(&suite, &a.admin).await;
+    let patient = ana
+        .create_patient(pb::CreatePatientRequest {
+            parent: a.clinic.name.clone(),
+            patient: Some(new_patient("José", "Álvarez", "jose@example.com")),
+            request_id: "readme-patient".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    let found = ana
+        .list_patients(pb::ListPatientsRequest {
+            parent: a.clinic.name.clone(),
+            name_query: "jose".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patients;
+    assert_eq!(found, vec![patient.clone()]);
+    let history_name = format!("{}/medicalHistory", patient.name);
+    let mut histories =
+        topsmile_proto::topsmile::patients::v1::medical_history_service_client::MedicalHistoryServiceClient::with_interceptor(
+            suite.channel().await,
+            Bearer(Some(a.admin.clone())),
+        );
+    histories
+        .update_medical_history(pb::UpdateMedicalHistoryRequest {
+            medical_history: Some(pb::MedicalHistory {
+                name: history_name.clone(),
+                etag: "0".into(),
+                allergies: vec![pb::Allergy {
+                    allergen: "penicillin".into(),
+                    reaction: "rash".into(),
+                    severity: pb::AllergySeverity::Severe as i32,
+                }],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["allergies".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    enable_portal(&suite, &a.admin, &patient.name, "josé's portal password").await;
+    let jose = portal_login(&suite, "jose@example.com", "josé's portal password")
+        .await
+        .unwrap()
+        .access_token;
+    let mut as_jose =
+        topsmile_proto::topsmile::patients::v1::medical_history_service_client::MedicalHistoryServiceClient::with_interceptor(
+            suite.channel().await,
+            Bearer(Some(jose.clone())),
+        );
+    let own = as_jose
+        .get_medical_history(pb::GetMedicalHistoryRequest { name: history_name })
+        .await
+        .unwrap()
+        .into_inner()
+        .medical_history
+        .unwrap();
+    assert_eq!(own.allergies[0].allergen, "penicillin");
+    let other = create(&mut ana, &a.clinic.name, new_patient("Maria", "Souza", "")).await;
+    let err = as_jose
+        .get_medical_history(pb::GetMedicalHistoryRequest {
+            name: format!("{}/medicalHistory", other.name),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = patients_as(&suite, &jose)
+        .await
+        .list_patients(pb::ListPatientsRequest {
+            parent: a.clinic.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let trail =
+        AuditServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+            .list_audit_events(pb::ListAuditEventsRequest {
+                parent: a.clinic.name.clone(),
+                resource: patient.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .audit_events;
+    assert!(
+        trail.len() >= 3,
+        "create, set password, portal sign-in: {trail:?}"
+    );
+    suite.stop().await;
+}

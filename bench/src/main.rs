@@ -4,7 +4,9 @@
 //! signs in as the super admin, creates a clinic, then drives an authenticated
 //! `GetClinic` at a fixed number of calls in flight, alternately straight at the
 //! identity service and through the gateway, and prints throughput, p50 and p99 for each
-//! and the ratios between them. Then the costs of authentication: the per-call token
+//! and the ratios between them; then the same for `GetPatient` after seeding 10,000
+//! patients into one clinic, and name searches over them. Then the costs of
+//! authentication: the per-call token
 //! check with a warm cache beside one full EdDSA verification, and sign-in latency under
 //! 16 concurrent logins beside the time of one password hash. Everything compared is
 //! measured in the same run on the same machine, so the ratios hold even where absolute
@@ -22,11 +24,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use secrecy::SecretString;
-use tonic::{
-    Request, Status,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{Request, Status, service::Interceptor, transport::Channel};
 use topsmile::{Suite, SuiteOptions};
 use topsmile_kit::{
     access::{Guard, KeySource},
@@ -34,10 +32,16 @@ use topsmile_kit::{
     policy::PolicyTable,
     store::StoreChoice,
 };
-use topsmile_proto::topsmile::identity::v1::{
-    Clinic, CreateClinicRequest, CreateUserRequest, GetClinicRequest, LoginRequest, User, UserRole,
-    auth_service_client::AuthServiceClient, clinic_service_client::ClinicServiceClient,
-    user_service_client::UserServiceClient,
+use topsmile_proto::topsmile::{
+    identity::v1::{
+        Clinic, CreateClinicRequest, CreateUserRequest, GetClinicRequest, LoginRequest, User,
+        UserRole, auth_service_client::AuthServiceClient,
+        clinic_service_client::ClinicServiceClient, user_service_client::UserServiceClient,
+    },
+    patients::v1::{
+        CreatePatientRequest, GetPatientRequest, ListPatientsRequest, Patient,
+        patient_service_client::PatientServiceClient,
+    },
 };
 
 const ADMIN_EMAIL: &str = "bench@topsmile.local";
@@ -55,8 +59,6 @@ impl Interceptor for Bearer {
         Ok(request)
     }
 }
-
-type Authed = InterceptedService<Channel, Bearer>;
 
 #[derive(Parser)]
 #[command(about = "Drives TopSmile directly and through the gateway, and prints the ratios")]
@@ -120,22 +122,86 @@ async fn main() -> anyhow::Result<()> {
         .clinic
         .context("create answered no clinic")?;
 
+    let get_clinic = Target::GetClinic(clinic.name.clone());
+    compare(&args, &bearer, direct, gateway, &get_clinic, "identity").await?;
+
+    // Patients: 10,000 in one clinic, then GetPatient both ways and name searches.
+    let patients = suite.services["patients"];
+    let names = seed_patients(gateway, &bearer, &clinic.name, 10_000).await?;
+    println!();
+    let get_patient = Target::GetPatient(names[names.len() / 2].clone());
+    compare(&args, &bearer, patients, gateway, &get_patient, "patients").await?;
+    println!();
+    name_search(patients, &bearer, &clinic.name).await?;
+    println!();
+    token_check(&key_file, &token).await?;
+    println!();
+    sign_in(&suite, gateway, &bearer, &clinic.name).await?;
+    suite.stop().await?;
+    Ok(())
+}
+
+/// What a measurement calls.
+enum Target {
+    GetClinic(String),
+    GetPatient(String),
+}
+
+impl Target {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::GetClinic(_) => "GetClinic",
+            Self::GetPatient(_) => "GetPatient",
+        }
+    }
+
+    async fn call(&self, channel: &Channel, bearer: &Bearer) -> Result<(), Status> {
+        match self {
+            Self::GetClinic(name) => {
+                ClinicServiceClient::with_interceptor(channel.clone(), bearer.clone())
+                    .get_clinic(GetClinicRequest { name: name.clone() })
+                    .await?;
+            }
+            Self::GetPatient(name) => {
+                PatientServiceClient::with_interceptor(channel.clone(), bearer.clone())
+                    .get_patient(GetPatientRequest { name: name.clone() })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Drives `target` straight at `direct` and through `gateway`, alternating, at each
+/// level of calls in flight; prints both and the ratios.
+async fn compare(
+    args: &Args,
+    bearer: &Bearer,
+    direct: SocketAddr,
+    gateway: SocketAddr,
+    target: &Target,
+    service: &str,
+) -> anyhow::Result<()> {
     println!(
-        "Authenticated GetClinic, embedded store, {}s per measurement, best of {} rounds, {} client connections",
-        args.seconds, args.rounds, args.connections
+        "Authenticated {}, embedded store, {}s per measurement, best of {} rounds, {} client connections",
+        target.label(),
+        args.seconds,
+        args.rounds,
+        args.connections
     );
     println!(
         "{:<28} {:>9} {:>10} {:>9} {:>9} {:>7}",
         "path", "in flight", "rps", "p50 µs", "p99 µs", "errors"
     );
+    let direct_label = format!("direct to {service}");
     let mut results = Vec::new();
     for &in_flight in &args.in_flight {
         // Warm both paths (connections, caches) before measuring.
         for addr in [direct, gateway] {
             drive(
                 addr,
-                &bearer,
-                &clinic.name,
+                bearer,
+                target,
                 in_flight,
                 args.connections,
                 Duration::from_millis(500),
@@ -147,8 +213,8 @@ async fn main() -> anyhow::Result<()> {
             for (i, addr) in [direct, gateway].into_iter().enumerate() {
                 let f = drive(
                     addr,
-                    &bearer,
-                    &clinic.name,
+                    bearer,
+                    target,
                     in_flight,
                     args.connections,
                     Duration::from_secs(args.seconds),
@@ -160,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let [Some(d), Some(g)] = best else { continue };
-        for (label, f) in [("direct to identity", d), ("through the gateway", g)] {
+        for (label, f) in [(direct_label.as_str(), d), ("through the gateway", g)] {
             println!(
                 "{label:<28} {in_flight:>9} {:>10.0} {:>9} {:>9} {:>7}",
                 f.rps,
@@ -171,7 +237,6 @@ async fn main() -> anyhow::Result<()> {
         }
         results.push((in_flight, d, g));
     }
-    println!();
     for (in_flight, d, g) in &results {
         let added = g.p50.as_micros() as i128 - d.p50.as_micros() as i128;
         println!(
@@ -179,11 +244,137 @@ async fn main() -> anyhow::Result<()> {
             g.rps / d.rps
         );
     }
-    println!();
-    token_check(&key_file, &token).await?;
-    println!();
-    sign_in(&suite, gateway, &bearer, &clinic.name).await?;
-    suite.stop().await?;
+    Ok(())
+}
+
+const GIVEN: &[&str] = &[
+    "José", "Maria", "Ana", "João", "Luíza", "Pedro", "Beatriz", "Lucas", "Mariana", "Rafael",
+    "Camila", "Gustavo", "Júlia", "Felipe", "Larissa", "Thiago", "Fernanda", "Bruno", "Letícia",
+    "André",
+];
+const FAMILY: &[&str] = &[
+    "Silva",
+    "Santos",
+    "Oliveira",
+    "Souza",
+    "Rodrigues",
+    "Ferreira",
+    "Alves",
+    "Pereira",
+    "Lima",
+    "Gomes",
+    "Costa",
+    "Ribeiro",
+    "Martins",
+    "Carvalho",
+    "Almeida",
+    "Lopes",
+    "Soares",
+    "Fernandes",
+    "Vieira",
+    "Barbosa",
+    "Álvarez",
+    "Conceição",
+    "Araújo",
+    "Cavalcanti",
+    "Nascimento",
+];
+
+/// Creates `count` patients in `clinic` through the gateway; their names.
+async fn seed_patients(
+    gateway: SocketAddr,
+    bearer: &Bearer,
+    clinic: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let channel = connect(gateway).await?;
+    let started = Instant::now();
+    let mut names = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(32) {
+        let batch = chunk.iter().map(|&i| {
+            let mut client =
+                PatientServiceClient::with_interceptor(channel.clone(), bearer.clone());
+            let patient = Patient {
+                given_name: GIVEN[i % GIVEN.len()].into(),
+                family_name: format!(
+                    "{} {}",
+                    FAMILY[(i / GIVEN.len()) % FAMILY.len()],
+                    FAMILY[i % FAMILY.len()]
+                ),
+                phone: format!("+55 11 9{:04}-{:04}", i / 10_000, i % 10_000),
+                ..Default::default()
+            };
+            let parent = clinic.to_owned();
+            async move {
+                client
+                    .create_patient(CreatePatientRequest {
+                        parent,
+                        patient: Some(patient),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().patient.map(|p| p.name).unwrap_or_default())
+            }
+        });
+        for created in futures::future::join_all(batch).await {
+            names.push(created?);
+        }
+    }
+    println!(
+        "Seeded {count} patients in one clinic in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(names)
+}
+
+/// ListPatients by name prefix over the seeded clinic, one call at a time, straight at
+/// the patients service (embedded store).
+async fn name_search(patients: SocketAddr, bearer: &Bearer, clinic: &str) -> anyhow::Result<()> {
+    let channel = connect(patients).await?;
+    let mut client = PatientServiceClient::with_interceptor(channel, bearer.clone());
+    let queries = [
+        "jose",
+        "mar",
+        "ana",
+        "silva",
+        "alv",
+        "conceicao",
+        "lu",
+        "bea",
+        "cav",
+        "ferr",
+    ];
+    let mut latencies = Vec::new();
+    let mut found = 0usize;
+    for round in 0..50 {
+        for q in queries {
+            let t = Instant::now();
+            let page = client
+                .list_patients(ListPatientsRequest {
+                    parent: clinic.to_owned(),
+                    name_query: q.to_owned(),
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let elapsed = t.elapsed();
+            if round > 0 {
+                latencies.push(elapsed);
+                found += page.patients.len();
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[((latencies.len() as f64 * 0.99) as usize).min(latencies.len() - 1)];
+    println!(
+        "ListPatients name search over 10,000 patients (page of 50, {} searches, {:.0} hits each): p50 {:.2} ms, p99 {:.2} ms",
+        latencies.len(),
+        found as f64 / latencies.len() as f64,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -341,32 +532,32 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
 async fn drive(
     addr: SocketAddr,
     bearer: &Bearer,
-    name: &str,
+    target: &Target,
     in_flight: usize,
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    let mut clients = Vec::new();
+    let mut channels = Vec::new();
     for _ in 0..connections.max(1) {
-        let client: ClinicServiceClient<Authed> =
-            ClinicServiceClient::with_interceptor(connect(addr).await?, bearer.clone());
-        clients.push(client);
+        channels.push(connect(addr).await?);
     }
+    let target = std::sync::Arc::new(match target {
+        Target::GetClinic(n) => Target::GetClinic(n.clone()),
+        Target::GetPatient(n) => Target::GetPatient(n.clone()),
+    });
     let start = Instant::now();
     let deadline = start + duration;
     let workers: Vec<_> = (0..in_flight)
         .map(|i| {
-            let mut client = clients[i % clients.len()].clone();
-            let name = name.to_owned();
+            let channel = channels[i % channels.len()].clone();
+            let target = target.clone();
+            let bearer = bearer.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(64 * 1024);
                 let mut errors = 0usize;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    match client
-                        .get_clinic(GetClinicRequest { name: name.clone() })
-                        .await
-                    {
+                    match target.call(&channel, &bearer).await {
                         Ok(_) => latencies.push(t.elapsed()),
                         Err(_) => errors += 1,
                     }
