@@ -89,6 +89,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE patients ADD COLUMN locked_until_ms INTEGER;
     ALTER TABLE patients ADD COLUMN lock_count INTEGER NOT NULL DEFAULT 0;
     ",
+    // 4. Name search in id order without sorting every match: lists walk
+    //    (clinic, active, id) and probe a covering (clinic, term, patient) index.
+    "
+    DROP INDEX patients_clinic_active;
+    CREATE INDEX patients_clinic_active ON patients (clinic_id, is_active, id);
+    DROP INDEX patient_search_clinic_term;
+    CREATE INDEX patient_search_clinic_term ON patient_search (clinic_id, term, patient_id);
+    ",
 ];
 
 /// Index names, as `(table, index)`.
@@ -227,9 +235,12 @@ pub fn list_sql(
         Some(prefix) => {
             params.push(Value::Text(prefix.clone()));
             params.push(Value::Text(prefix_upper_bound(prefix)));
+            // The matching ids come from the covering search index as a sorted list,
+            // so the page is read in id order and stops at its size: no sort of every
+            // match, however common the prefix.
             format!(
-                "SELECT DISTINCT {COLUMNS} FROM patient_search s JOIN patients p ON p.id = s.patient_id \
-                 WHERE s.clinic_id = ?1 AND s.term >= ?3 AND s.term < ?4 AND p.id > ?2"
+                "SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.id > ?2 AND p.id IN \
+                 (SELECT s.patient_id FROM patient_search s WHERE s.clinic_id = ?1 AND s.term >= ?3 AND s.term < ?4)"
             )
         }
         None => format!("SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.id > ?2"),
