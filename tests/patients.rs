@@ -612,6 +612,8 @@ async fn every_access_to_patient_data_is_audited_denied_ones_included() {
         .map(|e| (e.action.clone(), e.actor_kind.clone(), e.outcome.clone()))
         .collect();
     let expected: Vec<(String, String, String)> = [
+        // A write is announced before the store is touched, then its outcome follows.
+        ("PatientService/CreatePatient", "staff", "PENDING"),
         ("PatientService/CreatePatient", "staff", "OK"),
         ("PatientService/GetPatient", "staff", "OK"),
         ("PatientService/ListPatients", "staff", "OK"),
@@ -634,7 +636,7 @@ async fn every_access_to_patient_data_is_audited_denied_ones_included() {
             .all(|e| !e.actor.is_empty() && e.time.is_some())
     );
     assert_eq!(
-        events[4].actor, b.admin_name,
+        events[5].actor, b.admin_name,
         "the foreign attempt names its actor"
     );
     // Filtered by resource: the events that named the patient.
@@ -651,8 +653,8 @@ async fn every_access_to_patient_data_is_audited_denied_ones_included() {
             .audit_events;
     assert_eq!(
         about.len(),
-        4,
-        "create, get, foreign get, own get: {about:?}"
+        5,
+        "create (announced, done), get, foreign get, own get: {about:?}"
     );
     suite.stop().await;
 }
@@ -1048,6 +1050,64 @@ async fn the_readme_patient_walkthrough_works_as_written() {
     assert!(
         trail.len() >= 3,
         "create, set password, portal sign-in: {trail:?}"
+    );
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn no_patient_data_is_served_when_the_audit_event_cannot_be_written() {
+    let suite = TestSuite::start().await;
+    let a = world(&suite, "Audit Down").await;
+    // Break the trail for real: the embedded store's file refuses new audit events.
+    let file = suite.dir.path().join("patients.sqlite3");
+    let conn = rusqlite::Connection::open(&file).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events BEGIN SELECT RAISE(ABORT, 'disk on fire'); END;",
+    )
+    .unwrap();
+    let err = patients_as(&suite, &a.staff.staff)
+        .await
+        .get_patient(pb::GetPatientRequest {
+            name: a.patient.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        !err.message().contains("Álvarez"),
+        "no patient data in the answer"
+    );
+    // Writes are refused the same way (the record is unchanged afterwards).
+    let err = patients_as(&suite, &a.staff.staff)
+        .await
+        .update_patient(pb::UpdatePatientRequest {
+            patient: Some(pb::Patient {
+                phone: "+55 11 97777-7777".into(),
+                ..a.patient.clone()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["phone".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    conn.execute_batch("DROP TRIGGER audit_down;").unwrap();
+    let after = patients_as(&suite, &a.staff.staff)
+        .await
+        .get_patient(pb::GetPatientRequest {
+            name: a.patient.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    assert_eq!(
+        after.phone, a.patient.phone,
+        "an update whose audit failed did not land"
     );
     suite.stop().await;
 }

@@ -57,6 +57,30 @@ impl Trail {
         result
     }
 
+    /// Records that a write on `resource` is about to happen (outcome `PENDING`), before
+    /// the store is touched: if the trail cannot take it, nothing is written. The
+    /// outcome follows with [`record`](Self::record).
+    pub async fn intent(
+        &self,
+        actor: &Actor<'_>,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), ApiError> {
+        let clinic = match resource.split('/').collect::<Vec<_>>().as_slice() {
+            ["clinics", clinic, ..] => (*clinic).to_owned(),
+            _ => String::new(),
+        };
+        self.append(
+            actor.caller,
+            &actor.trace_id,
+            action,
+            &clinic,
+            resource,
+            "PENDING",
+        )
+        .await
+    }
+
     async fn append(
         &self,
         caller: &Caller,

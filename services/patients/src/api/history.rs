@@ -64,9 +64,10 @@ impl MedicalHistoryApi {
 
     async fn update(
         &self,
-        caller: &Caller,
+        actor: &Actor<'_>,
         req: pb::UpdateMedicalHistoryRequest,
     ) -> Result<pb::MedicalHistory, ApiError> {
+        let caller = actor.caller;
         let incoming = req
             .medical_history
             .ok_or_else(|| ApiError::invalid("medical_history", "is required"))?;
@@ -98,6 +99,13 @@ impl MedicalHistoryApi {
             update_time_ms: time::to_millis(time::now()),
             version: current.version + 1,
         };
+        self.trail
+            .intent(
+                actor,
+                "MedicalHistoryService/UpdateMedicalHistory",
+                &format!("{}{SUFFIX}", patient.name()),
+            )
+            .await?;
         self.stores
             .histories
             .record(&patient.clinic, &patient.id, &next)
@@ -327,17 +335,17 @@ impl MedicalHistoryService for MedicalHistoryApi {
         req: Request<pb::UpdateMedicalHistoryRequest>,
     ) -> Result<Response<pb::UpdateMedicalHistoryResponse>, Status> {
         let (caller, trace_id) = actor(&req)?;
+        let actor = Actor {
+            caller: &caller,
+            trace_id,
+        };
         let req = req.into_inner();
         let name = req
             .medical_history
             .as_ref()
             .map(|h| h.name.clone())
             .unwrap_or_default();
-        let result = self.update(&caller, req).await;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let result = self.update(&actor, req).await;
         let history = self
             .trail
             .record(

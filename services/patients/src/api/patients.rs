@@ -67,21 +67,23 @@ impl PatientApi {
 
     async fn create(
         &self,
-        caller: &Caller,
+        actor: &Actor<'_>,
         req: pb::CreatePatientRequest,
     ) -> Result<Patient, ApiError> {
+        let caller = actor.caller;
         let parent = ClinicName::parse("parent", &req.parent)?;
         caller.check_clinic(parent.clinic.as_str())?;
         let request_id = validate::request_id("request_id", &req.request_id)?;
         let input = req.patient.map(input_of).unwrap_or_default();
         let fields = domain::validate_fields("patient", input, latest_today())?;
+        let patient = Patient::new(parent.clinic, fields, time::now());
+        self.trail
+            .intent(actor, "PatientService/CreatePatient", &patient.name())
+            .await?;
         let patient = self
             .stores
             .patients
-            .create(
-                Patient::new(parent.clinic, fields, time::now()),
-                request_id.as_deref(),
-            )
+            .create(patient, request_id.as_deref())
             .await?;
         Ok(patient)
     }
@@ -136,9 +138,10 @@ impl PatientApi {
 
     async fn update(
         &self,
-        caller: &Caller,
+        actor: &Actor<'_>,
         req: pb::UpdatePatientRequest,
     ) -> Result<Patient, ApiError> {
+        let caller = actor.caller;
         let incoming = req
             .patient
             .ok_or_else(|| ApiError::invalid("patient", "is required"))?;
@@ -157,15 +160,19 @@ impl PatientApi {
             domain::apply_mask(domain::input_of(&current.fields), input_of(incoming), &mask)?;
         let fields = domain::validate_fields("patient", merged, latest_today())?;
         let next = current.changed(fields, current.is_active, time::now());
+        self.trail
+            .intent(actor, "PatientService/UpdatePatient", &next.name())
+            .await?;
         self.stores.patients.replace(&next).await?;
         Ok(next)
     }
 
     async fn deactivate(
         &self,
-        caller: &Caller,
+        actor: &Actor<'_>,
         req: &pb::DeactivatePatientRequest,
     ) -> Result<Patient, ApiError> {
+        let caller = actor.caller;
         let current = self.load(caller, "name", &req.name).await?;
         if !req.etag.is_empty() && !current.etag_matches(&req.etag) {
             return Err(ApiError::Stale);
@@ -174,6 +181,9 @@ impl PatientApi {
             return Ok(current);
         }
         let next = current.changed(current.fields.clone(), false, time::now());
+        self.trail
+            .intent(actor, "PatientService/DeactivatePatient", &next.name())
+            .await?;
         self.stores.patients.replace(&next).await?;
         Ok(next)
     }
@@ -182,9 +192,10 @@ impl PatientApi {
     /// giving the current one.
     async fn set_password(
         &self,
-        caller: &Caller,
+        actor: &Actor<'_>,
         req: pb::SetPatientPasswordRequest,
     ) -> Result<Patient, ApiError> {
+        let caller = actor.caller;
         let current = self.load(caller, "name", &req.name).await?;
         check_policy("new_password", &req.new_password)?;
         if caller.role() == Role::Patient {
@@ -203,6 +214,9 @@ impl PatientApi {
             .await?;
         let mut next = current.changed(current.fields.clone(), current.is_active, time::now());
         next.password_hash = Some(hash);
+        self.trail
+            .intent(actor, "PatientService/SetPatientPassword", &next.name())
+            .await?;
         self.stores.patients.replace(&next).await?;
         Ok(next)
     }
@@ -270,14 +284,14 @@ impl PatientService for PatientApi {
         req: Request<pb::CreatePatientRequest>,
     ) -> Result<Response<pb::CreatePatientResponse>, Status> {
         let (caller, trace_id) = actor(&req)?;
-        let req = req.into_inner();
-        let parent = req.parent.clone();
-        let result = self.create(&caller, req).await;
-        let resource = result.as_ref().map_or(parent.clone(), Patient::name);
         let actor = Actor {
             caller: &caller,
             trace_id,
         };
+        let req = req.into_inner();
+        let parent = req.parent.clone();
+        let result = self.create(&actor, req).await;
+        let resource = result.as_ref().map_or(parent.clone(), Patient::name);
         let patient = self
             .trail
             .record(
@@ -348,17 +362,17 @@ impl PatientService for PatientApi {
         req: Request<pb::UpdatePatientRequest>,
     ) -> Result<Response<pb::UpdatePatientResponse>, Status> {
         let (caller, trace_id) = actor(&req)?;
+        let actor = Actor {
+            caller: &caller,
+            trace_id,
+        };
         let req = req.into_inner();
         let name = req
             .patient
             .as_ref()
             .map(|p| p.name.clone())
             .unwrap_or_default();
-        let result = self.update(&caller, req).await;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let result = self.update(&actor, req).await;
         let patient = self
             .trail
             .record(
@@ -379,12 +393,12 @@ impl PatientService for PatientApi {
         req: Request<pb::DeactivatePatientRequest>,
     ) -> Result<Response<pb::DeactivatePatientResponse>, Status> {
         let (caller, trace_id) = actor(&req)?;
-        let req = req.into_inner();
-        let result = self.deactivate(&caller, &req).await;
         let actor = Actor {
             caller: &caller,
             trace_id,
         };
+        let req = req.into_inner();
+        let result = self.deactivate(&actor, &req).await;
         let patient = self
             .trail
             .record(
@@ -405,13 +419,13 @@ impl PatientService for PatientApi {
         req: Request<pb::SetPatientPasswordRequest>,
     ) -> Result<Response<pb::SetPatientPasswordResponse>, Status> {
         let (caller, trace_id) = actor(&req)?;
-        let req = req.into_inner();
-        let name = req.name.clone();
-        let result = self.set_password(&caller, req).await;
         let actor = Actor {
             caller: &caller,
             trace_id,
         };
+        let req = req.into_inner();
+        let name = req.name.clone();
+        let result = self.set_password(&actor, req).await;
         let patient = self
             .trail
             .record(
