@@ -21,9 +21,27 @@ pub struct Trail {
 }
 
 /// Who called and how to find the call in the traces.
-pub struct Actor<'a> {
-    pub caller: &'a Caller,
+pub struct Actor {
+    pub caller: Caller,
     pub trace_id: String,
+}
+
+impl Actor {
+    /// The caller the guard admitted, and the trace id of the call's `traceparent`.
+    pub fn of<T>(req: &tonic::Request<T>) -> Result<Self, ApiError> {
+        Ok(Self {
+            caller: Caller::of(req)?,
+            trace_id: trace_id(req.metadata().as_ref()),
+        })
+    }
+}
+
+/// The clinic id a resource name is in, if it names one.
+fn clinic_of(name: &str) -> &str {
+    match name.split('/').collect::<Vec<_>>().as_slice() {
+        ["clinics", clinic, ..] => clinic,
+        _ => "",
+    }
 }
 
 impl Trail {
@@ -31,13 +49,13 @@ impl Trail {
         Self { log }
     }
 
-    /// Records the outcome of one call on `resource` (in `clinic`) and hands the result
-    /// back, unless the event cannot be written: then the call fails instead.
+    /// Records the outcome of one call on `resource` (in the clinic the name is in, or
+    /// the caller's) and hands the result back, unless the event cannot be written: then
+    /// the call fails instead.
     pub async fn record<T>(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         action: &str,
-        clinic: &str,
         resource: &str,
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
@@ -46,10 +64,10 @@ impl Trail {
             Err(e) => e.reason(),
         };
         self.append(
-            actor.caller,
+            &actor.caller,
             &actor.trace_id,
             action,
-            clinic,
+            clinic_of(resource),
             resource,
             outcome,
         )
@@ -62,19 +80,15 @@ impl Trail {
     /// outcome follows with [`record`](Self::record).
     pub async fn intent(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         action: &str,
         resource: &str,
     ) -> Result<(), ApiError> {
-        let clinic = match resource.split('/').collect::<Vec<_>>().as_slice() {
-            ["clinics", clinic, ..] => (*clinic).to_owned(),
-            _ => String::new(),
-        };
         self.append(
-            actor.caller,
+            &actor.caller,
             &actor.trace_id,
             action,
-            &clinic,
+            clinic_of(resource),
             resource,
             "PENDING",
         )

@@ -10,7 +10,7 @@ use topsmile_proto::topsmile::patients::v1::{
 
 use super::{
     audit::{Actor, Trail},
-    patients::{actor, clinic_of, load_patient},
+    patients::load_patient,
 };
 use crate::{
     domain::{
@@ -64,10 +64,10 @@ impl MedicalHistoryApi {
 
     async fn update(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         req: pb::UpdateMedicalHistoryRequest,
     ) -> Result<pb::MedicalHistory, ApiError> {
-        let caller = actor.caller;
+        let caller = &actor.caller;
         let incoming = req
             .medical_history
             .ok_or_else(|| ApiError::invalid("medical_history", "is required"))?;
@@ -308,19 +308,15 @@ impl MedicalHistoryService for MedicalHistoryApi {
         &self,
         req: Request<pb::GetMedicalHistoryRequest>,
     ) -> Result<Response<pb::GetMedicalHistoryResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
+        let actor = Actor::of(&req)?;
+        let caller = &actor.caller;
         let name = req.into_inner().name;
-        let result = self.get(&caller, &name).await;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let result = self.get(caller, &name).await;
         let history = self
             .trail
             .record(
                 &actor,
                 "MedicalHistoryService/GetMedicalHistory",
-                clinic_of(&name),
                 &name,
                 result,
             )
@@ -334,11 +330,7 @@ impl MedicalHistoryService for MedicalHistoryApi {
         &self,
         req: Request<pb::UpdateMedicalHistoryRequest>,
     ) -> Result<Response<pb::UpdateMedicalHistoryResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let name = req
             .medical_history
@@ -351,7 +343,6 @@ impl MedicalHistoryService for MedicalHistoryApi {
             .record(
                 &actor,
                 "MedicalHistoryService/UpdateMedicalHistory",
-                clinic_of(&name),
                 &name,
                 result,
             )
@@ -365,19 +356,15 @@ impl MedicalHistoryService for MedicalHistoryApi {
         &self,
         req: Request<pb::ListMedicalHistoryRevisionsRequest>,
     ) -> Result<Response<pb::ListMedicalHistoryRevisionsResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
+        let actor = Actor::of(&req)?;
+        let caller = &actor.caller;
         let req = req.into_inner();
-        let result = self.revisions(&caller, &req).await;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let result = self.revisions(caller, &req).await;
         let page = self
             .trail
             .record(
                 &actor,
                 "MedicalHistoryService/ListMedicalHistoryRevisions",
-                clinic_of(&req.parent),
                 &req.parent,
                 result,
             )

@@ -15,10 +15,7 @@ use topsmile_proto::topsmile::patients::v1::{
     self as pb, patient_internal_service_server::PatientInternalService,
 };
 
-use super::{
-    audit::{Actor, Trail},
-    patients::actor,
-};
+use super::audit::{Actor, Trail};
 use crate::{domain::Patient, store::Stores};
 
 pub struct InternalApi {
@@ -90,27 +87,19 @@ impl PatientInternalService for InternalApi {
         &self,
         req: Request<pb::VerifyPatientCredentialsRequest>,
     ) -> Result<Response<pb::VerifyPatientCredentialsResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
+        let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let result = self
             .verify(&req.email, &SecretString::from(req.password))
             .await;
-        let (clinic, resource) = match &result {
-            Ok(p) => (p.clinic.to_string(), p.name()),
-            Err(_) => (String::new(), String::new()),
-        };
+        let resource = result.as_ref().map(Patient::name).unwrap_or_default();
         // Successful sign-ins are recorded against the patient's clinic; failed ones name
         // no patient (which would tell who has an account).
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
         let patient = if result.is_ok() {
             self.trail
                 .record(
                     &actor,
                     "PatientInternalService/VerifyPatientCredentials",
-                    &clinic,
                     &resource,
                     result,
                 )

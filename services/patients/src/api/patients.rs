@@ -17,7 +17,7 @@ use topsmile_proto::topsmile::{
     patients::v1::{self as pb, patient_service_server::PatientService},
 };
 
-use super::audit::{Actor, Trail, trace_id};
+use super::audit::{Actor, Trail};
 use crate::{
     domain::{self, CONTACT_FIELDS, Patient, PatientInput, PatientQuery},
     store::Stores,
@@ -38,20 +38,6 @@ fn latest_today() -> jiff::civil::Date {
     ahead.to_zoned(jiff::tz::TimeZone::UTC).date()
 }
 
-/// The clinic id a resource name aims at, if it has one (for the audit event).
-pub(crate) fn clinic_of(name: &str) -> &str {
-    match name.split('/').collect::<Vec<_>>().as_slice() {
-        ["clinics", clinic, ..] => clinic,
-        _ => "",
-    }
-}
-
-pub(crate) fn actor<T>(req: &Request<T>) -> Result<(Caller, String), ApiError> {
-    let caller = Caller::of(req)?;
-    let trace = trace_id(req.metadata().as_ref());
-    Ok((caller, trace))
-}
-
 impl PatientApi {
     pub fn new(stores: Stores, trail: Trail, passwords: Passwords) -> Self {
         Self {
@@ -67,10 +53,10 @@ impl PatientApi {
 
     async fn create(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         req: pb::CreatePatientRequest,
     ) -> Result<Patient, ApiError> {
-        let caller = actor.caller;
+        let caller = &actor.caller;
         let parent = ClinicName::parse("parent", &req.parent)?;
         caller.check_clinic(parent.clinic.as_str())?;
         let request_id = validate::request_id("request_id", &req.request_id)?;
@@ -138,10 +124,10 @@ impl PatientApi {
 
     async fn update(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         req: pb::UpdatePatientRequest,
     ) -> Result<Patient, ApiError> {
-        let caller = actor.caller;
+        let caller = &actor.caller;
         let incoming = req
             .patient
             .ok_or_else(|| ApiError::invalid("patient", "is required"))?;
@@ -169,10 +155,10 @@ impl PatientApi {
 
     async fn deactivate(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         req: &pb::DeactivatePatientRequest,
     ) -> Result<Patient, ApiError> {
-        let caller = actor.caller;
+        let caller = &actor.caller;
         let current = self.load(caller, "name", &req.name).await?;
         if !req.etag.is_empty() && !current.etag_matches(&req.etag) {
             return Err(ApiError::Stale);
@@ -192,10 +178,10 @@ impl PatientApi {
     /// giving the current one.
     async fn set_password(
         &self,
-        actor: &Actor<'_>,
+        actor: &Actor,
         req: pb::SetPatientPasswordRequest,
     ) -> Result<Patient, ApiError> {
-        let caller = actor.caller;
+        let caller = &actor.caller;
         let current = self.load(caller, "name", &req.name).await?;
         check_policy("new_password", &req.new_password)?;
         if caller.role() == Role::Patient {
@@ -283,24 +269,14 @@ impl PatientService for PatientApi {
         &self,
         req: Request<pb::CreatePatientRequest>,
     ) -> Result<Response<pb::CreatePatientResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let parent = req.parent.clone();
         let result = self.create(&actor, req).await;
         let resource = result.as_ref().map_or(parent.clone(), Patient::name);
         let patient = self
             .trail
-            .record(
-                &actor,
-                "PatientService/CreatePatient",
-                clinic_of(&parent),
-                &resource,
-                result,
-            )
+            .record(&actor, "PatientService/CreatePatient", &resource, result)
             .await?;
         Ok(Response::new(pb::CreatePatientResponse {
             patient: Some(to_proto(&patient)),
@@ -311,22 +287,13 @@ impl PatientService for PatientApi {
         &self,
         req: Request<pb::GetPatientRequest>,
     ) -> Result<Response<pb::GetPatientResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
+        let actor = Actor::of(&req)?;
+        let caller = &actor.caller;
         let name = req.into_inner().name;
-        let result = self.load(&caller, "name", &name).await;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let result = self.load(caller, "name", &name).await;
         let patient = self
             .trail
-            .record(
-                &actor,
-                "PatientService/GetPatient",
-                clinic_of(&name),
-                &name,
-                result,
-            )
+            .record(&actor, "PatientService/GetPatient", &name, result)
             .await?;
         Ok(Response::new(pb::GetPatientResponse {
             patient: Some(to_proto(&patient)),
@@ -337,22 +304,13 @@ impl PatientService for PatientApi {
         &self,
         req: Request<pb::ListPatientsRequest>,
     ) -> Result<Response<pb::ListPatientsResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
+        let actor = Actor::of(&req)?;
+        let caller = &actor.caller;
         let req = req.into_inner();
-        let result = self.list(&caller, &req).await;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let result = self.list(caller, &req).await;
         let page = self
             .trail
-            .record(
-                &actor,
-                "PatientService/ListPatients",
-                clinic_of(&req.parent),
-                &req.parent,
-                result,
-            )
+            .record(&actor, "PatientService/ListPatients", &req.parent, result)
             .await?;
         Ok(Response::new(page))
     }
@@ -361,11 +319,7 @@ impl PatientService for PatientApi {
         &self,
         req: Request<pb::UpdatePatientRequest>,
     ) -> Result<Response<pb::UpdatePatientResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let name = req
             .patient
@@ -375,13 +329,7 @@ impl PatientService for PatientApi {
         let result = self.update(&actor, req).await;
         let patient = self
             .trail
-            .record(
-                &actor,
-                "PatientService/UpdatePatient",
-                clinic_of(&name),
-                &name,
-                result,
-            )
+            .record(&actor, "PatientService/UpdatePatient", &name, result)
             .await?;
         Ok(Response::new(pb::UpdatePatientResponse {
             patient: Some(to_proto(&patient)),
@@ -392,11 +340,7 @@ impl PatientService for PatientApi {
         &self,
         req: Request<pb::DeactivatePatientRequest>,
     ) -> Result<Response<pb::DeactivatePatientResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let result = self.deactivate(&actor, &req).await;
         let patient = self
@@ -404,7 +348,6 @@ impl PatientService for PatientApi {
             .record(
                 &actor,
                 "PatientService/DeactivatePatient",
-                clinic_of(&req.name),
                 &req.name,
                 result,
             )
@@ -418,23 +361,13 @@ impl PatientService for PatientApi {
         &self,
         req: Request<pb::SetPatientPasswordRequest>,
     ) -> Result<Response<pb::SetPatientPasswordResponse>, Status> {
-        let (caller, trace_id) = actor(&req)?;
-        let actor = Actor {
-            caller: &caller,
-            trace_id,
-        };
+        let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let name = req.name.clone();
         let result = self.set_password(&actor, req).await;
         let patient = self
             .trail
-            .record(
-                &actor,
-                "PatientService/SetPatientPassword",
-                clinic_of(&name),
-                &name,
-                result,
-            )
+            .record(&actor, "PatientService/SetPatientPassword", &name, result)
             .await?;
         Ok(Response::new(pb::SetPatientPasswordResponse {
             patient: Some(to_proto(&patient)),
