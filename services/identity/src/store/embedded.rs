@@ -304,7 +304,7 @@ fn user_doc(u: &User) -> Result<String, StoreError> {
 impl UserStore for EmbeddedIdentity {
     async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError> {
         let doc = user_doc(&user)?;
-        let request_key = request_key(&user, request_id);
+        let request_key = super::request_key(&user, request_id);
         self.db
             .write(move |conn| {
                 // One transaction: the idempotency check and the insert cannot interleave.
@@ -464,15 +464,6 @@ impl EmbeddedIdentity {
                 Ok(())
             })
             .await
-    }
-}
-
-/// The stored idempotency key of a create: the clinic's request id, or the user's own id
-/// when the client sent none (so the column can be unique without partial indexes).
-pub(crate) fn request_key(user: &User, request_id: Option<&str>) -> String {
-    match request_id {
-        Some(r) => format!("{}/{r}", user.clinic),
-        None => user.id.to_string(),
     }
 }
 

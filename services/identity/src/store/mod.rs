@@ -139,6 +139,15 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// The stored idempotency key of a create: the clinic's request id, or the user's own id
+/// when the client sent none (so the column can be unique without partial indexes).
+pub(crate) fn request_key(user: &User, request_id: Option<&str>) -> String {
+    match request_id {
+        Some(r) => format!("{}/{r}", user.clinic),
+        None => user.id.to_string(),
+    }
+}
+
 /// Every repository identity uses.
 #[derive(Clone)]
 pub struct Stores {

@@ -16,8 +16,8 @@ use topsmile_kit::{
     names::ResourceId,
     paging::PageRequest,
     store::mongo::{
-        MongoStore, get_bool, get_i64, get_string, get_time, list_page, to_bson_time, translate,
-        translate_unique,
+        Inserted, MongoStore, get_bool, get_i64, get_string, get_time, insert_once, list_page,
+        to_bson_time, translate, translate_unique,
     },
 };
 
@@ -155,23 +155,9 @@ fn from_document(d: &Document) -> Result<Clinic, StoreError> {
 impl ClinicStore for MongoIdentity {
     async fn create(&self, clinic: Clinic, request_id: Option<&str>) -> Result<Clinic, StoreError> {
         let request_id = request_id.unwrap_or(clinic.id.as_str());
-        match self
-            .clinics
-            .insert_one(to_document(&clinic, request_id)?)
-            .await
-        {
-            Ok(_) => Ok(clinic),
-            Err(e) if topsmile_kit::store::mongo::is_duplicate_key(&e) => {
-                // The unique requestId index decided the race: return the first result.
-                let existing = self
-                    .clinics
-                    .find_one(doc! {"requestId": request_id})
-                    .await
-                    .map_err(translate)?
-                    .ok_or(StoreError::Duplicate("clinic"))?;
-                from_document(&existing)
-            }
-            Err(e) => Err(translate_unique(e, "clinic")),
+        match insert_once(&self.clinics, to_document(&clinic, request_id)?, "clinic").await? {
+            Inserted::New => Ok(clinic),
+            Inserted::Retry(first) => from_document(&first),
         }
     }
 
@@ -271,25 +257,12 @@ fn user_from(d: &Document) -> Result<User, StoreError> {
 #[async_trait]
 impl UserStore for MongoIdentity {
     async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError> {
-        let request_key = super::embedded::request_key(&user, request_id);
+        let request_key = super::request_key(&user, request_id);
         let mut document = user_document(&user);
         document.insert("requestId", &request_key);
-        match self.users.insert_one(document).await {
-            Ok(_) => Ok(user),
-            Err(e) if topsmile_kit::store::mongo::is_duplicate_key(&e) => {
-                // Either the request id (a retry: answer with the first result) or the
-                // email (taken) decided it.
-                match self
-                    .users
-                    .find_one(doc! {"requestId": &request_key})
-                    .await
-                    .map_err(translate)?
-                {
-                    Some(existing) => user_from(&existing),
-                    None => Err(StoreError::Duplicate("email")),
-                }
-            }
-            Err(e) => Err(translate_unique(e, "email")),
+        match insert_once(&self.users, document, "email").await? {
+            Inserted::New => Ok(user),
+            Inserted::Retry(first) => user_from(&first),
         }
     }
 

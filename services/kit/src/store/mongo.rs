@@ -98,6 +98,44 @@ pub fn is_duplicate_key(e: &Error) -> bool {
     }
 }
 
+/// What an idempotent insert found.
+#[derive(Debug)]
+pub enum Inserted {
+    /// The document went in.
+    New,
+    /// A document with the same `requestId` was there already: a retried create. The
+    /// first result is the answer; nothing was inserted.
+    Retry(mongodb::bson::Document),
+}
+
+/// Inserts `document`, whose `requestId` field holds the create's idempotency key under
+/// a unique index. A duplicate key is a retry if a document with that key exists (its
+/// first result is returned), otherwise another unique key (`unique`, e.g. "email")
+/// decided it: `Duplicate(unique)`.
+pub async fn insert_once(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    document: mongodb::bson::Document,
+    unique: &'static str,
+) -> Result<Inserted, StoreError> {
+    let key = document.get("requestId").cloned();
+    match collection.insert_one(document).await {
+        Ok(_) => Ok(Inserted::New),
+        Err(e) if is_duplicate_key(&e) => {
+            let existing = match key {
+                Some(key) => collection
+                    .find_one(mongodb::bson::doc! {"requestId": key})
+                    .await
+                    .map_err(translate)?,
+                None => None,
+            };
+            existing
+                .map(Inserted::Retry)
+                .ok_or(StoreError::Duplicate(unique))
+        }
+        Err(e) => Err(translate_unique(e, unique)),
+    }
+}
+
 /// Creates indexes, `(collection, index)`, at start-up. Creating an index that exists
 /// with the same keys and options is a no-op, so this runs at every start.
 pub async fn create_indexes(

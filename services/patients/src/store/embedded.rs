@@ -17,7 +17,7 @@ use topsmile_kit::{
     time,
 };
 
-use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore};
+use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore, request_key};
 use crate::domain::{
     Patient, PatientFields, PatientQuery, history::HistoryVersion, prefix_upper_bound,
 };
@@ -193,15 +193,6 @@ fn to_patient((id, clinic, is_active, version, doc): PatientRow) -> Result<Patie
         update_time: time::from_millis(doc.update_time_ms),
         version,
     })
-}
-
-/// The stored idempotency key of a create: clinic and request id, or the patient's own
-/// id when the client sent none (so the column can be unique without a partial index).
-pub fn request_key(patient: &Patient, request_id: Option<&str>) -> String {
-    match request_id {
-        Some(r) => format!("{}/{r}", patient.clinic),
-        None => patient.id.to_string(),
-    }
 }
 
 /// Rewrites the search terms of one patient (inside the caller's transaction).

@@ -135,6 +135,15 @@ pub trait AuditLog: Send + Sync + 'static {
     ) -> Result<Vec<AuditEvent>, StoreError>;
 }
 
+/// The stored idempotency key of a create: clinic and request id, or the patient's own
+/// id when the client sent none (so the column can be unique without a partial index).
+pub fn request_key(patient: &Patient, request_id: Option<&str>) -> String {
+    match request_id {
+        Some(r) => format!("{}/{r}", patient.clinic),
+        None => patient.id.to_string(),
+    }
+}
+
 /// Every repository the patients service uses.
 #[derive(Clone)]
 pub struct Stores {

@@ -18,12 +18,12 @@ use topsmile_kit::{
     names::ResourceId,
     paging::PageRequest,
     store::mongo::{
-        MongoStore, create_indexes, get_bool, get_i64, get_string, get_time, is_duplicate_key,
-        list_page, to_bson_time, translate, translate_unique,
+        Inserted, MongoStore, create_indexes, get_bool, get_i64, get_string, get_time, insert_once,
+        is_duplicate_key, list_page, to_bson_time, translate, translate_unique,
     },
 };
 
-use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore, embedded::request_key};
+use super::{AuditEvent, AuditLog, AuditQuery, HistoryStore, PatientStore, request_key};
 use crate::domain::{
     Patient, PatientFields, PatientQuery, history::HistoryVersion, prefix_upper_bound,
 };
@@ -273,22 +273,9 @@ impl PatientStore for MongoPatients {
         request_id: Option<&str>,
     ) -> Result<Patient, StoreError> {
         let key = request_key(&patient, request_id);
-        match self.patients.insert_one(to_document(&patient, &key)?).await {
-            Ok(_) => Ok(patient),
-            Err(e) if is_duplicate_key(&e) => {
-                // The request id (a retry: answer with the first result) or the email
-                // (taken by an active patient) decided it.
-                match self
-                    .patients
-                    .find_one(doc! {"requestId": &key})
-                    .await
-                    .map_err(translate)?
-                {
-                    Some(existing) => from_document(&existing),
-                    None => Err(StoreError::Duplicate("email")),
-                }
-            }
-            Err(e) => Err(translate_unique(e, "email")),
+        match insert_once(&self.patients, to_document(&patient, &key)?, "email").await? {
+            Inserted::New => Ok(patient),
+            Inserted::Retry(first) => from_document(&first),
         }
     }
 
