@@ -11,7 +11,7 @@ use topsmile_kit::{
     address::PostalAddress,
     names::ResourceId,
     paging::PageRequest,
-    store::sqlite::{SqliteDb, translate, translate_unique},
+    store::sqlite::{SqliteDb, create_once, translate, translate_unique},
     time,
 };
 
@@ -137,29 +137,16 @@ impl ClinicStore for EmbeddedIdentity {
         let request_id = request_id.unwrap_or(clinic.id.as_str()).to_owned();
         self.db
             .write(move |conn| {
-                // One transaction: the idempotency check and the insert cannot interleave
-                // with another writer.
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(translate)?;
-                let existing = tx
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM clinics WHERE request_id = ?1"),
-                        params![request_id],
-                        from_row,
+                let find = format!("SELECT {COLUMNS} FROM clinics WHERE request_id = ?1");
+                let first = create_once(conn, &find, &request_id, from_row, |tx| {
+                    tx.execute(
+                        "INSERT INTO clinics (id, request_id, name, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![clinic.id.as_str(), request_id, clinic.fields.display_name, clinic.is_active, clinic.version, doc],
                     )
-                    .optional()
-                    .map_err(translate)?;
-                if let Some(row) = existing {
-                    return to_clinic(row);
-                }
-                tx.execute(
-                    "INSERT INTO clinics (id, request_id, name, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![clinic.id.as_str(), request_id, clinic.fields.display_name, clinic.is_active, clinic.version, doc],
-                )
-                .map_err(|e| translate_unique(e, "clinic"))?;
-                tx.commit().map_err(translate)?;
-                Ok(clinic)
+                    .map_err(|e| translate_unique(e, "clinic"))?;
+                    Ok(())
+                })?;
+                first.map_or(Ok(clinic), to_clinic)
             })
             .await
     }
@@ -307,28 +294,16 @@ impl UserStore for EmbeddedIdentity {
         let request_key = super::request_key(&user, request_id);
         self.db
             .write(move |conn| {
-                // One transaction: the idempotency check and the insert cannot interleave.
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(translate)?;
-                let existing = tx
-                    .query_row(
-                        &format!("SELECT {USER_COLUMNS} FROM users WHERE request_id = ?1"),
-                        params![request_key],
-                        user_row,
+                let find = format!("SELECT {USER_COLUMNS} FROM users WHERE request_id = ?1");
+                let first = create_once(conn, &find, &request_key, user_row, |tx| {
+                    tx.execute(
+                        "INSERT INTO users (id, clinic_id, email, request_id, role, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![user.id.as_str(), user.clinic, user.email, request_key, user.role.as_str(), user.is_active, user.version, doc],
                     )
-                    .optional()
-                    .map_err(translate)?;
-                if let Some(row) = existing {
-                    return to_user(row);
-                }
-                tx.execute(
-                    "INSERT INTO users (id, clinic_id, email, request_id, role, is_active, version, doc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![user.id.as_str(), user.clinic, user.email, request_key, user.role.as_str(), user.is_active, user.version, doc],
-                )
-                .map_err(|e| translate_unique(e, "email"))?;
-                tx.commit().map_err(translate)?;
-                Ok(user)
+                    .map_err(|e| translate_unique(e, "email"))?;
+                    Ok(())
+                })?;
+                first.map_or(Ok(user), to_user)
             })
             .await
     }

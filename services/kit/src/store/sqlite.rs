@@ -173,6 +173,34 @@ pub fn translate(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// A create that runs once per idempotency key, in one immediate transaction so that the
+/// check and the insert cannot interleave with another writer: `find` (a SELECT taking
+/// the key as `?1`) looks for an earlier create with `key`; if there is one, its row
+/// (read by `read`) is returned and nothing is inserted. Otherwise `insert` runs, the
+/// transaction commits, and the answer is `None`.
+pub fn create_once<R>(
+    conn: &mut Connection,
+    find: &str,
+    key: &str,
+    read: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<R>,
+    insert: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError>,
+) -> Result<Option<R>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(translate)?;
+    let existing = tx
+        .query_row(find, rusqlite::params![key], read)
+        .optional()
+        .map_err(translate)?;
+    if existing.is_some() {
+        return Ok(existing);
+    }
+    insert(&tx)?;
+    tx.commit().map_err(translate)?;
+    Ok(None)
+}
+
 /// Counts a sign-in attempt on the row `id` of `table` before its password is checked,
 /// in one immediate transaction (see [`crate::lockout`]). The table has the columns
 /// `failed_logins`, `locked_until_ms` and `lock_count`; `table` is a constant of the

@@ -13,7 +13,7 @@ use topsmile_kit::{
     address::PostalAddress,
     names::ResourceId,
     paging::PageRequest,
-    store::sqlite::{SqliteDb, translate, translate_unique},
+    store::sqlite::{SqliteDb, create_once, translate, translate_unique},
     time,
 };
 
@@ -304,39 +304,27 @@ impl PatientStore for EmbeddedPatients {
         let key = request_key(&patient, request_id);
         self.db
             .write(move |conn| {
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(translate)?;
-                let existing = tx
-                    .query_row(
-                        &format!("SELECT {COLUMNS} FROM patients p WHERE p.request_id = ?1"),
-                        params![key],
-                        patient_row,
+                let find = format!("SELECT {COLUMNS} FROM patients p WHERE p.request_id = ?1");
+                let first = create_once(conn, &find, &key, patient_row, |tx| {
+                    tx.execute(
+                        "INSERT INTO patients (id, clinic_id, request_id, email, phone_digits, is_active, search_name, version, doc) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        params![
+                            patient.id.as_str(),
+                            patient.clinic.as_str(),
+                            key,
+                            patient.fields.email,
+                            patient.phone_digits(),
+                            patient.is_active,
+                            patient.search_terms().first().cloned().unwrap_or_default(),
+                            patient.version,
+                            doc
+                        ],
                     )
-                    .optional()
-                    .map_err(translate)?;
-                if let Some(row) = existing {
-                    return to_patient(row);
-                }
-                tx.execute(
-                    "INSERT INTO patients (id, clinic_id, request_id, email, phone_digits, is_active, search_name, version, doc) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    params![
-                        patient.id.as_str(),
-                        patient.clinic.as_str(),
-                        key,
-                        patient.fields.email,
-                        patient.phone_digits(),
-                        patient.is_active,
-                        patient.search_terms().first().cloned().unwrap_or_default(),
-                        patient.version,
-                        doc
-                    ],
-                )
-                .map_err(|e| translate_unique(e, "email"))?;
-                index_terms(&tx, &patient)?;
-                tx.commit().map_err(translate)?;
-                Ok(patient)
+                    .map_err(|e| translate_unique(e, "email"))?;
+                    index_terms(tx, &patient)
+                })?;
+                first.map_or(Ok(patient), to_patient)
             })
             .await
     }
