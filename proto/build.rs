@@ -26,8 +26,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (see src/codec.rs).
+        .codec_path("crate::codec::ContractCodec")
         .include_file("topsmile.rs")
-        .compile_fds(fds)?;
+        // `prost::Name` on every message: the kit's update-mask helper finds a message's
+        // descriptor by its full name.
+        .compile_fds_with_config(fds, {
+            let mut config = tonic_prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
     Ok(())
 }
 

@@ -6,18 +6,61 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use topsmile_gateway::{Gateway, GatewayConfig};
+use topsmile_gateway::{EdgeSettings, Gateway, GatewayConfig};
+use topsmile_identity::IdentitySettings;
 use topsmile_identity::{Accounts, Identity};
 use topsmile_kit::{
     access::Guard,
-    config::ServerLimits,
+    config::{ServerLimits, StoreConfig},
     password::Passwords,
     server,
     shutdown::{self, Trigger},
     store::StoreChoice,
+    telemetry::LogFormat,
     time::{Clock, SystemClock},
 };
+
+/// `topsmile dev` settings after defaults, file and `TOPSMILE_*` environment: those of
+/// every service (store, limits, identity's) and the gateway's edge settings, so dev
+/// honours the same variables as the binaries it stands in for.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DevConfig {
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    #[serde(flatten)]
+    pub store: StoreConfig,
+    #[serde(flatten)]
+    pub limits: ServerLimits,
+    #[serde(flatten)]
+    pub identity: IdentitySettings,
+    #[serde(flatten)]
+    pub edge: EdgeSettings,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            log_format: LogFormat::Pretty,
+            store: StoreConfig::default(),
+            limits: ServerLimits::default(),
+            identity: IdentitySettings::default(),
+            edge: EdgeSettings::default(),
+        }
+    }
+}
+
+impl DevConfig {
+    pub fn key_file(&self) -> PathBuf {
+        self.identity
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.store.data_dir.join("signing-keys.json"))
+    }
+}
 
 /// How to start a suite.
 #[derive(Clone)]
@@ -31,8 +74,10 @@ pub struct SuiteOptions {
     pub key_file: PathBuf,
     /// The first super admin, created if none exists yet.
     pub bootstrap_admin: Option<(String, SecretString)>,
-    /// Sign-in calls per client address and minute at the gateway (0: no limit).
-    pub sign_in_per_minute: u32,
+    /// The gateway's connections, deadlines, shedding and sign-in limit.
+    pub edge: EdgeSettings,
+    /// How long services reuse identity's answer about a clinic (active, time zone).
+    pub clinic_facts_ttl: std::time::Duration,
     /// Lock and refresh-token expiry time (tests move it).
     pub clock: Arc<dyn Clock>,
     pub passwords: Passwords,
@@ -52,7 +97,8 @@ impl SuiteOptions {
             limits: ServerLimits::default(),
             key_file: keys_dir.join("signing-keys.json"),
             bootstrap_admin: None,
-            sign_in_per_minute: GatewayConfig::default().sign_in_per_minute,
+            edge: EdgeSettings::default(),
+            clinic_facts_ttl: topsmile_kit::clinics::CACHE_FOR,
             clock: Arc::new(SystemClock),
             passwords: Passwords::for_this_machine()?,
         })
@@ -132,8 +178,15 @@ impl Suite {
             &patient_stores,
         )
         .map_err(|e| anyhow::anyhow!("patients guard: {e}"))?;
-        let patients =
-            topsmile_patients::routes(patient_stores, options.passwords.clone(), &limits);
+        let patients = topsmile_patients::routes(
+            patient_stores,
+            options.passwords.clone(),
+            topsmile_kit::clinics::ClinicDirectory::caching_for(
+                &identity_addresses,
+                options.clinic_facts_ttl,
+            )?,
+            &limits,
+        );
         let providers = topsmile_providers::routes(
             topsmile_providers::open_store(&options.store).await?,
             &limits,
@@ -190,7 +243,7 @@ impl Suite {
             patients_upstreams: addr("patients"),
             providers_upstreams: addr("providers"),
             appointments_upstreams: addr("appointments"),
-            sign_in_per_minute: options.sign_in_per_minute,
+            edge: options.edge.clone(),
             limits,
             ..GatewayConfig::default()
         };
@@ -257,5 +310,75 @@ fn flatten(
     match joined {
         Ok(result) => result.map_err(|e| e.context(format!("{name} server failed"))),
         Err(e) => Err(anyhow::anyhow!("{name} server task failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row of the README's configuration table that names `dev` (or "all", or
+    /// "services") is read by `topsmile dev` from the environment.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn dev_honours_the_documented_variables() {
+        figment::Jail::expect_with(|jail| {
+            for (name, value) in [
+                ("TOPSMILE_LISTEN", "127.0.0.1:6000"),
+                ("TOPSMILE_DATA_DIR", "/srv/topsmile"),
+                ("TOPSMILE_MONGODB_URI", "mongodb://db:27017"),
+                ("TOPSMILE_MONGODB_DATABASE", "clinics"),
+                (
+                    "TOPSMILE_MONGODB_LIST_READ_PREFERENCE",
+                    "secondaryPreferred",
+                ),
+                ("TOPSMILE_LOG_FORMAT", "json"),
+                ("TOPSMILE_MAX_MESSAGE_BYTES", "1000"),
+                ("TOPSMILE_CONCURRENCY_LIMIT", "7"),
+                ("TOPSMILE_KEEPALIVE_INTERVAL_SECS", "11"),
+                ("TOPSMILE_KEEPALIVE_TIMEOUT_SECS", "12"),
+                ("TOPSMILE_DRAIN_TIMEOUT_SECS", "13"),
+                ("TOPSMILE_KEY_FILE", "/keys/ring.json"),
+                ("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", "boss@example.com"),
+                ("TOPSMILE_SIGN_IN_PER_MINUTE", "0"),
+                ("TOPSMILE_SIGN_IN_BURST", "3"),
+                ("TOPSMILE_MAX_IN_FLIGHT", "99"),
+                ("TOPSMILE_MAX_DEADLINE_SECS", "5"),
+                ("TOPSMILE_CONNECTIONS_PER_UPSTREAM", "4"),
+                ("TOPSMILE_CONNECT_TIMEOUT_MS", "250"),
+                ("TOPSMILE_UPSTREAM_RETRY_MS", "500"),
+            ] {
+                jail.set_env(name, value);
+            }
+            let config: DevConfig = topsmile_kit::config::load(None)
+                .map_err(|e| figment::Error::from(e.to_string()))?;
+            assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 6000)));
+            assert_eq!(config.store.data_dir, PathBuf::from("/srv/topsmile"));
+            assert!(config.store.mongodb_uri.is_some());
+            assert_eq!(config.store.mongodb_database, "clinics");
+            assert_eq!(
+                config.store.mongodb_list_read_preference,
+                "secondaryPreferred"
+            );
+            assert!(matches!(config.log_format, LogFormat::Json));
+            assert_eq!(config.limits.max_message_bytes, 1000);
+            assert_eq!(config.limits.concurrency_limit, 7);
+            assert_eq!(config.limits.keepalive_interval_secs, 11);
+            assert_eq!(config.limits.keepalive_timeout_secs, 12);
+            assert_eq!(config.limits.drain_timeout_secs, 13);
+            assert_eq!(config.key_file(), PathBuf::from("/keys/ring.json"));
+            assert_eq!(
+                config.identity.bootstrap_admin_email.as_deref(),
+                Some("boss@example.com")
+            );
+            assert_eq!(config.edge.sign_in_per_minute, 0);
+            assert_eq!(config.edge.sign_in_burst, 3);
+            assert_eq!(config.edge.max_in_flight, 99);
+            assert_eq!(config.edge.max_deadline_secs, 5);
+            assert_eq!(config.edge.connections_per_upstream, 4);
+            assert_eq!(config.edge.connect_timeout_ms, 250);
+            assert_eq!(config.edge.upstream_retry_ms, 500);
+            Ok(())
+        });
     }
 }

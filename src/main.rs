@@ -5,11 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
-use topsmile::{Suite, SuiteOptions};
-use topsmile_identity::IdentitySettings;
+use topsmile::{DevConfig, Suite, SuiteOptions};
 use topsmile_kit::{
-    config::{ServerLimits, StoreConfig},
     shutdown,
     store::StoreChoice,
     telemetry::{self, LogFormat},
@@ -68,41 +65,6 @@ struct DevArgs {
     log_format: Option<String>,
 }
 
-/// `topsmile dev` settings after defaults, file and environment.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(default)]
-struct DevConfig {
-    listen: SocketAddr,
-    log_format: LogFormat,
-    #[serde(flatten)]
-    store: StoreConfig,
-    #[serde(flatten)]
-    limits: ServerLimits,
-    #[serde(flatten)]
-    identity: IdentitySettings,
-}
-
-impl Default for DevConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            log_format: LogFormat::Pretty,
-            store: StoreConfig::default(),
-            limits: ServerLimits::default(),
-            identity: IdentitySettings::default(),
-        }
-    }
-}
-
-impl DevConfig {
-    fn key_file(&self) -> PathBuf {
-        self.identity
-            .key_file
-            .clone()
-            .unwrap_or_else(|| self.store.data_dir.join("signing-keys.json"))
-    }
-}
-
 /// The account `topsmile dev` creates when no super admin exists and none is configured.
 const DEV_ADMIN_EMAIL: &str = "admin@topsmile.local";
 
@@ -147,6 +109,7 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
         SuiteOptions::new(config.listen, store.clone(), config.store.data_dir.clone())?;
     options.key_file = config.key_file();
     options.limits = config.limits.clone();
+    options.edge = config.edge.clone();
     options.bootstrap_admin = config
         .identity
         .bootstrap_admin_email

@@ -283,6 +283,44 @@ async fn reflection_lists_every_public_service_and_no_internal_one() {
         "internal service listed: {names:?}"
     );
     assert!(names.iter().any(|n| n == "grpc.health.v1.Health"));
+
+    // `describe` finds internal services no more than `list` does; public ones it finds.
+    let describe = |symbol: &str| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+    };
+    for (symbol, found) in [
+        ("topsmile.patients.v1.PatientInternalService", false),
+        ("topsmile.identity.v1.IdentityInternalService", false),
+        ("topsmile.patients.v1.PatientService", true),
+    ] {
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter([describe(symbol)]))
+            .await
+            .unwrap()
+            .into_inner();
+        // tonic's reflection answers an unknown symbol with a NOT_FOUND status on the
+        // stream; other servers with an ErrorResponse message: both mean "not found".
+        match answers.message().await {
+            Ok(Some(answer)) => match answer.message_response {
+                Some(MessageResponse::FileDescriptorResponse(files)) => {
+                    assert!(
+                        found,
+                        "{symbol} described: {} files",
+                        files.file_descriptor_proto.len()
+                    );
+                }
+                Some(MessageResponse::ErrorResponse(e)) => {
+                    assert!(!found, "{symbol} not found: {e:?}");
+                }
+                other => panic!("unexpected reflection answer {other:?}"),
+            },
+            Err(status) if status.code() == Code::NotFound => {
+                assert!(!found, "{symbol} not found: {status:?}");
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }
     suite.stop().await;
 }
 
@@ -308,6 +346,7 @@ async fn unknown_and_internal_methods_are_unimplemented_at_the_edge() {
         .verify_patient_credentials(VerifyPatientCredentialsRequest {
             email: "a@b.co".into(),
             password: "x".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -390,7 +429,10 @@ async fn gateway_for(
     let config = topsmile_gateway::GatewayConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         identity_upstreams,
-        upstream_retry_ms: 60_000,
+        edge: topsmile_gateway::EdgeSettings {
+            upstream_retry_ms: 60_000,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let gateway = topsmile_gateway::Gateway::new(&config).unwrap();

@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
         dir.path().to_path_buf(),
     )?;
     options.bootstrap_admin = Some((ADMIN_EMAIL.into(), SecretString::from(ADMIN_PASSWORD)));
-    options.sign_in_per_minute = 0;
+    options.edge.sign_in_per_minute = 0;
     let key_file = options.key_file.clone();
     let suite = Suite::start(options).await?;
     let direct = suite.services["identity"];

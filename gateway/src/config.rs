@@ -20,6 +20,18 @@ pub struct GatewayConfig {
     pub providers_upstreams: String,
     /// Replicas of the appointments service.
     pub appointments_upstreams: String,
+    #[serde(flatten)]
+    pub edge: EdgeSettings,
+    #[serde(flatten)]
+    pub limits: ServerLimits,
+}
+
+/// How the edge treats calls: connections, deadlines, shedding and the sign-in limit.
+/// Shared by the gateway binary and `topsmile dev`, so both honour the same
+/// `TOPSMILE_*` variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EdgeSettings {
     /// HTTP/2 connections kept to each replica; calls are multiplexed over them.
     pub connections_per_upstream: usize,
     /// How long connecting to a replica may take before the next one is tried.
@@ -37,8 +49,34 @@ pub struct GatewayConfig {
     pub sign_in_per_minute: u32,
     /// How many of those may come in one burst.
     pub sign_in_burst: u32,
-    #[serde(flatten)]
-    pub limits: ServerLimits,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            connections_per_upstream: 2,
+            connect_timeout_ms: 1000,
+            upstream_retry_ms: 1000,
+            max_deadline_secs: 30,
+            max_in_flight: 4096,
+            sign_in_per_minute: 30,
+            sign_in_burst: 10,
+        }
+    }
+}
+
+impl EdgeSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn upstream_retry(&self) -> Duration {
+        Duration::from_millis(self.upstream_retry_ms)
+    }
+
+    pub fn max_deadline(&self) -> Duration {
+        Duration::from_secs(self.max_deadline_secs)
+    }
 }
 
 impl Default for GatewayConfig {
@@ -50,13 +88,7 @@ impl Default for GatewayConfig {
             patients_upstreams: "127.0.0.1:50062".into(),
             providers_upstreams: "127.0.0.1:50063".into(),
             appointments_upstreams: "127.0.0.1:50064".into(),
-            connections_per_upstream: 2,
-            connect_timeout_ms: 1000,
-            upstream_retry_ms: 1000,
-            max_deadline_secs: 30,
-            max_in_flight: 4096,
-            sign_in_per_minute: 30,
-            sign_in_burst: 10,
+            edge: EdgeSettings::default(),
             limits: ServerLimits::default(),
         }
     }
@@ -87,17 +119,5 @@ impl GatewayConfig {
             (area.to_owned(), addrs)
         })
         .collect()
-    }
-
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-
-    pub fn upstream_retry(&self) -> Duration {
-        Duration::from_millis(self.upstream_retry_ms)
-    }
-
-    pub fn max_deadline(&self) -> Duration {
-        Duration::from_secs(self.max_deadline_secs)
     }
 }

@@ -30,7 +30,7 @@ use topsmile_kit::{
     shutdown::Shutdown,
 };
 
-pub use config::GatewayConfig;
+pub use config::{EdgeSettings, GatewayConfig};
 use proxy::Proxy;
 use upstream::Upstream;
 
@@ -73,9 +73,9 @@ impl Gateway {
             .map(|(area, addrs)| {
                 let upstream = Upstream::new(
                     &addrs,
-                    config.connections_per_upstream,
-                    config.connect_timeout(),
-                    config.upstream_retry(),
+                    config.edge.connections_per_upstream,
+                    config.edge.connect_timeout(),
+                    config.edge.upstream_retry(),
                 );
                 (area, upstream)
             })
@@ -83,21 +83,24 @@ impl Gateway {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let names: Vec<&str> = public.iter().map(String::as_str).collect();
-        let local = add_reflection(Routes::new(health_service), &names)?;
+        let internal = table.internal_services();
+        let hidden: Vec<&str> = internal.iter().map(String::as_str).collect();
+        let local = add_reflection(Routes::new(health_service), &names, &hidden)?;
         let guard = topsmile_kit::access::Guard::edge_via_identity(&config.identity_addresses())
             .map_err(|e| GatewayError::Config(e.to_string()))?;
-        let sign_in_limiter = std::num::NonZeroU32::new(config.sign_in_per_minute).map(|rate| {
-            let burst = std::num::NonZeroU32::new(config.sign_in_burst).unwrap_or(rate);
-            governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
-        });
+        let sign_in_limiter =
+            std::num::NonZeroU32::new(config.edge.sign_in_per_minute).map(|rate| {
+                let burst = std::num::NonZeroU32::new(config.edge.sign_in_burst).unwrap_or(rate);
+                governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
+            });
         let proxy = Proxy {
             table,
             guard,
             sign_in_limiter,
             upstreams,
             local,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight)),
-            max_deadline: config.max_deadline(),
+            in_flight: Arc::new(Semaphore::new(config.edge.max_in_flight)),
+            max_deadline: config.edge.max_deadline(),
         };
         Ok(Self {
             proxy: Arc::new(proxy),

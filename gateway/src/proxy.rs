@@ -7,12 +7,21 @@
 //! `x-topsmile-*` headers (to drop them: those are set by TopSmile itself, never by a
 //! client).
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use http::{HeaderMap, Request, Response, Uri};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use http_body::Frame;
 use hyper::body::Incoming;
-use tokio::sync::Semaphore;
-use tonic::{body::Body, service::Routes};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Code, body::Body, service::Routes};
 use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
 
@@ -83,8 +92,9 @@ impl Proxy {
         let upstream = self.upstreams.get(&route.area).ok_or_else(|| {
             ApiError::Unavailable(format!("no upstream configured for {}", route.area))
         })?;
-        // Load shedding: past the in-flight limit, answer at once instead of queueing.
-        let _permit =
+        // Load shedding: past the in-flight limit, answer at once instead of queueing. The
+        // permit travels with the response body: a call counts until its last frame.
+        let permit =
             self.in_flight
                 .clone()
                 .try_acquire_owned()
@@ -93,34 +103,156 @@ impl Proxy {
                 })?;
 
         strip_internal_headers(req.headers_mut());
+        // The services key the sign-in lock on the client's address.
+        req.headers_mut().insert(
+            topsmile_kit::access::CLIENT_ADDRESS_HEADER,
+            HeaderValue::from_str(&peer.to_string())
+                .map_err(|e| ApiError::Internal(format!("client address header: {e}")))?,
+        );
         let deadline =
             grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
-
-        let picked = upstream
-            .pick()
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let path_and_query = req.uri().path_and_query().cloned();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = picked.authority.parse().ok();
-        parts.path_and_query = path_and_query;
-        *req.uri_mut() =
-            Uri::from_parts(parts).map_err(|e| ApiError::Internal(format!("upstream uri: {e}")))?;
-
-        let mut sender = picked.sender;
-        match tokio::time::timeout(deadline, sender.send_request(req)).await {
-            Ok(Ok(response)) => Ok(response.map(Body::new)),
-            Ok(Err(e)) => {
-                // A reset stream is this call's problem; a dead connection is the replica's.
-                if sender.is_closed() {
-                    upstream.report_failure(&picked.authority);
-                }
-                Err(ApiError::Unavailable(format!("{}: {e}", picked.authority)))
-            }
+        // The deadline covers choosing and connecting to a replica as well as the call.
+        match tokio::time::timeout(deadline, send(upstream, req)).await {
+            Ok(Ok(response)) => Ok(response.map(|body| Body::new(Relayed::new(body, permit)))),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::DeadlineExceeded),
         }
     }
+}
+
+/// Sends `req` to a replica of `upstream`.
+///
+/// UNAVAILABLE (worth retrying) only when no replica could be reached, the connection
+/// died, or the replica refused the stream before starting it; any other failure of the
+/// exchange is INTERNAL, because retrying a call the service rejected cannot help.
+async fn send(
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, ApiError> {
+    let picked = upstream
+        .pick()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let path_and_query = req.uri().path_and_query().cloned();
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = picked.authority.parse().ok();
+    parts.path_and_query = path_and_query;
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|e| ApiError::Internal(format!("upstream uri: {e}")))?;
+
+    let mut sender = picked.sender;
+    sender.send_request(req).await.map_err(|e| {
+        // A dead connection is the replica's problem; a reset stream is this call's.
+        if sender.is_closed() {
+            upstream.report_failure(&picked.authority);
+            return ApiError::Unavailable(format!("{}: {e}", picked.authority));
+        }
+        match h2_reason(&e) {
+            Some(h2::Reason::REFUSED_STREAM) => {
+                ApiError::Unavailable(format!("{} refused the stream", picked.authority))
+            }
+            _ if e.is_canceled() => ApiError::Unavailable(format!("{}: {e}", picked.authority)),
+            _ => ApiError::Internal(format!("{} failed the call: {e}", picked.authority)),
+        }
+    })
+}
+
+/// The HTTP/2 error code behind a hyper error, if there is one.
+fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason();
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// A response body on its way back to the client.
+///
+/// It holds the call's in-flight permit until the last frame, and turns a failure of the
+/// upstream body into `grpc-status` trailers: a client then reads a gRPC status, not a
+/// broken HTTP/2 stream that it would take for "retry" (linkerd2-proxy's `grpc_rescue`).
+struct Relayed {
+    inner: Incoming,
+    permit: Option<OwnedSemaphorePermit>,
+    done: bool,
+}
+
+impl Relayed {
+    fn new(inner: Incoming, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner,
+            permit: Some(permit),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.permit = None;
+    }
+}
+
+impl http_body::Body for Relayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.is_trailers() {
+                    self.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.finish();
+                // The call was under way: it may have run, so no RetryInfo either way.
+                let (code, message) = if h2_reason(&e).is_none() || e.is_closed() {
+                    (
+                        Code::Unavailable,
+                        "the service's connection closed during the call",
+                    )
+                } else {
+                    (Code::Internal, "the service failed during the call")
+                };
+                tracing::warn!(error = %e, "upstream body failed mid-call");
+                Poll::Ready(Some(Ok(Frame::trailers(status_trailers(code, message)))))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `grpc-status` and `grpc-message` trailers; `message` is plain ASCII, so it needs no
+/// percent-encoding.
+fn status_trailers(code: Code, message: &'static str) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(code as i32));
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    trailers
 }
 
 fn strip_internal_headers(headers: &mut HeaderMap) {

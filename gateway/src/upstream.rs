@@ -29,6 +29,9 @@ struct Slot {
     sender: Mutex<Option<SendRequest<Incoming>>>,
     /// Serialises reconnects, so a burst of calls opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
+    /// When the last connect attempt through this slot failed: calls that waited for
+    /// that attempt share its outcome instead of each trying (and timing out) again.
+    failed_at: Mutex<Option<Instant>>,
 }
 
 struct Replica {
@@ -67,6 +70,7 @@ impl Upstream {
                     .map(|_| Slot {
                         sender: Mutex::new(None),
                         connecting: tokio::sync::Mutex::new(()),
+                        failed_at: Mutex::new(None),
                     })
                     .collect(),
                 next_slot: AtomicUsize::new(0),
@@ -131,13 +135,27 @@ impl Upstream {
         if let Some(sender) = slot.cached() {
             return Ok(sender);
         }
+        let waiting_since = Instant::now();
         let _connecting = slot.connecting.lock().await;
         if let Some(sender) = slot.cached() {
             return Ok(sender);
         }
-        let sender = tokio::time::timeout(self.connect_timeout, connect(&replica.authority))
+        if slot.failed_since(waiting_since) {
+            return Err("the connect attempt this call waited for failed".to_owned());
+        }
+        let attempt = tokio::time::timeout(self.connect_timeout, connect(&replica.authority))
             .await
-            .map_err(|_| "connect timed out".to_owned())??;
+            .map_err(|_| "connect timed out".to_owned())
+            .and_then(|connected| connected);
+        let sender = match attempt {
+            Ok(sender) => sender,
+            Err(e) => {
+                if let Ok(mut failed_at) = slot.failed_at.lock() {
+                    *failed_at = Some(Instant::now());
+                }
+                return Err(e);
+            }
+        };
         if let Ok(mut cached) = slot.sender.lock() {
             *cached = Some(sender.clone());
         }
@@ -147,6 +165,14 @@ impl Upstream {
 }
 
 impl Slot {
+    fn failed_since(&self, since: Instant) -> bool {
+        self.failed_at
+            .lock()
+            .ok()
+            .and_then(|f| *f)
+            .is_some_and(|at| at >= since)
+    }
+
     fn cached(&self) -> Option<SendRequest<Incoming>> {
         let cached = self.sender.lock().ok()?;
         cached.as_ref().filter(|s| !s.is_closed()).cloned()

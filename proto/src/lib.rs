@@ -7,6 +7,8 @@
 
 #![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 
+pub mod codec;
+
 include!(concat!(env!("OUT_DIR"), "/topsmile.rs"));
 
 /// Every file of the contracts and its imports, encoded as a `FileDescriptorSet`, custom

@@ -104,7 +104,9 @@ impl TestSuite {
         )
         .unwrap();
         options.limits = setup.limits;
-        options.sign_in_per_minute = setup.sign_in_per_minute;
+        options.edge.sign_in_per_minute = setup.sign_in_per_minute;
+        // Tests change clinics and look at once: no reuse of identity's answers.
+        options.clinic_facts_ttl = std::time::Duration::ZERO;
         options.bootstrap_admin = Some((ROOT_EMAIL.into(), SecretString::from(ROOT_PASSWORD)));
         options.passwords = Passwords::new(2).unwrap();
         if let Some(clock) = setup.clock {
@@ -241,6 +243,17 @@ fn uuid_like() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A channel to `addr` whose connections come from the loopback address `from` (e.g.
+/// 127.0.0.2): another client address, for tests of what is counted per address.
+pub async fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .local_address(Some(from))
+        .connect()
+        .await
+        .unwrap()
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {

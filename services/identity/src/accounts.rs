@@ -17,6 +17,7 @@ use topsmile_kit::{
     auth::{ACCESS_TOKEN_TTL, AUDIENCE, Claims, ISSUER, Kind},
     names::ResourceId,
     password::Passwords,
+    signin::SignIn,
     time::Clock,
 };
 
@@ -26,7 +27,7 @@ use topsmile_proto::topsmile::patients::v1::{
 };
 
 use crate::{
-    domain::user::{self, Attempt, LockPolicy, NO_CLINIC, User},
+    domain::user::{self, LockPolicy, NO_CLINIC, User},
     keys::SigningKeys,
     store::{RefreshRecord, Spend, Stores},
 };
@@ -95,63 +96,86 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    /// Staff sign-in by email and password.
-    pub async fn login(&self, email: &str, password: &SecretString) -> Result<TokenPair, ApiError> {
-        let email = email.trim().to_lowercase();
-        let found =
-            if email.is_empty() || !(1..=128).contains(&password.expose_secret().chars().count()) {
-                None
-            } else {
-                self.stores.users.get_by_email(&email).await?
-            };
-        let user = match found {
-            Some(user) if user.is_active => user,
-            _ => {
-                // Same work as a real check, so the answer's timing says nothing.
-                self.passwords.verify(password, None).await?;
-                return Err(ApiError::Unauthenticated);
-            }
-        };
-        self.check_password(&user, password).await?;
-        self.issue(&Principal::staff(&user), None).await
-    }
-
-    /// Patient portal sign-in: the patients service checks the credentials (same lock,
-    /// same dummy hash, same generic answer); identity issues the tokens.
-    pub async fn login_patient(
+    /// Staff sign-in by email and password, from the client at `client` (an address:
+    /// failures are counted per account and address, see `topsmile_kit::lockout`).
+    pub async fn login(
         &self,
         email: &str,
         password: &SecretString,
+        client: &str,
     ) -> Result<TokenPair, ApiError> {
+        let email = email.trim().to_lowercase();
+        let found = if email.is_empty() || email.len() > 254 {
+            None
+        } else {
+            match self.stores.users.get_by_email(&email).await? {
+                // A deactivated clinic's staff do not sign in (super admins have none).
+                Some(user) if self.clinic_is_active(&user.clinic).await? => Some(user),
+                _ => None,
+            }
+        };
+        let user = self
+            .sign_in()
+            .verify(self.stores.users.as_ref(), found, password, client)
+            .await?;
+        self.issue(&Principal::staff(&user), None).await
+    }
+
+    /// Patient portal sign-in to `clinic`'s portal: the patients service checks the
+    /// credentials (the same kit routine, lock and answers); identity issues the tokens.
+    pub async fn login_patient(
+        &self,
+        clinic: &str,
+        email: &str,
+        password: &SecretString,
+        client: &str,
+    ) -> Result<TokenPair, ApiError> {
+        let clinic = topsmile_kit::names::ClinicName::parse("clinic", clinic)?;
         let patients = self
             .patients
             .as_ref()
             .ok_or_else(|| ApiError::Unavailable("patient sign-in is not configured".into()))?;
         let (token, _) = self.sign_service_token("identity")?;
-        let name = patients.verify(&token, email, password).await?;
+        let credentials = PortalCredentials {
+            clinic: clinic.to_string(),
+            email,
+            password,
+            client,
+        };
+        let name = patients.verify(&token, &credentials).await?;
+        if !self.clinic_is_active(clinic.clinic.as_str()).await? {
+            return Err(ApiError::Unauthenticated);
+        }
         self.issue(&Principal::patient(&name)?, None).await
     }
 
-    /// Counts the attempt, then checks the password; a locked account is refused
-    /// without hashing anything.
-    async fn check_password(&self, user: &User, password: &SecretString) -> Result<(), ApiError> {
-        let attempt = self
+    /// Whether the clinic `id` (or `-`, no clinic) lets its people sign in.
+    pub async fn clinic_is_active(&self, id: &str) -> Result<bool, ApiError> {
+        if id == NO_CLINIC {
+            return Ok(true);
+        }
+        let Some(id) = ResourceId::parse(id) else {
+            return Ok(false);
+        };
+        Ok(self
             .stores
-            .users
-            .begin_login_attempt(&user.id, self.clock.now(), &self.lock_policy)
-            .await?;
-        if attempt == Attempt::Locked {
-            tracing::warn!(user = %user.id, "sign-in refused: account locked");
-            return Err(ApiError::Unauthenticated);
-        }
-        if !self
-            .passwords
-            .verify(password, Some(&user.password_hash))
+            .clinics
+            .get(&id)
             .await?
-        {
-            return Err(ApiError::Unauthenticated);
+            .is_some_and(|c| c.is_active))
+    }
+
+    fn sign_in(&self) -> SignIn {
+        SignIn {
+            passwords: self.passwords.clone(),
+            policy: self.lock_policy,
+            clock: self.clock.clone(),
         }
-        self.stores.users.login_succeeded(&user.id).await?;
+    }
+
+    /// An admin lifts every sign-in lock of `user`.
+    pub async fn unlock(&self, user: &User) -> Result<(), ApiError> {
+        self.stores.users.unlock_sign_in(user).await?;
         Ok(())
     }
 
@@ -238,26 +262,30 @@ impl Accounts {
         };
         // The session lives only while its principal may still sign in.
         let principal = match record.kind {
+            // A deactivated clinic's sessions end with their next refresh.
             Kind::Staff => match ResourceId::parse(&record.subject) {
-                Some(id) => self
-                    .stores
-                    .users
-                    .get(&id)
-                    .await?
-                    .filter(|u| u.is_active)
-                    .map(|u| Principal::staff(&u)),
+                Some(id) => match self.stores.users.get(&id).await? {
+                    Some(u) if u.is_active && self.clinic_is_active(&u.clinic).await? => {
+                        Some(Principal::staff(&u))
+                    }
+                    _ => None,
+                },
                 None => None,
             },
             Kind::Patient => match &self.patients {
-                Some(patients) => {
+                Some(patients) if self.clinic_is_active(&record.clinic).await? => {
                     let (token, _) = self.sign_service_token("identity")?;
-                    if patients.has_portal_access(&token, &record.subject).await? {
+                    let session = (record.family.as_str(), record.family_created);
+                    if patients
+                        .has_portal_access(&token, &record.subject, session)
+                        .await?
+                    {
                         Some(Principal::patient(&record.subject)?)
                     } else {
                         None
                     }
                 }
-                None => None,
+                _ => None,
             },
             Kind::Service => None,
         };
@@ -292,10 +320,14 @@ impl Accounts {
         caller: &Caller,
         current: &SecretString,
         new: &SecretString,
+        client: &str,
     ) -> Result<(), ApiError> {
         user::password("new_password", new.expose_secret())?;
         let user = self.caller_user(caller).await?;
-        self.check_password(&user, current).await?;
+        let user = self
+            .sign_in()
+            .confirm(self.stores.users.as_ref(), user, current, client)
+            .await?;
         let mut next = user.clone();
         next.password_hash = self.passwords.hash(new).await?;
         next.update_time = self.clock.now();
@@ -431,6 +463,14 @@ fn add(t: jiff::Timestamp, d: Duration) -> jiff::Timestamp {
 }
 
 /// The patients service as identity reaches it: each replica in turn until one answers.
+/// What a portal sign-in sends the patients service.
+struct PortalCredentials<'a> {
+    clinic: String,
+    email: &'a str,
+    password: &'a SecretString,
+    client: &'a str,
+}
+
 pub struct PatientDirectory {
     replicas: Vec<tonic::transport::Channel>,
 }
@@ -482,14 +522,15 @@ impl PatientDirectory {
     async fn verify(
         &self,
         token: &str,
-        email: &str,
-        password: &SecretString,
+        credentials: &PortalCredentials<'_>,
     ) -> Result<String, ApiError> {
         let mut last = ApiError::Unavailable("no patients replica".into());
         for channel in &self.replicas {
             let request = VerifyPatientCredentialsRequest {
-                email: email.to_owned(),
-                password: password.expose_secret().to_owned(),
+                clinic: credentials.clinic.clone(),
+                email: credentials.email.to_owned(),
+                password: credentials.password.expose_secret().to_owned(),
+                client_address: credentials.client.to_owned(),
             };
             match Self::client(channel, token)?
                 .verify_patient_credentials(request)
@@ -505,12 +546,19 @@ impl PatientDirectory {
         Err(last)
     }
 
-    /// Whether the patient may still use the portal.
-    async fn has_portal_access(&self, token: &str, name: &str) -> Result<bool, ApiError> {
+    /// Whether the patient may still use the portal in the session `(sid, started)`.
+    async fn has_portal_access(
+        &self,
+        token: &str,
+        name: &str,
+        (session, started): (&str, jiff::Timestamp),
+    ) -> Result<bool, ApiError> {
         let mut last = ApiError::Unavailable("no patients replica".into());
         for channel in &self.replicas {
             let request = GetPortalAccessRequest {
                 name: name.to_owned(),
+                session: session.to_owned(),
+                session_start: Some(topsmile_kit::time::to_proto(started)),
             };
             match Self::client(channel, token)?
                 .get_portal_access(request)

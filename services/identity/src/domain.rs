@@ -2,7 +2,9 @@
 //! plain types: no proto, no store.
 
 use jiff::Timestamp;
-use topsmile_kit::{FieldViolation, address::PostalAddress, names::ResourceId, validate};
+use topsmile_kit::{
+    FieldViolation, address::PostalAddress, mask::UpdatePaths, names::ResourceId, validate,
+};
 
 /// A clinic, the tenant every other record belongs to.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,96 +125,33 @@ pub fn validate_fields(
     }
 }
 
-/// An IANA time zone name that this build's time zone database knows ("UTC" included).
+/// An IANA time zone name, as the kit checks it (canonical spelling only).
 pub fn time_zone(field: &str, value: &str) -> Result<String, FieldViolation> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(FieldViolation::new(
-            field,
-            "is required (an IANA time zone such as \"America/Sao_Paulo\")",
-        ));
-    }
-    jiff::tz::TimeZone::get(value)
-        .map(|_| value.to_owned())
-        .map_err(|_| FieldViolation::new(field, format!("{value:?} is not an IANA time zone")))
+    topsmile_kit::validate::time_zone(field, value)
 }
 
-/// Applies an update mask: the named fields come from `incoming`, the rest stay as in
-/// `current`. An empty mask means every field that is set in the request, as AIP-134
-/// asks. Unknown paths are a violation of `update_mask`.
+/// `current` with the fields the update applies taken from `incoming` (see
+/// [`UpdatePaths`]: an empty mask means every field set in the request).
 pub fn apply_mask(
     current: &ClinicFields,
     incoming: ClinicInput,
-    mask: &[String],
-) -> Result<ClinicInput, Vec<FieldViolation>> {
-    let paths: Vec<String> = if mask.is_empty() {
-        let mut set = Vec::new();
-        let present = [
-            ("display_name", !incoming.display_name.is_empty()),
-            ("address", incoming.address.is_some()),
-            ("phone", !incoming.phone.is_empty()),
-            ("email", !incoming.email.is_empty()),
-            ("time_zone", !incoming.time_zone.is_empty()),
-        ];
-        for (name, is_set) in present {
-            if is_set {
-                set.push(name.to_owned());
-            }
-        }
-        set
-    } else {
-        mask.to_vec()
-    };
-    let unknown: Vec<FieldViolation> = paths
-        .iter()
-        .filter(|p| !UPDATABLE_FIELDS.contains(&p.as_str()))
-        .map(|p| {
-            FieldViolation::new(
-                "update_mask",
-                format!(
-                    "{p:?} cannot be updated; updatable: {}",
-                    UPDATABLE_FIELDS.join(", ")
-                ),
-            )
-        })
-        .collect();
-    if !unknown.is_empty() {
-        return Err(unknown);
+    paths: &UpdatePaths,
+) -> ClinicInput {
+    ClinicInput {
+        display_name: paths.pick(
+            "display_name",
+            current.display_name.clone(),
+            incoming.display_name,
+        ),
+        address: paths.pick(
+            "address",
+            current.address.clone().map(Into::into),
+            incoming.address,
+        ),
+        phone: paths.pick("phone", current.phone.clone(), incoming.phone),
+        email: paths.pick("email", current.email.clone(), incoming.email),
+        time_zone: paths.pick("time_zone", current.time_zone.clone(), incoming.time_zone),
     }
-    if paths.is_empty() {
-        return Err(vec![FieldViolation::new(
-            "update_mask",
-            "names no field to change",
-        )]);
-    }
-    let has = |name: &str| paths.iter().any(|p| p == name);
-    Ok(ClinicInput {
-        display_name: if has("display_name") {
-            incoming.display_name
-        } else {
-            current.display_name.clone()
-        },
-        address: if has("address") {
-            incoming.address
-        } else {
-            current.address.clone().map(Into::into)
-        },
-        phone: if has("phone") {
-            incoming.phone
-        } else {
-            current.phone.clone()
-        },
-        email: if has("email") {
-            incoming.email
-        } else {
-            current.email.clone()
-        },
-        time_zone: if has("time_zone") {
-            incoming.time_zone
-        } else {
-            current.time_zone.clone()
-        },
-    })
 }
 
 #[cfg(test)]
@@ -262,28 +201,9 @@ mod tests {
             phone: "+1 555 0100 22".into(),
             ..Default::default()
         };
-        let merged = apply_mask(&current, incoming, &["display_name".into()]).unwrap();
+        let merged = apply_mask(&current, incoming, &UpdatePaths::trusted(["display_name"]));
         assert_eq!(merged.display_name, "New");
         assert_eq!(merged.phone, "+55 11 5555-0100");
-    }
-
-    #[test]
-    fn empty_mask_means_fields_that_are_set() {
-        let current = validate_fields("clinic", input()).unwrap();
-        let incoming = ClinicInput {
-            phone: "+1 555 0100 22".into(),
-            ..Default::default()
-        };
-        let merged = apply_mask(&current, incoming, &[]).unwrap();
-        assert_eq!(merged.phone, "+1 555 0100 22");
-        assert_eq!(merged.display_name, "Sorriso Centro");
-    }
-
-    #[test]
-    fn unknown_mask_paths_are_rejected() {
-        let current = validate_fields("clinic", input()).unwrap();
-        let err = apply_mask(&current, ClinicInput::default(), &["is_active".into()]).unwrap_err();
-        assert_eq!(err[0].field, "update_mask");
     }
 }
 

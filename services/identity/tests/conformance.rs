@@ -9,11 +9,12 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use jiff::Timestamp;
-use topsmile_identity::domain::user::{Attempt, LockPolicy, LoginState, Role, User};
+use topsmile_identity::domain::user::{Attempt, LockPolicy, Role, User};
 use topsmile_identity::{
     domain::{Clinic, ClinicFields},
     store::{RefreshRecord, Spend, Stores, embedded::EmbeddedIdentity, mongo::MongoIdentity},
 };
+use topsmile_kit::signin::SignInCounters;
 use topsmile_kit::{StoreError, names::ResourceId, paging::PageRequest, store::mongo, testing};
 
 /// A store under test and what must be cleaned up after it.
@@ -114,6 +115,7 @@ conformance!(
     sign_in_attempts_lock_the_account_until_the_lock_expires,
     racing_sign_in_attempts_let_at_most_the_threshold_through,
     a_successful_sign_in_resets_the_counters,
+    guessing_from_many_addresses_meets_the_account_bound_until_unlocked,
     a_refresh_token_spends_once_then_reads_as_reused,
     racing_spends_of_one_token_have_exactly_one_winner,
     an_expired_refresh_token_is_unknown_before_any_cleanup,
@@ -327,7 +329,6 @@ fn user(clinic: &str, email: &str, role: Role) -> User {
         is_active: true,
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
             .to_owned(),
-        login: LoginState::default(),
         create_time: t,
         update_time: t,
         version: 1,
@@ -413,10 +414,7 @@ async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
         .unwrap();
     let policy = LockPolicy::default();
     assert_eq!(
-        s.users
-            .begin_login_attempt(&u.id, now(), &policy)
-            .await
-            .unwrap(),
+        attempt(s, &u, CLIENT, now(), &policy).await,
         Attempt::Proceed
     );
     let next = User {
@@ -427,8 +425,15 @@ async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
     s.users.update_profile(&next).await.unwrap();
     let stored = s.users.get(&u.id).await.unwrap().unwrap();
     assert_eq!(stored.role, Role::Provider);
+    for _ in 1..policy.threshold {
+        assert_eq!(
+            attempt(s, &stored, CLIENT, now(), &policy).await,
+            Attempt::Proceed
+        );
+    }
     assert_eq!(
-        stored.login.failed, 1,
+        attempt(s, &stored, CLIENT, now(), &policy).await,
+        Attempt::Locked,
         "a profile update must not reset sign-in counters"
     );
     let stale = User {
@@ -522,6 +527,24 @@ async fn a_super_admin_is_found(s: &Stores) {
     assert!(s.users.any_super_admin().await.unwrap());
 }
 
+const CLIENT: &str = "203.0.113.7";
+
+async fn attempt(
+    s: &Stores,
+    u: &User,
+    client: &str,
+    at: Timestamp,
+    policy: &LockPolicy,
+) -> Attempt {
+    let counters: &dyn SignInCounters<User> = s.users.as_ref();
+    counters.begin_sign_in(u, client, at, policy).await.unwrap()
+}
+
+fn plus(t: Timestamp, secs: i64) -> Timestamp {
+    t.checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap()
+}
+
 async fn sign_in_attempts_lock_the_account_until_the_lock_expires(s: &Stores) {
     let u = s
         .users
@@ -531,69 +554,38 @@ async fn sign_in_attempts_lock_the_account_until_the_lock_expires(s: &Stores) {
     let policy = LockPolicy::default();
     let t0 = now();
     for _ in 0..policy.threshold {
-        assert_eq!(
-            s.users
-                .begin_login_attempt(&u.id, t0, &policy)
-                .await
-                .unwrap(),
-            Attempt::Proceed
-        );
+        assert_eq!(attempt(s, &u, CLIENT, t0, &policy).await, Attempt::Proceed);
     }
+    assert_eq!(attempt(s, &u, CLIENT, t0, &policy).await, Attempt::Locked);
+    // Locked for that address only: the owner elsewhere proceeds.
     assert_eq!(
-        s.users
-            .begin_login_attempt(&u.id, t0, &policy)
-            .await
-            .unwrap(),
-        Attempt::Locked
-    );
-    let almost = t0
-        .checked_add(jiff::SignedDuration::from_secs(14 * 60))
-        .unwrap();
-    assert_eq!(
-        s.users
-            .begin_login_attempt(&u.id, almost, &policy)
-            .await
-            .unwrap(),
-        Attempt::Locked
-    );
-    let after = t0
-        .checked_add(jiff::SignedDuration::from_secs(15 * 60 + 1))
-        .unwrap();
-    assert_eq!(
-        s.users
-            .begin_login_attempt(&u.id, after, &policy)
-            .await
-            .unwrap(),
+        attempt(s, &u, "198.51.100.4", t0, &policy).await,
         Attempt::Proceed
     );
-    // The second lock lasts longer than the first.
+    assert_eq!(
+        attempt(s, &u, CLIENT, plus(t0, 14 * 60), &policy).await,
+        Attempt::Locked
+    );
+    let after = plus(t0, 15 * 60 + 1);
+    assert_eq!(
+        attempt(s, &u, CLIENT, after, &policy).await,
+        Attempt::Proceed
+    );
+    // The second lock lasts longer than the first (30 minutes).
     for _ in 1..policy.threshold {
-        s.users
-            .begin_login_attempt(&u.id, after, &policy)
-            .await
-            .unwrap();
+        attempt(s, &u, CLIENT, after, &policy).await;
     }
     assert_eq!(
-        s.users
-            .begin_login_attempt(&u.id, after, &policy)
-            .await
-            .unwrap(),
+        attempt(s, &u, CLIENT, after, &policy).await,
         Attempt::Locked
     );
-    let locked = s.users.get(&u.id).await.unwrap().unwrap().login;
-    assert_eq!(locked.lock_count, 2);
-    let until = locked.locked_until.unwrap();
     assert_eq!(
-        until.duration_since(after),
-        jiff::SignedDuration::from_secs(30 * 60)
-    );
-    let missing = ResourceId::generate();
-    assert_eq!(
-        s.users
-            .begin_login_attempt(&missing, t0, &policy)
-            .await
-            .unwrap(),
+        attempt(s, &u, CLIENT, plus(after, 29 * 60), &policy).await,
         Attempt::Locked
+    );
+    assert_eq!(
+        attempt(s, &u, CLIENT, plus(after, 30 * 60 + 1), &policy).await,
+        Attempt::Proceed
     );
 }
 
@@ -605,17 +597,14 @@ async fn racing_sign_in_attempts_let_at_most_the_threshold_through(s: &Stores) {
         .unwrap();
     let policy = LockPolicy::default();
     let t = now();
-    let attempts = (0..50).map(|_| s.users.begin_login_attempt(&u.id, t, &policy));
-    let outcomes: Vec<Attempt> = join_all(attempts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let outcomes = join_all((0..50).map(|_| attempt(s, &u, CLIENT, t, &policy))).await;
     let through = outcomes.iter().filter(|o| **o == Attempt::Proceed).count();
     assert_eq!(through, usize::try_from(policy.threshold).unwrap());
-    let state = s.users.get(&u.id).await.unwrap().unwrap().login;
-    assert!(state.locked_until.is_some_and(|until| until > t));
-    assert_eq!(state.lock_count, 1, "one lock, however many attempts raced");
+    // One lock, however many attempts raced: it ends after the first lock's length.
+    assert_eq!(
+        attempt(s, &u, CLIENT, plus(t, 15 * 60 + 1), &policy).await,
+        Attempt::Proceed
+    );
 }
 
 async fn a_successful_sign_in_resets_the_counters(s: &Stores) {
@@ -626,15 +615,51 @@ async fn a_successful_sign_in_resets_the_counters(s: &Stores) {
         .unwrap();
     let policy = LockPolicy::default();
     for _ in 0..3 {
-        s.users
-            .begin_login_attempt(&u.id, now(), &policy)
-            .await
-            .unwrap();
+        attempt(s, &u, CLIENT, now(), &policy).await;
     }
-    s.users.login_succeeded(&u.id).await.unwrap();
+    let counters: &dyn SignInCounters<User> = s.users.as_ref();
+    counters.sign_in_succeeded(&u, CLIENT).await.unwrap();
+    for _ in 0..policy.threshold {
+        assert_eq!(
+            attempt(s, &u, CLIENT, now(), &policy).await,
+            Attempt::Proceed
+        );
+    }
     assert_eq!(
-        s.users.get(&u.id).await.unwrap().unwrap().login,
-        LoginState::default()
+        attempt(s, &u, CLIENT, now(), &policy).await,
+        Attempt::Locked
+    );
+}
+
+async fn guessing_from_many_addresses_meets_the_account_bound_until_unlocked(s: &Stores) {
+    let u = s
+        .users
+        .create(user("c1", "ana@example.com", Role::Staff), None)
+        .await
+        .unwrap();
+    let policy = LockPolicy::default();
+    let t = now();
+    let per_address = policy.threshold;
+    let addresses = policy.account_threshold / per_address;
+    for host in 0..addresses {
+        let client = format!("198.51.100.{host}");
+        for _ in 0..per_address {
+            assert_eq!(attempt(s, &u, &client, t, &policy).await, Attempt::Proceed);
+        }
+    }
+    assert_eq!(
+        attempt(s, &u, "192.0.2.200", t, &policy).await,
+        Attempt::Locked,
+        "the account-wide bound holds for a fresh address"
+    );
+    s.users.unlock_sign_in(&u).await.unwrap();
+    assert_eq!(
+        attempt(s, &u, "198.51.100.0", t, &policy).await,
+        Attempt::Proceed
+    );
+    assert_eq!(
+        attempt(s, &u, "192.0.2.200", t, &policy).await,
+        Attempt::Proceed
     );
 }
 

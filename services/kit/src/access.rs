@@ -339,6 +339,24 @@ fn refused(e: TokenError) -> ApiError {
 }
 
 /// The token of `authorization: Bearer <token>`.
+/// The header in which the gateway passes on the client's address (it strips any
+/// client-sent `x-topsmile-*` header first).
+pub const CLIENT_ADDRESS_HEADER: &str = "x-topsmile-client-address";
+
+/// The address of the client behind a call: what the gateway saw, or the peer address
+/// for a call made directly; `unknown` when neither is known. It keys the sign-in lock:
+/// a direct caller could set the header, but the per-account bound holds whatever it
+/// says, and in Kubernetes only the gateway may reach the services.
+pub fn client_address<T>(request: &tonic::Request<T>) -> String {
+    request
+        .metadata()
+        .get(CLIENT_ADDRESS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+        .or_else(|| request.remote_addr().map(|a| a.ip()))
+        .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+}
+
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

@@ -183,7 +183,9 @@ impl KeyRing {
             reason,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            if !dir.as_os_str().is_empty() {
+                crate::files::private_dir(dir).map_err(|e| err(e.to_string()))?;
+            }
         }
         let text = serde_json::to_string_pretty(&self.keys).map_err(|e| err(e.to_string()))?;
         let tmp = path.with_extension("tmp");

@@ -77,12 +77,21 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// How many field violations one error reports; the rest are counted, not listed, so
+/// that a request with thousands of bad entries still gets a small, complete answer.
+pub const MAX_VIOLATIONS: usize = 20;
+
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
+    let shown = violations
         .iter()
+        .take(MAX_VIOLATIONS)
         .map(|v| format!("{} {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    match violations.len().saturating_sub(MAX_VIOLATIONS) {
+        0 => shown,
+        more => format!("{shown}; and {more} more"),
+    }
 }
 
 impl ApiError {
@@ -142,10 +151,15 @@ impl From<ApiError> for Status {
         let mut details = ErrorDetails::new();
         let (code, message) = match &e {
             ApiError::Invalid(violations) => {
-                for v in violations {
+                for v in violations.iter().take(MAX_VIOLATIONS) {
                     details.add_bad_request_violation(v.field.clone(), v.description.clone());
                 }
-                info(&mut details);
+                let mut metadata = HashMap::new();
+                let more = violations.len().saturating_sub(MAX_VIOLATIONS);
+                if more > 0 {
+                    metadata.insert("more_violations".to_owned(), more.to_string());
+                }
+                details.set_error_info(reason, ERROR_DOMAIN, metadata);
                 (Code::InvalidArgument, e.to_string())
             }
             ApiError::NotFound(_) => (Code::NotFound, e.to_string()),
@@ -196,6 +210,27 @@ mod tests {
         assert_eq!(bad, Some(2));
         let reason = details.error_info().map(|i| i.reason.clone());
         assert_eq!(reason.as_deref(), Some("INVALID_ARGUMENT"));
+    }
+
+    #[test]
+    fn violations_are_capped_with_a_count_of_the_rest() {
+        let many: Vec<FieldViolation> = (0..1000)
+            .map(|i| FieldViolation::new(format!("allergies[{i}].allergen"), "is required"))
+            .collect();
+        let status = Status::from(ApiError::Invalid(many));
+        let details = status.get_error_details();
+        let listed = details.bad_request().map(|b| b.field_violations.len());
+        assert_eq!(listed, Some(MAX_VIOLATIONS));
+        let more = details
+            .error_info()
+            .and_then(|i| i.metadata.get("more_violations").cloned());
+        assert_eq!(more.as_deref(), Some("980"));
+        assert!(
+            status.message().ends_with("and 980 more"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().len() < 2000);
     }
 
     #[test]

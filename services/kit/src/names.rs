@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::error::FieldViolation;
+use crate::{error::FieldViolation, validate::shown};
 
 /// The id segment of a resource name: 1 to 63 characters of `a-z`, `0-9` and `-`,
 /// starting with a letter or digit (RFC 1034 style, as AIP-122 recommends).
@@ -54,7 +54,10 @@ impl ClinicName {
         let invalid = || {
             FieldViolation::new(
                 field,
-                format!("{value:?} is not a clinic name: want clinics/{{clinic}}"),
+                format!(
+                    "{} is not a clinic name: want clinics/{{clinic}}",
+                    shown(value)
+                ),
             )
         };
         let mut parts = value.split('/');
@@ -91,7 +94,8 @@ impl ClinicScopedName {
             FieldViolation::new(
                 field,
                 format!(
-                    "{value:?} is not a valid name: want clinics/{{clinic}}/{collection}/{{id}}"
+                    "{} is not a valid name: want clinics/{{clinic}}/{collection}/{{id}}",
+                    shown(value)
                 ),
             )
         };
@@ -159,6 +163,19 @@ mod tests {
         );
         assert!(ClinicScopedName::parse("name", "patients", "clinics/c1/users/p1").is_err());
         assert!(ClinicScopedName::parse("name", "patients", "clinics/c1/patients/p1/x").is_err());
+    }
+
+    #[test]
+    fn violations_never_echo_a_long_name_whole() {
+        let long = format!("clinics/{}", "a".repeat(1 << 20));
+        let clinic = ClinicName::parse("name", &long)
+            .err()
+            .map(|v| v.description.len());
+        let scoped = ClinicScopedName::parse("name", "patients", &long)
+            .err()
+            .map(|v| v.description.len());
+        assert!(clinic.is_some_and(|n| n < 200), "{clinic:?}");
+        assert!(scoped.is_some_and(|n| n < 200), "{scoped:?}");
     }
 
     #[test]

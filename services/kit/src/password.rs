@@ -28,15 +28,40 @@ pub const ITERATIONS: u32 = 2;
 /// Lanes.
 pub const PARALLELISM: u32 = 1;
 
-/// The password policy of every TopSmile account, staff and patients: 12 to 128
-/// characters (characters, not bytes: "é" counts once).
+/// Common passwords of 12 characters or more, refused whatever their length.
+const COMMON_PASSWORDS: &str = include_str!("../data/common-passwords.txt");
+
+/// The password policy of every TopSmile account, staff and patients (NIST SP 800-63B):
+/// 12 to 128 characters (characters, not bytes: "é" counts once); not only whitespace;
+/// no control characters; not one of the bundled common passwords (compared without
+/// regard to case), nor a run of one to four characters repeated ("aaaaaaaaaaaa",
+/// "abcabcabcabc"). No composition rules: length is what makes a password strong.
 pub fn check_policy(field: &str, value: &str) -> Result<(), crate::FieldViolation> {
-    let n = value.chars().count();
-    if !(12..=128).contains(&n) {
-        return Err(crate::FieldViolation::new(
-            field,
-            "must be 12 to 128 characters",
-        ));
+    let refuse = |why: &str| Err(crate::FieldViolation::new(field, why));
+    let chars: Vec<char> = value.chars().collect();
+    if !(12..=128).contains(&chars.len()) {
+        return refuse("must be 12 to 128 characters");
+    }
+    if chars.iter().all(|c| c.is_whitespace()) {
+        return refuse("must not be only whitespace");
+    }
+    if chars.iter().any(|c| c.is_control()) {
+        return refuse("must not contain control characters");
+    }
+    let repeated = (1..=4).any(|period| {
+        chars.len() % period == 0
+            && chars
+                .iter()
+                .enumerate()
+                .all(|(i, c)| *c == chars[i % period])
+    });
+    let lowered = value.to_lowercase();
+    let common = COMMON_PASSWORDS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l.trim() == lowered);
+    if repeated || common {
+        return refuse("is too common or too easy to guess: choose another");
     }
     Ok(())
 }
@@ -53,6 +78,7 @@ struct Inner {
     /// A real hash of a random password: unknown accounts are verified against it.
     dummy: String,
     verifications: AtomicU64,
+    guesses: AtomicU64,
 }
 
 impl Passwords {
@@ -75,6 +101,7 @@ impl Passwords {
                 permits: Semaphore::new(max_parallel.max(1)),
                 dummy,
                 verifications: AtomicU64::new(0),
+                guesses: AtomicU64::new(0),
             }),
         })
     }
@@ -110,6 +137,9 @@ impl Passwords {
         let phc = phc.map(str::to_owned);
         self.run(move |inner| {
             inner.verifications.fetch_add(1, Ordering::Relaxed);
+            if known {
+                inner.guesses.fetch_add(1, Ordering::Relaxed);
+            }
             let phc = phc.as_deref().unwrap_or(&inner.dummy);
             let parsed = PasswordHash::new(phc)
                 .map_err(|e| ApiError::Internal(format!("stored hash: {e}")))?;
@@ -122,9 +152,15 @@ impl Passwords {
         .await
     }
 
-    /// Password checks run so far (tests use it to prove that locked accounts cost nothing).
+    /// Password checks run so far, against real and dummy hashes alike.
     pub fn verifications(&self) -> u64 {
         self.inner.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Checks against a real account's hash so far: the guesses that could have
+    /// succeeded (tests use it to prove that a locked account is not guessed at).
+    pub fn guesses_checked(&self) -> u64 {
+        self.inner.guesses.load(Ordering::Relaxed)
     }
 
     async fn run<T, F>(&self, work: F) -> Result<T, ApiError>
@@ -148,6 +184,31 @@ impl Passwords {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_follows_nist_800_63b() {
+        for ok in [
+            "correct horse battery",
+            "josé's portal password",
+            "ana's long password",
+        ] {
+            assert_eq!(check_policy("p", ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "short",
+            &"x".repeat(129),
+            "            ",
+            "tab\tinside password",
+            "Password1234",
+            "PASSWORD1234",
+            "qwertyuiop123",
+            "aaaaaaaaaaaa",
+            "abcabcabcabc",
+            "abcdabcdabcd",
+        ] {
+            assert!(check_policy("p", bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[tokio::test]
     async fn a_hash_verifies_only_its_own_password() {

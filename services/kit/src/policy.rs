@@ -105,6 +105,21 @@ impl PolicyTable {
 
     /// Fully-qualified names of the services the edge exposes: every service with at
     /// least one method that is not internal, sorted.
+    /// Services whose every method is internal: never exposed at the edge, not even
+    /// by reflection.
+    pub fn internal_services(&self) -> Vec<String> {
+        let public = self.public_services();
+        let mut names: Vec<String> = self
+            .methods
+            .values()
+            .filter(|m| !public.contains(&m.service))
+            .map(|m| m.service.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     pub fn public_services(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .methods

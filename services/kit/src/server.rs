@@ -33,6 +33,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("the contracts' descriptor set does not decode: {0}")]
+    Descriptors(String),
     #[error("reflection set-up failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
@@ -48,23 +50,50 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 /// Adds reflection over the given fully-qualified service names (plus health), from the
 /// contracts' descriptor set, in both protocol versions.
-pub fn add_reflection(routes: Routes, names: &[&str]) -> Result<Routes, ServeError> {
+///
+/// The definitions of the `hidden` services are left out of the descriptors served, so
+/// `describe` finds them no more than `list` does (the gateway hides the internal,
+/// service-to-service APIs this way).
+pub fn add_reflection(
+    routes: Routes,
+    names: &[&str],
+    hidden: &[&str],
+) -> Result<Routes, ServeError> {
+    let contracts = contracts_without(hidden)?;
     let v1 = names
         .iter()
-        .fold(reflection_builder(), |b, n| b.with_service_name(*n))
+        .fold(reflection_builder(contracts.clone()), |b, n| {
+            b.with_service_name(*n)
+        })
         .build_v1()?;
     let v1alpha = names
         .iter()
-        .fold(reflection_builder(), |b, n| b.with_service_name(*n))
+        .fold(reflection_builder(contracts), |b, n| {
+            b.with_service_name(*n)
+        })
         .build_v1alpha()?;
     Ok(routes.add_service(v1).add_service(v1alpha))
 }
 
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+/// The contracts' descriptor set minus the definitions of the `hidden` services.
+fn contracts_without(hidden: &[&str]) -> Result<prost_types::FileDescriptorSet, ServeError> {
+    let mut set = <prost_types::FileDescriptorSet as prost::Message>::decode(FILE_DESCRIPTOR_SET)
+        .map_err(|e| ServeError::Descriptors(e.to_string()))?;
+    for file in &mut set.file {
+        let package = file.package().to_owned();
+        file.service
+            .retain(|s| !hidden.contains(&format!("{package}.{}", s.name()).as_str()));
+    }
+    Ok(set)
+}
+
+fn reflection_builder(
+    contracts: prost_types::FileDescriptorSet,
+) -> tonic_reflection::server::Builder<'static> {
     // The health contract and google.rpc's error details are served too, so grpcurl can
     // call health checks and print the rich error details of a failed call.
     tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(contracts)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(tonic_health::pb::health_server::HealthServer::<
@@ -95,8 +124,11 @@ pub async fn serve(
             .await;
     }
 
-    let routes =
-        answer_unserved_methods(add_reflection(routes.add_service(health_service), names)?);
+    let routes = answer_unserved_methods(add_reflection(
+        routes.add_service(health_service),
+        names,
+        &[],
+    )?);
 
     let local = listener.local_addr().ok();
     let incoming = TcpListenerStream::new(listener).map(|conn| {

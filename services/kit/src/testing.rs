@@ -48,6 +48,7 @@ pub const NX_27017_GAPS: &[&str] = &[
     "hello reports no replica set name",
     "explain reports SQLite's plan; finds scan the collection whatever the indexes",
     "a compound index that includes _id makes every later insert fail (JSON path error)",
+    "$setOnInsert is not applied by an upsert (fields that never change are written with $set)",
 ];
 
 /// Whether `database` is served by nx-27017 (its `buildInfo` names the process), so a

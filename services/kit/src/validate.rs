@@ -3,6 +3,22 @@
 
 use crate::error::FieldViolation;
 
+/// How many characters of a caller's value an error message repeats.
+pub const SHOWN_CHARS: usize = 64;
+
+/// A caller's value as an error message may show it: quoted, control characters
+/// escaped, and cut after [`SHOWN_CHARS`] characters with a note of how long it was.
+/// Errors never echo unbounded input: a multi-megabyte name would otherwise come back
+/// in a status message (and a header) of the same size.
+pub fn shown(value: &str) -> String {
+    let count = value.chars().count();
+    if count <= SHOWN_CHARS {
+        return format!("{value:?}");
+    }
+    let head: String = value.chars().take(SHOWN_CHARS).collect();
+    format!("{head:?}... ({count} characters)")
+}
+
 /// A required, trimmed text of 1..=max characters with no control characters.
 pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, FieldViolation> {
     let value = value.trim();
@@ -65,6 +81,40 @@ pub fn phone(field: &str, value: &str) -> Result<String, FieldViolation> {
     Ok(value.to_owned())
 }
 
+/// An IANA time zone name exactly as the time zone database spells it
+/// ("America/Sao_Paulo", "UTC"). Wrong case, and the database's pseudo-zones that name
+/// no place (`Factory`, `localtime`, `posixrules`), are refused: a clinic's zone decides
+/// every wall-clock rule, so it must be a real, unambiguous one.
+pub fn time_zone(field: &str, value: &str) -> Result<String, FieldViolation> {
+    const PSEUDO_ZONES: &[&str] = &["Factory", "localtime", "posixrules", "posix", "right"];
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(FieldViolation::new(
+            field,
+            "is required (an IANA time zone such as \"America/Sao_Paulo\")",
+        ));
+    }
+    let pseudo = PSEUDO_ZONES
+        .iter()
+        .any(|p| value == *p || value.starts_with(&format!("{p}/")));
+    let known = !pseudo
+        && value.len() <= 64
+        && jiff::tz::db()
+            .available()
+            .any(|name| name.as_str() == value)
+        && jiff::tz::TimeZone::get(value).is_ok();
+    if !known {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "{} is not an IANA time zone name (spelled as in the database, e.g. \"America/Sao_Paulo\")",
+                shown(value)
+            ),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 /// A client-chosen idempotency key: up to 100 printable ASCII characters.
 pub fn request_id(field: &str, value: &str) -> Result<Option<String>, FieldViolation> {
     if value.is_empty() {
@@ -110,6 +160,38 @@ mod tests {
         for bad in ["", "123", "+55 11 5555 0100 0000 0", "55+11", "call me"] {
             assert!(phone("p", bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn only_canonical_time_zone_names_are_accepted() {
+        for ok in [
+            "America/Sao_Paulo",
+            "UTC",
+            "Europe/Berlin",
+            "Australia/Lord_Howe",
+        ] {
+            assert_eq!(time_zone("tz", ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "america/sao_paulo",
+            "AMERICA/NEW_YORK",
+            "localtime",
+            "Factory",
+            "posixrules",
+            "Mars/Olympus",
+            "../etc/passwd",
+        ] {
+            assert!(time_zone("tz", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn shown_values_are_bounded() {
+        assert_eq!(shown("abc"), "\"abc\"");
+        let long = shown(&"é".repeat(5000));
+        assert!(long.chars().count() < SHOWN_CHARS + 40, "{long}");
+        assert!(long.ends_with("(5000 characters)"), "{long}");
     }
 
     #[test]

@@ -31,14 +31,26 @@ pub const SERVED: &[&str] = &[
     PatientInternalServiceServer::<internal::InternalApi>::NAME,
 ];
 
-pub fn routes(stores: Stores, passwords: Passwords, limits: &ServerLimits) -> Routes {
+/// The services, on `stores`; `clinics` is identity, asked whether a clinic is still
+/// active before its records are written.
+pub fn routes(
+    stores: Stores,
+    passwords: Passwords,
+    clinics: topsmile_kit::clinics::ClinicDirectory,
+    limits: &ServerLimits,
+) -> Routes {
     let max = limits.max_message_bytes;
     let trail = audit::Trail::new(stores.audit.clone());
+    let sign_in = topsmile_kit::signin::SignIn::new(
+        passwords,
+        std::sync::Arc::new(topsmile_kit::time::SystemClock),
+    );
     Routes::new(
         PatientServiceServer::new(patients::PatientApi::new(
             stores.clone(),
             trail.clone(),
-            passwords.clone(),
+            sign_in.clone(),
+            clinics.clone(),
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
@@ -47,15 +59,19 @@ pub fn routes(stores: Stores, passwords: Passwords, limits: &ServerLimits) -> Ro
         PatientInternalServiceServer::new(internal::InternalApi::new(
             stores.clone(),
             trail.clone(),
-            passwords,
+            sign_in,
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
     )
     .add_service(
-        MedicalHistoryServiceServer::new(history::MedicalHistoryApi::new(stores.clone(), trail))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
+        MedicalHistoryServiceServer::new(history::MedicalHistoryApi::new(
+            stores.clone(),
+            trail,
+            clinics,
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     )
     .add_service(
         AuditServiceServer::new(audit::AuditApi::new(stores.audit))

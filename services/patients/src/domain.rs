@@ -4,7 +4,9 @@
 pub mod history;
 
 use jiff::{Timestamp, civil::Date};
-use topsmile_kit::{FieldViolation, address::PostalAddress, names::ResourceId, validate};
+use topsmile_kit::{
+    FieldViolation, address::PostalAddress, mask::UpdatePaths, names::ResourceId, validate,
+};
 
 /// A patient of one clinic.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +17,11 @@ pub struct Patient {
     pub is_active: bool,
     /// The portal password (argon2id PHC), once staff enabled portal access.
     pub password_hash: Option<String>,
+    /// When the portal password was last set (epoch ms; 0: never): portal sessions that
+    /// began earlier end at their next refresh ...
+    pub password_set_ms: i64,
+    /// ... except this one, the patient's own session that changed it.
+    pub password_kept_session: String,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     /// Bumped by every change; the etag clients send back.
@@ -33,7 +40,29 @@ pub struct PatientFields {
     pub address: Option<PostalAddress>,
 }
 
+impl topsmile_kit::signin::Account for Patient {
+    fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn password_hash(&self) -> Option<&str> {
+        self.password_hash.as_deref()
+    }
+
+    fn may_sign_in(&self) -> bool {
+        self.is_active
+    }
+}
+
 impl Patient {
+    /// Whether a portal session that began at `session_start_ms` may go on.
+    pub fn portal_session_allowed(&self, session: &str, session_start_ms: i64) -> bool {
+        self.is_active
+            && self.password_hash.is_some()
+            && (session_start_ms >= self.password_set_ms
+                || (!session.is_empty() && session == self.password_kept_session))
+    }
+
     pub fn new(clinic: ResourceId, fields: PatientFields, now: Timestamp) -> Self {
         Self {
             id: ResourceId::generate(),
@@ -41,6 +70,8 @@ impl Patient {
             fields,
             is_active: true,
             password_hash: None,
+            password_set_ms: 0,
+            password_kept_session: String::new(),
             create_time: now,
             update_time: now,
             version: 1,
@@ -231,35 +262,25 @@ pub fn input_of(fields: &PatientFields) -> PatientInput {
     }
 }
 
-/// `current` with the masked fields taken from `incoming`. An empty mask means every
-/// updatable field. Unknown paths are a violation of `update_mask`.
+/// `current` with the fields the update applies taken from `incoming` (an empty mask
+/// means every field set in the request: see [`UpdatePaths`]).
 pub fn apply_mask(
     current: PatientInput,
     incoming: PatientInput,
-    mask: &[String],
-) -> Result<PatientInput, FieldViolation> {
-    let all: Vec<String> = UPDATABLE_FIELDS.iter().map(|f| (*f).to_owned()).collect();
-    let mut merged = current;
-    for path in if mask.is_empty() { &all } else { mask } {
-        match path.as_str() {
-            "given_name" => merged.given_name = incoming.given_name.clone(),
-            "family_name" => merged.family_name = incoming.family_name.clone(),
-            "email" => merged.email = incoming.email.clone(),
-            "phone" => merged.phone = incoming.phone.clone(),
-            "date_of_birth" => merged.date_of_birth = incoming.date_of_birth,
-            "address" => merged.address = incoming.address.clone(),
-            other => {
-                return Err(FieldViolation::new(
-                    "update_mask",
-                    format!(
-                        "{other:?} cannot be updated; updatable: {}",
-                        UPDATABLE_FIELDS.join(", ")
-                    ),
-                ));
-            }
-        }
+    paths: &UpdatePaths,
+) -> PatientInput {
+    PatientInput {
+        given_name: paths.pick("given_name", current.given_name, incoming.given_name),
+        family_name: paths.pick("family_name", current.family_name, incoming.family_name),
+        email: paths.pick("email", current.email, incoming.email),
+        phone: paths.pick("phone", current.phone, incoming.phone),
+        date_of_birth: paths.pick(
+            "date_of_birth",
+            current.date_of_birth,
+            incoming.date_of_birth,
+        ),
+        address: paths.pick("address", current.address, incoming.address),
     }
-    Ok(merged)
 }
 
 /// What a patient list selects (always within one clinic).

@@ -11,8 +11,10 @@ async fn main() -> Result<(), topsmile_kit::server::BoxError> {
             let keys = topsmile_kit::access::KeySource::identity(&config.identity_addresses())?;
             let guard = topsmile_patients::guard(keys, &stores)?;
             let passwords = topsmile_kit::password::Passwords::for_this_machine()?;
+            let clinics =
+                topsmile_kit::clinics::ClinicDirectory::new(&config.identity_addresses())?;
             Ok((
-                topsmile_patients::routes(stores, passwords, &config.limits),
+                topsmile_patients::routes(stores, passwords, clinics, &config.limits),
                 guard,
             ))
         },

@@ -104,6 +104,7 @@ conformance!(
     retried_creates_with_one_request_id_make_one_patient,
     racing_creates_of_one_email_make_one_patient,
     a_deactivated_patients_email_can_be_used_again,
+    one_email_may_be_a_patient_of_each_clinic,
     patients_without_email_do_not_collide,
     list_pages_one_clinic_in_creation_order,
     name_search_finds_any_name_word_by_prefix_without_case_or_accents,
@@ -218,6 +219,49 @@ async fn a_deactivated_patients_email_can_be_used_again(s: &Stores, db: Option<m
         return;
     }
     again.expect("a deactivated patient's email is free again");
+}
+
+/// A patient's email is unique within a clinic, not across clinics: otherwise one
+/// clinic learns (ALREADY_EXISTS), and can squat, another's patients' addresses.
+async fn one_email_may_be_a_patient_of_each_clinic(s: &Stores, _: Option<mongodb::Database>) {
+    let (a, b) = (clinic(), clinic());
+    let in_a = s
+        .patients
+        .create(patient(&a, "Duda", "Alves", Some("duda@example.com")), None)
+        .await
+        .unwrap();
+    let in_b = s
+        .patients
+        .create(patient(&b, "Duda", "Alves", Some("duda@example.com")), None)
+        .await
+        .unwrap();
+    let again_in_a = s
+        .patients
+        .create(patient(&a, "Other", "Duda", Some("duda@example.com")), None)
+        .await;
+    assert!(
+        matches!(again_in_a, Err(StoreError::Duplicate("email"))),
+        "{again_in_a:?}"
+    );
+    let found_a = s
+        .patients
+        .get_by_email(&a, "duda@example.com")
+        .await
+        .unwrap();
+    let found_b = s
+        .patients
+        .get_by_email(&b, "duda@example.com")
+        .await
+        .unwrap();
+    assert_eq!(found_a.map(|p| p.id), Some(in_a.id));
+    assert_eq!(found_b.map(|p| p.id), Some(in_b.id));
+    assert!(
+        s.patients
+            .get_by_email(&clinic(), "duda@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn patients_without_email_do_not_collide(s: &Stores, _: Option<mongodb::Database>) {

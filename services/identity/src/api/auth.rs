@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
-use topsmile_kit::access::Caller;
+use topsmile_kit::access::{Caller, client_address};
 use topsmile_proto::topsmile::identity::v1::{
     self as pb, auth_service_server::AuthService,
     identity_internal_service_server::IdentityInternalService,
@@ -43,10 +43,11 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = client_address(&req);
         let req = req.into_inner();
         let pair = self
             .accounts
-            .login(&req.email, &SecretString::from(req.password))
+            .login(&req.email, &SecretString::from(req.password), &client)
             .await?;
         Ok(Response::new(token_response!(LoginResponse, pair)))
     }
@@ -55,10 +56,16 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginPatientRequest>,
     ) -> Result<Response<pb::LoginPatientResponse>, Status> {
+        let client = client_address(&req);
         let req = req.into_inner();
         let pair = self
             .accounts
-            .login_patient(&req.email, &SecretString::from(req.password))
+            .login_patient(
+                &req.clinic,
+                &req.email,
+                &SecretString::from(req.password),
+                &client,
+            )
             .await?;
         Ok(Response::new(token_response!(LoginPatientResponse, pair)))
     }
@@ -88,12 +95,14 @@ impl AuthService for AuthApi {
         req: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = Caller::of(&req)?;
+        let client = client_address(&req);
         let req = req.into_inner();
         self.accounts
             .change_password(
                 &caller,
                 &SecretString::from(req.current_password),
                 &SecretString::from(req.new_password),
+                &client,
             )
             .await?;
         Ok(Response::new(pb::ChangePasswordResponse {}))

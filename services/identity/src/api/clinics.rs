@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use topsmile_kit::{
-    ApiError, access::Caller, names::ClinicName, paging::PageRequest, time, validate,
+    ApiError, access::Caller, mask::UpdatePaths, names::ClinicName, paging::PageRequest, time,
+    validate,
 };
 use topsmile_proto::topsmile::identity::v1::{self as pb, clinic_service_server::ClinicService};
 
@@ -85,11 +86,15 @@ impl ClinicApi {
             .get(&name.clinic)
             .await?
             .ok_or(ApiError::NotFound("clinic"))?;
+        if !current.is_active && !caller.is_super_admin() {
+            return Err(topsmile_kit::clinics::inactive());
+        }
         if !etag.is_empty() && !current.etag_matches(&etag) {
             return Err(ApiError::Stale);
         }
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let merged = domain::apply_mask(&current.fields, input_of(incoming), &mask)?;
+        let paths = UpdatePaths::resolve(&incoming, &mask, domain::UPDATABLE_FIELDS)?;
+        let merged = domain::apply_mask(&current.fields, input_of(incoming), &paths);
         let fields = domain::validate_fields("clinic", merged)?;
         let next = current.changed(fields, current.is_active, time::now());
         self.store.replace(&next).await?;

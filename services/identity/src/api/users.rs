@@ -7,8 +7,8 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 use topsmile_kit::{
-    ApiError, FieldViolation, access::Caller, names::ResourceId, paging::PageRequest, time,
-    validate,
+    ApiError, FieldViolation, access::Caller, mask::UpdatePaths, names::ResourceId,
+    paging::PageRequest, time, validate,
 };
 use topsmile_proto::topsmile::identity::v1::{self as pb, user_service_server::UserService};
 
@@ -33,6 +33,7 @@ impl UserApi {
     ) -> Result<pb::CreateUserResponse, ApiError> {
         let clinic = parse_parent("parent", &req.parent)?;
         may_manage(caller, &clinic)?;
+        self.require_writable(caller, &clinic).await?;
         let request_id = validate::request_id("request_id", &req.request_id)?;
         let input = req.user.map(input_of).unwrap_or_default();
         let mut violations = Vec::new();
@@ -108,11 +109,13 @@ impl UserApi {
             .ok_or_else(|| ApiError::invalid("user", "is required"))?;
         let current = self.load(caller, "user.name", &incoming.name).await?;
         may_manage(caller, &current.clinic)?;
+        self.require_writable(caller, &current.clinic).await?;
         if !incoming.etag.is_empty() && !current.etag_matches(&incoming.etag) {
             return Err(ApiError::Stale);
         }
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        let merged = user::apply_mask(current.fields(), input_of(incoming), &mask)?;
+        let paths = UpdatePaths::resolve(&incoming, &mask, user::UPDATABLE_FIELDS)?;
+        let merged = user::apply_mask(current.fields(), input_of(incoming), &paths);
         let fields = user::validate_fields("user", merged)?;
         if (fields.role == Role::SuperAdmin) != (current.role == Role::SuperAdmin) {
             return Err(ApiError::invalid(
@@ -128,6 +131,21 @@ impl UserApi {
         })
     }
 
+    async fn unlock(
+        &self,
+        caller: &Caller,
+        req: pb::UnlockUserRequest,
+    ) -> Result<pb::UnlockUserResponse, ApiError> {
+        let user = self.load(caller, "name", &req.name).await?;
+        may_manage(caller, &user.clinic)?;
+        self.require_writable(caller, &user.clinic).await?;
+        self.accounts.unlock(&user).await?;
+        tracing::info!(user = %user.name(), by = caller.subject(), "sign-in locks lifted");
+        Ok(pb::UnlockUserResponse {
+            user: Some(to_proto(&user)),
+        })
+    }
+
     async fn deactivate(
         &self,
         caller: &Caller,
@@ -135,6 +153,7 @@ impl UserApi {
     ) -> Result<pb::DeactivateUserResponse, ApiError> {
         let current = self.load(caller, "name", &req.name).await?;
         may_manage(caller, &current.clinic)?;
+        self.require_writable(caller, &current.clinic).await?;
         if !req.etag.is_empty() && !current.etag_matches(&req.etag) {
             return Err(ApiError::Stale);
         }
@@ -191,6 +210,17 @@ impl UserApi {
 }
 
 /// Managing users: a super admin anywhere, an admin in their own clinic.
+impl UserApi {
+    /// A deactivated clinic's users are read-only, except to super admins.
+    async fn require_writable(&self, caller: &Caller, clinic: &str) -> Result<(), ApiError> {
+        if caller.is_super_admin() || self.accounts.clinic_is_active(clinic).await? {
+            Ok(())
+        } else {
+            Err(topsmile_kit::clinics::inactive())
+        }
+    }
+}
+
 fn may_manage(caller: &Caller, clinic: &str) -> Result<(), ApiError> {
     if caller.is_super_admin() {
         return Ok(());
@@ -336,5 +366,13 @@ impl UserService for UserApi {
         Ok(Response::new(
             self.deactivate(&caller, req.into_inner()).await?,
         ))
+    }
+
+    async fn unlock_user(
+        &self,
+        req: Request<pb::UnlockUserRequest>,
+    ) -> Result<Response<pb::UnlockUserResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        Ok(Response::new(self.unlock(&caller, req.into_inner()).await?))
     }
 }

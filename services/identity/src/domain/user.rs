@@ -1,7 +1,7 @@
 //! Staff users: roles, the sign-in lock policy, and field rules.
 
 use jiff::Timestamp;
-use topsmile_kit::{FieldViolation, names::ResourceId, validate};
+use topsmile_kit::{FieldViolation, mask::UpdatePaths, names::ResourceId, validate};
 
 /// The pseudo clinic id of super admins, who belong to no clinic:
 /// their names read `clinics/-/users/{user}`.
@@ -37,17 +37,6 @@ impl Role {
     }
 }
 
-/// Failed sign-ins and the lock they lead to. Kept apart from the profile so that
-/// sign-in attempts never change a user's etag.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LoginState {
-    /// Attempts counted since the last success or lock, including ones in progress.
-    pub failed: i64,
-    pub locked_until: Option<Timestamp>,
-    /// Locks so far; each lock lasts longer than the last.
-    pub lock_count: i64,
-}
-
 /// A staff account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
@@ -61,10 +50,23 @@ pub struct User {
     pub is_active: bool,
     /// argon2id PHC string.
     pub password_hash: String,
-    pub login: LoginState,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     pub version: i64,
+}
+
+impl topsmile_kit::signin::Account for User {
+    fn id(&self) -> &str {
+        self.id.as_str()
+    }
+
+    fn password_hash(&self) -> Option<&str> {
+        Some(&self.password_hash)
+    }
+
+    fn may_sign_in(&self) -> bool {
+        self.is_active
+    }
 }
 
 impl User {
@@ -77,7 +79,6 @@ impl User {
             role: fields.role,
             is_active: true,
             password_hash,
-            login: LoginState::default(),
             create_time: now,
             update_time: now,
             version: 1,
@@ -145,32 +146,14 @@ pub struct UserFields {
 /// The fields `UpdateUser` may name in its mask.
 pub const UPDATABLE_FIELDS: &[&str] = &["email", "display_name", "role"];
 
-/// `current` with the masked fields taken from `incoming`; an empty mask means every
-/// updatable field. Unknown paths are INVALID_ARGUMENT.
-pub fn apply_mask(
-    current: UserInput,
-    incoming: UserInput,
-    mask: &[String],
-) -> Result<UserInput, FieldViolation> {
-    let mut merged = current;
-    let all: Vec<String> = UPDATABLE_FIELDS.iter().map(|f| (*f).to_owned()).collect();
-    for path in if mask.is_empty() { &all } else { mask } {
-        match path.as_str() {
-            "email" => merged.email = incoming.email.clone(),
-            "display_name" => merged.display_name = incoming.display_name.clone(),
-            "role" => merged.role = incoming.role,
-            other => {
-                return Err(FieldViolation::new(
-                    "update_mask",
-                    format!(
-                        "{other:?} cannot be updated; updatable: {}",
-                        UPDATABLE_FIELDS.join(", ")
-                    ),
-                ));
-            }
-        }
+/// `current` with the fields the update applies taken from `incoming` (an empty mask
+/// means every field set in the request: see [`UpdatePaths`]).
+pub fn apply_mask(current: UserInput, incoming: UserInput, paths: &UpdatePaths) -> UserInput {
+    UserInput {
+        email: paths.pick("email", current.email, incoming.email),
+        display_name: paths.pick("display_name", current.display_name, incoming.display_name),
+        role: paths.pick("role", current.role, incoming.role),
     }
-    Ok(merged)
 }
 
 pub fn validate_fields(prefix: &str, input: UserInput) -> Result<UserFields, Vec<FieldViolation>> {
@@ -208,7 +191,7 @@ mod tests {
         assert!(password("p", "correct horse battery").is_ok());
         assert!(password("p", &"x".repeat(129)).is_err());
         assert!(
-            password("p", &"é".repeat(12)).is_ok(),
+            password("p", "éàüöñçåøßœæé").is_ok(),
             "characters, not bytes"
         );
     }

@@ -18,10 +18,17 @@ use topsmile_kit::{
 use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
 use crate::domain::{
     Clinic, ClinicFields,
-    user::{Attempt, LockPolicy, LoginState, Role, User},
+    user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
 use topsmile_kit::auth::Kind;
+
+/// Schema migrations, applied once each, in order (see `SqliteDb::open_migrated`).
+/// The first is the original schema (idempotent, so stores made before migrations
+/// existed take it as a no-op); later ones are only ever appended.
+/// (The `users` sign-in columns of the first are no longer read: counters live in
+/// `sign_in_locks`, per account and client address.)
+const MIGRATIONS: &[&str] = &[SCHEMA, topsmile_kit::store::sqlite::SIGN_IN_LOCKS_SCHEMA];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clinics (
@@ -72,7 +79,7 @@ pub struct EmbeddedIdentity {
 impl EmbeddedIdentity {
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            db: SqliteDb::open(data_dir, "identity.sqlite3", SCHEMA).await?,
+            db: SqliteDb::open_migrated(data_dir, "identity.sqlite3", MIGRATIONS).await?,
         })
     }
 }
@@ -223,20 +230,9 @@ struct UserDoc {
     update_time_ms: i64,
 }
 
-const USER_COLUMNS: &str = "id, clinic_id, email, role, is_active, failed_logins, locked_until_ms, lock_count, version, doc";
+const USER_COLUMNS: &str = "id, clinic_id, email, role, is_active, version, doc";
 
-type UserRow = (
-    String,
-    String,
-    String,
-    String,
-    bool,
-    i64,
-    Option<i64>,
-    i64,
-    i64,
-    String,
-);
+type UserRow = (String, String, String, String, bool, i64, String);
 
 fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
     Ok((
@@ -247,14 +243,11 @@ fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
         row.get(4)?,
         row.get(5)?,
         row.get(6)?,
-        row.get(7)?,
-        row.get(8)?,
-        row.get(9)?,
     ))
 }
 
 fn to_user(r: UserRow) -> Result<User, StoreError> {
-    let (id, clinic, email, role, is_active, failed, locked_until, lock_count, version, doc) = r;
+    let (id, clinic, email, role, is_active, version, doc) = r;
     let doc: UserDoc = serde_json::from_str(&doc)
         .map_err(|e| StoreError::Backend(format!("decode user {id}: {e}")))?;
     Ok(User {
@@ -266,11 +259,6 @@ fn to_user(r: UserRow) -> Result<User, StoreError> {
         display_name: doc.display_name,
         is_active,
         password_hash: doc.password_hash,
-        login: LoginState {
-            failed,
-            locked_until: locked_until.map(time::from_millis),
-            lock_count,
-        },
         create_time: time::from_millis(doc.create_time_ms),
         update_time: time::from_millis(doc.update_time_ms),
         version,
@@ -398,24 +386,8 @@ impl UserStore for EmbeddedIdentity {
             .await
     }
 
-    async fn begin_login_attempt(
-        &self,
-        id: &ResourceId,
-        now: Timestamp,
-        policy: &LockPolicy,
-    ) -> Result<Attempt, StoreError> {
-        topsmile_kit::store::sqlite::begin_login_attempt(
-            &self.db,
-            "users",
-            id.as_str(),
-            now,
-            policy,
-        )
-        .await
-    }
-
-    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
-        topsmile_kit::store::sqlite::login_succeeded(&self.db, "users", id.as_str()).await
+    async fn unlock_sign_in(&self, user: &User) -> Result<(), StoreError> {
+        topsmile_kit::store::sqlite::unlock_sign_in(&self.db, user.id.as_str()).await
     }
 }
 
@@ -552,5 +524,30 @@ impl RefreshTokenStore for EmbeddedIdentity {
                 Ok(())
             })
             .await
+    }
+}
+
+#[async_trait]
+impl topsmile_kit::signin::SignInCounters<User> for EmbeddedIdentity {
+    async fn begin_sign_in(
+        &self,
+        user: &User,
+        client: &str,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError> {
+        topsmile_kit::store::sqlite::begin_sign_in(
+            &self.db,
+            user.id.as_str(),
+            &user.clinic,
+            client,
+            now,
+            policy,
+        )
+        .await
+    }
+
+    async fn sign_in_succeeded(&self, user: &User, client: &str) -> Result<(), StoreError> {
+        topsmile_kit::store::sqlite::sign_in_succeeded(&self.db, user.id.as_str(), client).await
     }
 }

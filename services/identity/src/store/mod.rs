@@ -10,12 +10,13 @@ use topsmile_kit::{
     StoreError,
     names::ResourceId,
     paging::PageRequest,
+    signin::SignInCounters,
     store::{Backend, StoreChoice},
 };
 
 use crate::domain::{
     Clinic,
-    user::{Attempt, LockPolicy, Role, User},
+    user::{Role, User},
 };
 use jiff::Timestamp;
 use topsmile_kit::auth::Kind;
@@ -44,7 +45,7 @@ pub trait ClinicStore: Send + Sync + 'static {
 
 /// Staff users, as identity stores them.
 #[async_trait]
-pub trait UserStore: Send + Sync + 'static {
+pub trait UserStore: SignInCounters<User> + Send + Sync + 'static {
     /// Inserts a user; `Duplicate("email")` if the email is taken (by anyone, active or
     /// not). If a user of the same clinic was already created with `request_id`, returns
     /// that one and inserts nothing: a retried create never makes a duplicate.
@@ -72,19 +73,8 @@ pub trait UserStore: Send + Sync + 'static {
     /// Whether any active super admin exists (for the bootstrap account).
     async fn any_super_admin(&self) -> Result<bool, StoreError>;
 
-    /// Counts a sign-in attempt *before* its password is checked, in one atomic step:
-    /// `Locked` if the account is locked, or if this attempt is one too many (which
-    /// locks it for `policy.lock_length(earlier locks)`); `Proceed` otherwise. A missing
-    /// user is `Locked` too: there is nothing to check.
-    async fn begin_login_attempt(
-        &self,
-        id: &ResourceId,
-        now: Timestamp,
-        policy: &LockPolicy,
-    ) -> Result<Attempt, StoreError>;
-
-    /// A sign-in succeeded: the counters start again.
-    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError>;
+    /// An admin unlocked `user`: every sign-in counter of it is gone.
+    async fn unlock_sign_in(&self, user: &User) -> Result<(), StoreError>;
 }
 
 /// A refresh token as stored: never the token itself, only its SHA-256.

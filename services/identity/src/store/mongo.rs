@@ -24,7 +24,7 @@ use topsmile_kit::{
 use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
 use crate::domain::{
     Clinic, ClinicFields,
-    user::{Attempt, LockPolicy, LoginState, Role, User},
+    user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
 use topsmile_kit::auth::Kind;
@@ -33,6 +33,7 @@ pub struct MongoIdentity {
     clinics: Collection<Document>,
     users: Collection<Document>,
     refresh_tokens: Collection<Document>,
+    sign_in_locks: Collection<Document>,
     store: MongoStore,
 }
 
@@ -91,10 +92,18 @@ impl MongoIdentity {
             .create_indexes(refresh_indexes)
             .await
             .map_err(translate)?;
+        topsmile_kit::store::mongo::create_indexes(
+            &store.database,
+            topsmile_kit::store::mongo::sign_in_lock_indexes(),
+        )
+        .await?;
         Ok(Self {
             clinics,
             users,
             refresh_tokens,
+            sign_in_locks: store
+                .database
+                .collection(topsmile_kit::store::mongo::SIGN_IN_LOCKS),
             store,
         })
     }
@@ -220,9 +229,6 @@ fn user_document(u: &User) -> Document {
         "role": u.role.as_str(),
         "isActive": u.is_active,
         "passwordHash": &u.password_hash,
-        "failedLogins": u.login.failed,
-        "lockedUntilMs": u.login.locked_until.map(|t| t.as_millisecond()),
-        "lockCount": u.login.lock_count,
         "createTime": to_bson_time(u.create_time),
         "updateTime": to_bson_time(u.update_time),
         "version": u.version,
@@ -240,14 +246,6 @@ fn user_from(d: &Document) -> Result<User, StoreError> {
             .ok_or_else(|| StoreError::Backend(format!("user has role {role:?}")))?,
         is_active: get_bool(d, "isActive"),
         password_hash: get_string(d, "passwordHash"),
-        login: LoginState {
-            failed: get_i64(d, "failedLogins"),
-            locked_until: d
-                .get_i64("lockedUntilMs")
-                .ok()
-                .map(topsmile_kit::time::from_millis),
-            lock_count: get_i64(d, "lockCount"),
-        },
         create_time: get_time(d, "createTime"),
         update_time: get_time(d, "updateTime"),
         version: get_i64(d, "version"),
@@ -346,17 +344,13 @@ impl UserStore for MongoIdentity {
         Ok(found.is_some())
     }
 
-    async fn begin_login_attempt(
-        &self,
-        id: &ResourceId,
-        now: Timestamp,
-        policy: &LockPolicy,
-    ) -> Result<Attempt, StoreError> {
-        topsmile_kit::store::mongo::begin_login_attempt(&self.users, id.as_str(), now, policy).await
-    }
-
-    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
-        topsmile_kit::store::mongo::login_succeeded(&self.users, id.as_str()).await
+    async fn unlock_sign_in(&self, user: &User) -> Result<(), StoreError> {
+        topsmile_kit::store::mongo::unlock_sign_in(
+            &self.sign_in_locks,
+            user.id.as_str(),
+            &user.clinic,
+        )
+        .await
     }
 }
 
@@ -472,5 +466,36 @@ impl RefreshTokenStore for MongoIdentity {
             self.revoke_family(&family, now).await?;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl topsmile_kit::signin::SignInCounters<User> for MongoIdentity {
+    async fn begin_sign_in(
+        &self,
+        user: &User,
+        client: &str,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError> {
+        topsmile_kit::store::mongo::begin_sign_in(
+            &self.sign_in_locks,
+            user.id.as_str(),
+            &user.clinic,
+            client,
+            now,
+            policy,
+        )
+        .await
+    }
+
+    async fn sign_in_succeeded(&self, user: &User, client: &str) -> Result<(), StoreError> {
+        topsmile_kit::store::mongo::sign_in_succeeded(
+            &self.sign_in_locks,
+            user.id.as_str(),
+            &user.clinic,
+            client,
+        )
+        .await
     }
 }

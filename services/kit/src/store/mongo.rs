@@ -152,6 +152,24 @@ pub async fn create_indexes(
     Ok(())
 }
 
+/// Drops indexes a service no longer wants, `(collection, index name)`; an index (or a
+/// collection) that is not there is fine: this runs at every start.
+pub async fn drop_indexes(database: &Database, indexes: &[(&str, &str)]) -> Result<(), StoreError> {
+    for (collection, name) in indexes {
+        let collection = database.collection::<mongodb::bson::Document>(collection);
+        let existing = match collection.list_index_names().await {
+            Ok(names) => names,
+            // No collection yet: nothing to drop.
+            Err(e) if matches!(&*e.kind, ErrorKind::Command(c) if c.code == 26) => continue,
+            Err(e) => return Err(translate(e)),
+        };
+        if existing.iter().any(|n| n == name) {
+            collection.drop_index(*name).await.map_err(translate)?;
+        }
+    }
+    Ok(())
+}
+
 /// One page of a list: the documents matching `filter` with `_id` after `page.after`, in
 /// `_id` (= creation) order, at most `page.fetch_limit()`, read with the store's list
 /// read preference (lists may come from a secondary; decisions never do).
@@ -222,11 +240,40 @@ pub fn to_bson_time(ts: jiff::Timestamp) -> mongodb::bson::DateTime {
 
 /// Matches the document `id` if it is not locked at `now`.
 ///
+/// The collection of sign-in counters (see [`crate::lockout`]).
+pub const SIGN_IN_LOCKS: &str = "signInLocks";
+
+/// The indexes of [`SIGN_IN_LOCKS`]: by account (an admin's unlock), and a TTL on
+/// `touchedAt` that forgets counters nobody touched for [`crate::lockout::FORGET_AFTER`]
+/// (longer than the longest lock; clean-up only, every read compares times itself).
+pub fn sign_in_lock_indexes() -> Vec<(&'static str, mongodb::IndexModel)> {
+    use mongodb::{IndexModel, bson::doc, options::IndexOptions};
+    vec![
+        (
+            SIGN_IN_LOCKS,
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "account": 1})
+                .build(),
+        ),
+        (
+            SIGN_IN_LOCKS,
+            IndexModel::builder()
+                .keys(doc! {"touchedAt": 1})
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(crate::lockout::FORGET_AFTER)
+                        .build(),
+                )
+                .build(),
+        ),
+    ]
+}
+
 /// The lock end is kept as epoch milliseconds rather than a BSON date: the comparison is
 /// the same on real MongoDB, and nx-27017 reads a date written by `$set` back as a string.
-fn unlocked(id: &str, now: jiff::Timestamp) -> mongodb::bson::Document {
+fn unlocked_key(key: &str, now: jiff::Timestamp) -> mongodb::bson::Document {
     mongodb::bson::doc! {
-        "_id": id,
+        "_id": key,
         "$or": [
             {"lockedUntilMs": mongodb::bson::Bson::Null},
             {"lockedUntilMs": {"$lte": now.as_millisecond()}},
@@ -234,55 +281,112 @@ fn unlocked(id: &str, now: jiff::Timestamp) -> mongodb::bson::Document {
     }
 }
 
-/// Counts a sign-in attempt on document `id` before its password is checked, in one
-/// atomic update that only matches an unlocked account (see [`crate::lockout`]). Fields:
-/// `failedLogins`, `lockedUntilMs`, `lockCount`. A missing document is `Locked`.
-pub async fn begin_login_attempt(
+/// Counts a sign-in attempt of `account` (in `clinic`) from `client` before its
+/// password is checked: for each scope of [`crate::lockout::scopes`], one atomic
+/// update that only matches an unlocked counter (creating it if missing). `Locked` if
+/// a scope is locked or this attempt is one too many for it (which locks it).
+pub async fn begin_sign_in(
     collection: &mongodb::Collection<mongodb::bson::Document>,
-    id: &str,
+    account: &str,
+    clinic: &str,
+    client: &str,
     now: jiff::Timestamp,
     policy: &crate::lockout::LockPolicy,
 ) -> Result<crate::lockout::Attempt, StoreError> {
     use crate::lockout::Attempt;
     use mongodb::bson::doc;
-    let counted = collection
-        .find_one_and_update(unlocked(id, now), doc! {"$inc": {"failedLogins": 1}})
-        .return_document(mongodb::options::ReturnDocument::After)
-        .await
-        .map_err(translate)?;
-    let Some(account) = counted else {
+    for scope in crate::lockout::scopes(account, client, policy) {
+        let Some(counter) = count_attempt(collection, &scope.key, account, clinic, now).await?
+        else {
+            return Ok(Attempt::Locked);
+        };
+        if get_i64(&counter, "failedLogins") <= scope.threshold {
+            continue;
+        }
+        // One too many: lock. Only one racing attempt wins the lock (the filter requires
+        // the counter to be unlocked still), so the lock count grows once per lock.
+        let until = scope.lock_end(policy, get_i64(&counter, "lockCount"), now);
+        collection
+            .update_one(
+                doc! {"_id": &scope.key, "clinicId": clinic, "account": account},
+                doc! {
+                    "$set": {"failedLogins": 0_i64, "lockedUntilMs": until.as_millisecond()},
+                    "$inc": {"lockCount": 1},
+                },
+            )
+            .await
+            .map_err(translate)?;
         return Ok(Attempt::Locked);
-    };
-    if get_i64(&account, "failedLogins") <= policy.threshold {
-        return Ok(Attempt::Proceed);
     }
-    // One too many: lock. Only one racing attempt wins the lock (the filter requires the
-    // account to be unlocked still), so the lock count grows once per lock.
-    let until = crate::lockout::lock_until(policy, get_i64(&account, "lockCount"), now);
-    collection
-        .update_one(
-            unlocked(id, now),
-            doc! {
-                "$set": {"failedLogins": 0_i64, "lockedUntilMs": until.as_millisecond()},
-                "$inc": {"lockCount": 1},
-            },
-        )
-        .await
-        .map_err(translate)?;
-    Ok(Attempt::Locked)
+    Ok(Attempt::Proceed)
 }
 
-/// A sign-in on document `id` succeeded: the counters start again.
-pub async fn login_succeeded(
+/// `$inc` of the counter `key` if it is unlocked, creating it if missing; `None` if it
+/// is locked. A locked counter does not match the filter, so the upsert's insert hits
+/// the unique `_id` and fails: that, like no match, means locked. Two first attempts
+/// racing to create the counter also meet on `_id`; the loser counts on the winner's.
+async fn count_attempt(
     collection: &mongodb::Collection<mongodb::bson::Document>,
-    id: &str,
+    key: &str,
+    account: &str,
+    clinic: &str,
+    now: jiff::Timestamp,
+) -> Result<Option<mongodb::bson::Document>, StoreError> {
+    use mongodb::{bson::doc, options::ReturnDocument};
+    let touched = mongodb::bson::DateTime::from_millis(now.as_millisecond());
+    // `account` and `clinicId` never change for a key: `$set` writes them on insert and
+    // rewrites the same values after. (Not `$setOnInsert`: nx-27017 does not apply it;
+    // see NX_27017_GAPS.) A missing `lockCount` reads as 0.
+    let update = doc! {
+        "$inc": {"failedLogins": 1_i64},
+        "$set": {"touchedAt": touched, "account": account, "clinicId": clinic},
+    };
+    let first = collection
+        .find_one_and_update(unlocked_key(key, now), update.clone())
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await;
+    match first {
+        Ok(counter) => Ok(counter),
+        Err(e) if is_duplicate_key(&e) => collection
+            .find_one_and_update(unlocked_key(key, now), update)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(translate),
+        Err(e) => Err(translate(e)),
+    }
+}
+
+/// `account` signed in from `client`: that address's counter and the account-wide one
+/// start again (other addresses' locks stay).
+pub async fn sign_in_succeeded(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    account: &str,
+    clinic: &str,
+    client: &str,
 ) -> Result<(), StoreError> {
-    use mongodb::bson::{Bson, doc};
+    use mongodb::bson::doc;
+    let keys: Vec<String> =
+        crate::lockout::scopes(account, client, &crate::lockout::LockPolicy::default())
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
     collection
-        .update_one(
-            doc! {"_id": id},
-            doc! {"$set": {"failedLogins": 0_i64, "lockedUntilMs": Bson::Null, "lockCount": 0_i64}},
-        )
+        .delete_many(doc! {"clinicId": clinic, "account": account, "_id": {"$in": keys}})
+        .await
+        .map_err(translate)?;
+    Ok(())
+}
+
+/// An admin unlocked `account`: every counter of it, from every address, is gone.
+pub async fn unlock_sign_in(
+    collection: &mongodb::Collection<mongodb::bson::Document>,
+    account: &str,
+    clinic: &str,
+) -> Result<(), StoreError> {
+    use mongodb::bson::doc;
+    collection
+        .delete_many(doc! {"clinicId": clinic, "account": account})
         .await
         .map_err(translate)?;
     Ok(())

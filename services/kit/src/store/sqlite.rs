@@ -47,8 +47,13 @@ impl SqliteDb {
         let dir = dir.to_path_buf();
         let path = dir.join(file);
         tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir).map_err(|e| {
+            // Patient records: owner-only directory and file (SQLite gives its -wal and
+            // -shm files the database file's permissions).
+            crate::files::private_dir(&dir).map_err(|e| {
                 StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+            })?;
+            crate::files::private_file(&path).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", path.display()))
             })?;
             let writer = connection(
                 &path,
@@ -201,73 +206,120 @@ pub fn create_once<R>(
     Ok(None)
 }
 
-/// Counts a sign-in attempt on the row `id` of `table` before its password is checked,
-/// in one immediate transaction (see [`crate::lockout`]). The table has the columns
-/// `failed_logins`, `locked_until_ms` and `lock_count`; `table` is a constant of the
-/// caller's, never input. A missing row is `Locked`: there is nothing to check.
-pub async fn begin_login_attempt(
+/// The table of sign-in counters (see [`crate::lockout`]); every service that signs
+/// accounts in includes it in its migrations.
+pub const SIGN_IN_LOCKS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sign_in_locks (
+    key             TEXT PRIMARY KEY,
+    account         TEXT NOT NULL,
+    clinic_id       TEXT NOT NULL,
+    failed_logins   INTEGER NOT NULL DEFAULT 0,
+    locked_until_ms INTEGER,
+    lock_count      INTEGER NOT NULL DEFAULT 0,
+    touched_ms      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sign_in_locks_account ON sign_in_locks (account);
+CREATE INDEX IF NOT EXISTS sign_in_locks_touched ON sign_in_locks (touched_ms);
+";
+
+/// Counts a sign-in attempt of `account` (in `clinic`) from `client` before its
+/// password is checked, in one immediate transaction over every scope of
+/// [`crate::lockout::scopes`]: `Locked` if any scope is locked or this attempt is one
+/// too many for it (which locks it), `Proceed` otherwise.
+pub async fn begin_sign_in(
     db: &SqliteDb,
-    table: &'static str,
-    id: &str,
+    account: &str,
+    clinic: &str,
+    client: &str,
     now: jiff::Timestamp,
     policy: &crate::lockout::LockPolicy,
 ) -> Result<crate::lockout::Attempt, StoreError> {
     use crate::lockout::Attempt;
-    use rusqlite::OptionalExtension;
-    let id = id.to_owned();
-    let policy = *policy;
+    let scopes = crate::lockout::scopes(account, client, policy);
+    let (account, clinic, policy) = (account.to_owned(), clinic.to_owned(), *policy);
     db.write(move |conn| {
         let now_ms = now.as_millisecond();
+        let forget_ms = i64::try_from(crate::lockout::FORGET_AFTER.as_millis()).unwrap_or(i64::MAX);
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(translate)?;
-        let Some((failed, locked_until, lock_count)) = tx
-            .query_row(
-                &format!("SELECT failed_logins, locked_until_ms, lock_count FROM {table} WHERE id = ?1"),
-                rusqlite::params![id],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, i64>(2)?)),
+        // Counters nobody touched for long are forgotten (index on touched_ms).
+        tx.execute(
+            "DELETE FROM sign_in_locks WHERE touched_ms < ?1 AND (locked_until_ms IS NULL OR locked_until_ms < ?2)",
+            rusqlite::params![now_ms.saturating_sub(forget_ms), now_ms],
+        )
+        .map_err(translate)?;
+        for scope in &scopes {
+            tx.execute(
+                "INSERT OR IGNORE INTO sign_in_locks (key, account, clinic_id, touched_ms) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![scope.key, account, clinic, now_ms],
             )
-            .optional()
-            .map_err(translate)?
-        else {
-            return Ok(Attempt::Locked);
-        };
-        if locked_until.is_some_and(|until| until > now_ms) {
-            return Ok(Attempt::Locked);
+            .map_err(translate)?;
+            let (failed, locked_until, lock_count) = tx
+                .query_row(
+                    "SELECT failed_logins, locked_until_ms, lock_count FROM sign_in_locks WHERE key = ?1",
+                    rusqlite::params![scope.key],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, i64>(2)?)),
+                )
+                .map_err(translate)?;
+            if locked_until.is_some_and(|until| until > now_ms) {
+                tx.commit().map_err(translate)?;
+                return Ok(Attempt::Locked);
+            }
+            if failed + 1 > scope.threshold {
+                let until = scope.lock_end(&policy, lock_count, now).as_millisecond();
+                tx.execute(
+                    "UPDATE sign_in_locks SET failed_logins = 0, locked_until_ms = ?1, lock_count = lock_count + 1, touched_ms = ?2 WHERE key = ?3",
+                    rusqlite::params![until, now_ms, scope.key],
+                )
+                .map_err(translate)?;
+                tx.commit().map_err(translate)?;
+                return Ok(Attempt::Locked);
+            }
+            tx.execute(
+                "UPDATE sign_in_locks SET failed_logins = failed_logins + 1, touched_ms = ?1 WHERE key = ?2",
+                rusqlite::params![now_ms, scope.key],
+            )
+            .map_err(translate)?;
         }
-        let outcome = if failed + 1 > policy.threshold {
-            let until = crate::lockout::lock_until(&policy, lock_count, now).as_millisecond();
-            tx.execute(
-                &format!("UPDATE {table} SET failed_logins = 0, locked_until_ms = ?1, lock_count = lock_count + 1 WHERE id = ?2"),
-                rusqlite::params![until, id],
-            )
-            .map_err(translate)?;
-            Attempt::Locked
-        } else {
-            tx.execute(
-                &format!("UPDATE {table} SET failed_logins = failed_logins + 1 WHERE id = ?1"),
-                rusqlite::params![id],
-            )
-            .map_err(translate)?;
-            Attempt::Proceed
-        };
         tx.commit().map_err(translate)?;
-        Ok(outcome)
+        Ok(Attempt::Proceed)
     })
     .await
 }
 
-/// A sign-in on the row `id` of `table` succeeded: the counters start again.
-pub async fn login_succeeded(
+/// `account` signed in from `client`: that address's counter and the account-wide one
+/// start again (other addresses' locks stay).
+pub async fn sign_in_succeeded(
     db: &SqliteDb,
-    table: &'static str,
-    id: &str,
+    account: &str,
+    client: &str,
 ) -> Result<(), StoreError> {
-    let id = id.to_owned();
+    let keys: Vec<String> =
+        crate::lockout::scopes(account, client, &crate::lockout::LockPolicy::default())
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+    db.write(move |conn| {
+        for key in &keys {
+            conn.execute(
+                "DELETE FROM sign_in_locks WHERE key = ?1",
+                rusqlite::params![key],
+            )
+            .map_err(translate)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// An admin unlocked `account`: every counter of it, from every address, is gone.
+pub async fn unlock_sign_in(db: &SqliteDb, account: &str) -> Result<(), StoreError> {
+    let account = account.to_owned();
     db.write(move |conn| {
         conn.execute(
-            &format!("UPDATE {table} SET failed_logins = 0, locked_until_ms = NULL, lock_count = 0 WHERE id = ?1"),
-            rusqlite::params![id],
+            "DELETE FROM sign_in_locks WHERE account = ?1",
+            rusqlite::params![account],
         )
         .map_err(translate)?;
         Ok(())

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use topsmile_kit::{
     ApiError,
     access::{Caller, Refusals},
+    auth::Kind,
     names::{ClinicName, ResourceId},
     paging::PageRequest,
     time,
@@ -20,10 +21,15 @@ pub struct Trail {
     log: Arc<dyn AuditLog>,
 }
 
-/// Who called and how to find the call in the traces.
+/// Who called, from where, and how to find the call in the traces.
 pub struct Actor {
     pub caller: Caller,
     pub trace_id: String,
+    /// The client's address (see `topsmile_kit::access::client_address`).
+    pub client: String,
+    /// The caller's own bearer token, passed along when this service asks identity
+    /// about the caller's clinic.
+    pub bearer: String,
 }
 
 impl Actor {
@@ -32,15 +38,56 @@ impl Actor {
         Ok(Self {
             caller: Caller::of(req)?,
             trace_id: trace_id(req.metadata().as_ref()),
+            client: topsmile_kit::access::client_address(req),
+            bearer: req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default()
+                .to_owned(),
         })
     }
 }
 
-/// The clinic id a resource name is in, if it names one.
-fn clinic_of(name: &str) -> &str {
-    match name.split('/').collect::<Vec<_>>().as_slice() {
-        ["clinics", clinic, ..] => clinic,
-        _ => "",
+/// The longest resource name an event keeps, in characters. A longer one (never a
+/// real name: ours are under 150) is cut and marked, so one request cannot make an
+/// event, or a page of the trail, arbitrarily large.
+pub const MAX_RECORDED_RESOURCE_CHARS: usize = 200;
+
+/// The marker after a resource name that was cut.
+pub const CUT_MARKER: &str = "...[cut]";
+
+/// `resource` as an event records it: at most [`MAX_RECORDED_RESOURCE_CHARS`]
+/// characters, control characters dropped.
+pub fn recorded_resource(resource: &str) -> String {
+    let clean = || resource.chars().filter(|c| !c.is_control());
+    if clean().count() <= MAX_RECORDED_RESOURCE_CHARS {
+        return clean().collect();
+    }
+    let mut cut: String = clean().take(MAX_RECORDED_RESOURCE_CHARS).collect();
+    cut.push_str(CUT_MARKER);
+    cut
+}
+
+/// The trail an event about `resource` goes to: the caller's own clinic, unless the
+/// resource names a well-formed clinic the caller may address (their own; any, for a
+/// super admin or a service acting for the suite). A probe of another clinic's (or a
+/// made-up) name therefore lands in the prober's trail, never in the target's.
+fn trail_clinic(caller: &Caller, resource: &str) -> String {
+    let named = match resource.split('/').collect::<Vec<_>>().as_slice() {
+        ["clinics", clinic, ..] => ResourceId::parse(clinic),
+        _ => None,
+    };
+    match named {
+        Some(clinic)
+            if clinic.as_str() == caller.clinic()
+                || caller.is_super_admin()
+                || caller.kind() == Kind::Service =>
+        {
+            clinic.to_string()
+        }
+        _ => caller.clinic().to_owned(),
     }
 }
 
@@ -63,15 +110,8 @@ impl Trail {
             Ok(_) => "OK",
             Err(e) => e.reason(),
         };
-        self.append(
-            &actor.caller,
-            &actor.trace_id,
-            action,
-            clinic_of(resource),
-            resource,
-            outcome,
-        )
-        .await?;
+        self.append(&actor.caller, &actor.trace_id, action, resource, outcome)
+            .await?;
         result
     }
 
@@ -84,15 +124,8 @@ impl Trail {
         action: &str,
         resource: &str,
     ) -> Result<(), ApiError> {
-        self.append(
-            &actor.caller,
-            &actor.trace_id,
-            action,
-            clinic_of(resource),
-            resource,
-            "PENDING",
-        )
-        .await
+        self.append(&actor.caller, &actor.trace_id, action, resource, "PENDING")
+            .await
     }
 
     async fn append(
@@ -100,28 +133,23 @@ impl Trail {
         caller: &Caller,
         trace_id: &str,
         action: &str,
-        clinic: &str,
         resource: &str,
         outcome: &str,
     ) -> Result<(), ApiError> {
         let event = AuditEvent {
             id: ResourceId::generate(),
-            clinic: if clinic.is_empty() {
-                caller.clinic().to_owned()
-            } else {
-                clinic.to_owned()
-            },
+            clinic: trail_clinic(caller, resource),
             actor: caller.subject().to_owned(),
             actor_role: caller.claims().role.clone(),
             actor_kind: caller.kind().as_str().to_owned(),
             action: action.to_owned(),
-            resource: resource.to_owned(),
+            resource: recorded_resource(resource),
             outcome: outcome.to_owned(),
             time: time::now(),
             trace_id: trace_id.to_owned(),
         };
         self.log.append(&event).await.map_err(|e| {
-            tracing::error!(error = %e, action, resource, "audit event not written: call refused");
+            tracing::error!(error = %e, action, resource = %event.resource, "audit event not written: call refused");
             ApiError::Unavailable("the audit trail is unavailable".into())
         })
     }
@@ -140,7 +168,7 @@ impl Refusals for Trail {
     {
         Box::pin(async move {
             let action = path.rsplit_once('.').map_or(path, |(_, m)| m);
-            self.append(caller, &trace_id(headers), action, "", "", error.reason())
+            self.append(caller, &trace_id(headers), action, "", error.reason())
                 .await
         })
     }

@@ -3,7 +3,10 @@
 //! their own. Every update keeps the version it replaces.
 
 use tonic::{Request, Response, Status};
-use topsmile_kit::{ApiError, FieldViolation, access::Caller, paging::PageRequest, time};
+use topsmile_kit::{
+    ApiError, FieldViolation, access::Caller, clinics::ClinicDirectory, mask::UpdatePaths,
+    paging::PageRequest, time,
+};
 use topsmile_proto::topsmile::patients::v1::{
     self as pb, medical_history_service_server::MedicalHistoryService,
 };
@@ -28,11 +31,16 @@ const SUFFIX: &str = "/medicalHistory";
 pub struct MedicalHistoryApi {
     stores: Stores,
     trail: Trail,
+    clinics: ClinicDirectory,
 }
 
 impl MedicalHistoryApi {
-    pub fn new(stores: Stores, trail: Trail) -> Self {
-        Self { stores, trail }
+    pub fn new(stores: Stores, trail: Trail, clinics: ClinicDirectory) -> Self {
+        Self {
+            stores,
+            trail,
+            clinics,
+        }
     }
 
     /// The patient whose history `name` (`.../patients/{p}/medicalHistory`) is.
@@ -90,8 +98,9 @@ impl MedicalHistoryApi {
             return Err(ApiError::Stale);
         }
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let paths = UpdatePaths::resolve(&incoming, &mask, history::UPDATABLE_FIELDS)?;
         let content = content_of(incoming)?;
-        let merged = history::apply_mask(&current.content, content, &mask)?;
+        let merged = history::apply_mask(&current.content, content, &paths);
         history::validate("medical_history", &merged)?;
         let next = HistoryVersion {
             content: merged,
@@ -99,6 +108,9 @@ impl MedicalHistoryApi {
             update_time_ms: time::to_millis(time::now()),
             version: current.version + 1,
         };
+        self.clinics
+            .require_writable(&actor.caller, &patient.clinic, &actor.bearer)
+            .await?;
         self.trail
             .intent(
                 actor,

@@ -6,10 +6,8 @@ use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 use topsmile_kit::{
     ApiError,
-    lockout::{Attempt, LockPolicy},
-    names::ClinicScopedName,
-    password::Passwords,
-    time,
+    names::{ClinicName, ClinicScopedName},
+    signin::SignIn,
 };
 use topsmile_proto::topsmile::patients::v1::{
     self as pb, patient_internal_service_server::PatientInternalService,
@@ -21,61 +19,63 @@ use crate::{domain::Patient, store::Stores};
 pub struct InternalApi {
     stores: Stores,
     trail: Trail,
-    passwords: Passwords,
-    lock_policy: LockPolicy,
+    sign_in: SignIn,
 }
 
 impl InternalApi {
-    pub fn new(stores: Stores, trail: Trail, passwords: Passwords) -> Self {
+    pub fn new(stores: Stores, trail: Trail, sign_in: SignIn) -> Self {
         Self {
             stores,
             trail,
-            passwords,
-            lock_policy: LockPolicy::default(),
+            sign_in,
         }
     }
 
-    /// The same steps as a staff sign-in: unknown, inactive or portal-less accounts are
-    /// checked against the dummy hash; attempts are counted before the password is; every
-    /// failure is the same UNAUTHENTICATED.
-    async fn verify(&self, email: &str, password: &SecretString) -> Result<Patient, ApiError> {
+    /// The kit's sign-in routine over the patient the clinic and email name. Also
+    /// answers that patient's name, if there is one, so that a failure can be recorded
+    /// in their clinic's trail.
+    async fn verify(
+        &self,
+        req: &pb::VerifyPatientCredentialsRequest,
+    ) -> (Option<String>, Result<Patient, ApiError>) {
+        let password = SecretString::from(req.password.clone());
+        let found = match self.find(&req.clinic, &req.email).await {
+            Ok(found) => found,
+            Err(e) => return (None, Err(e)),
+        };
+        let named = found.as_ref().map(Patient::name);
+        let result = self
+            .sign_in
+            .verify(
+                self.stores.patients.as_ref(),
+                found,
+                &password,
+                &req.client_address,
+            )
+            .await;
+        (named, result)
+    }
+
+    async fn find(&self, clinic: &str, email: &str) -> Result<Option<Patient>, ApiError> {
+        let clinic = ClinicName::parse("clinic", clinic)?;
         let email = email.trim().to_lowercase();
-        let found = if email.is_empty() {
-            None
-        } else {
-            self.stores.patients.get_by_email(&email).await?
-        };
-        let patient = match found {
-            Some(p) if p.is_active && p.password_hash.is_some() => p,
-            _ => {
-                self.passwords.verify(password, None).await?;
-                return Err(ApiError::Unauthenticated);
-            }
-        };
-        let attempt = self
+        if email.is_empty() || email.len() > 254 {
+            return Ok(None);
+        }
+        Ok(self
             .stores
             .patients
-            .begin_login_attempt(&patient.id, time::now(), &self.lock_policy)
-            .await?;
-        if attempt == Attempt::Locked {
-            tracing::warn!(patient = %patient.id, "portal sign-in refused: account locked");
-            return Err(ApiError::Unauthenticated);
-        }
-        if !self
-            .passwords
-            .verify(password, patient.password_hash.as_deref())
-            .await?
-        {
-            return Err(ApiError::Unauthenticated);
-        }
-        self.stores.patients.login_succeeded(&patient.id).await?;
-        Ok(patient)
+            .get_by_email(&clinic.clinic, &email)
+            .await?)
     }
 
-    async fn access(&self, name: &str) -> Result<bool, ApiError> {
-        let name = ClinicScopedName::parse("name", "patients", name)?;
+    async fn access(&self, req: &pb::GetPortalAccessRequest) -> Result<bool, ApiError> {
+        let name = ClinicScopedName::parse("name", "patients", &req.name)?;
+        let start_ms = req.session_start.as_ref().map_or(0, |t| {
+            t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
+        });
         Ok(match self.stores.patients.get(&name.id).await? {
-            Some(p) => p.clinic == name.clinic && p.is_active && p.password_hash.is_some(),
+            Some(p) => p.clinic == name.clinic && p.portal_session_allowed(&req.session, start_ms),
             None => false,
         })
     }
@@ -89,24 +89,19 @@ impl PatientInternalService for InternalApi {
     ) -> Result<Response<pb::VerifyPatientCredentialsResponse>, Status> {
         let actor = Actor::of(&req)?;
         let req = req.into_inner();
-        let result = self
-            .verify(&req.email, &SecretString::from(req.password))
-            .await;
-        let resource = result.as_ref().map(Patient::name).unwrap_or_default();
-        // Successful sign-ins are recorded against the patient's clinic; failed ones name
-        // no patient (which would tell who has an account).
-        let patient = if result.is_ok() {
-            self.trail
-                .record(
-                    &actor,
-                    "PatientInternalService/VerifyPatientCredentials",
-                    &resource,
-                    result,
-                )
-                .await?
-        } else {
-            result?
-        };
+        let (named, result) = self.verify(&req).await;
+        // Every sign-in is recorded, failed ones included: against the account the email
+        // named (in its clinic's trail), or, for an email with no account, against no
+        // resource in the calling service's trail.
+        let patient = self
+            .trail
+            .record(
+                &actor,
+                "PatientInternalService/VerifyPatientCredentials",
+                named.as_deref().unwrap_or_default(),
+                result,
+            )
+            .await?;
         Ok(Response::new(pb::VerifyPatientCredentialsResponse {
             patient: patient.name(),
         }))
@@ -116,7 +111,7 @@ impl PatientInternalService for InternalApi {
         &self,
         req: Request<pb::GetPortalAccessRequest>,
     ) -> Result<Response<pb::GetPortalAccessResponse>, Status> {
-        let allowed = self.access(&req.get_ref().name).await?;
+        let allowed = self.access(req.get_ref()).await?;
         Ok(Response::new(pb::GetPortalAccessResponse { allowed }))
     }
 }

@@ -7,9 +7,12 @@ use tonic::{Request, Response, Status};
 use topsmile_kit::{
     ApiError,
     access::Caller,
+    clinics::ClinicDirectory,
+    mask::UpdatePaths,
     names::{ClinicName, ClinicScopedName},
     paging::PageRequest,
-    password::{Passwords, check_policy},
+    password::check_policy,
+    signin::SignIn,
     time, validate,
 };
 use topsmile_proto::topsmile::{
@@ -26,7 +29,8 @@ use crate::{
 pub struct PatientApi {
     stores: Stores,
     trail: Trail,
-    passwords: Passwords,
+    sign_in: SignIn,
+    clinics: ClinicDirectory,
 }
 
 /// The latest calendar date anywhere on Earth (UTC+14): a date of birth after it is in
@@ -39,11 +43,12 @@ fn latest_today() -> jiff::civil::Date {
 }
 
 impl PatientApi {
-    pub fn new(stores: Stores, trail: Trail, passwords: Passwords) -> Self {
+    pub fn new(stores: Stores, trail: Trail, sign_in: SignIn, clinics: ClinicDirectory) -> Self {
         Self {
             stores,
             trail,
-            passwords,
+            sign_in,
+            clinics,
         }
     }
 
@@ -63,6 +68,9 @@ impl PatientApi {
         let input = req.patient.map(input_of).unwrap_or_default();
         let fields = domain::validate_fields("patient", input, latest_today())?;
         let patient = Patient::new(parent.clinic, fields, time::now());
+        self.clinics
+            .require_writable(&actor.caller, &patient.clinic, &actor.bearer)
+            .await?;
         self.trail
             .intent(actor, "PatientService/CreatePatient", &patient.name())
             .await?;
@@ -133,19 +141,24 @@ impl PatientApi {
             .ok_or_else(|| ApiError::invalid("patient", "is required"))?;
         let current = self.load(caller, "patient.name", &incoming.name).await?;
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        if caller.role() == Role::Patient
-            && (mask.is_empty() || mask.iter().any(|p| !CONTACT_FIELDS.contains(&p.as_str())))
-        {
+        let paths = UpdatePaths::resolve(&incoming, &mask, domain::UPDATABLE_FIELDS)?;
+        if caller.role() == Role::Patient && !paths.all_within(CONTACT_FIELDS) {
             // Patients change how to reach them; names and dates of birth are for staff.
             return Err(ApiError::PermissionDenied);
         }
         if !incoming.etag.is_empty() && !current.etag_matches(&incoming.etag) {
             return Err(ApiError::Stale);
         }
-        let merged =
-            domain::apply_mask(domain::input_of(&current.fields), input_of(incoming), &mask)?;
+        let merged = domain::apply_mask(
+            domain::input_of(&current.fields),
+            input_of(incoming),
+            &paths,
+        );
         let fields = domain::validate_fields("patient", merged, latest_today())?;
         let next = current.changed(fields, current.is_active, time::now());
+        self.clinics
+            .require_writable(&actor.caller, &next.clinic, &actor.bearer)
+            .await?;
         self.trail
             .intent(actor, "PatientService/UpdatePatient", &next.name())
             .await?;
@@ -167,11 +180,30 @@ impl PatientApi {
             return Ok(current);
         }
         let next = current.changed(current.fields.clone(), false, time::now());
+        self.clinics
+            .require_writable(&actor.caller, &next.clinic, &actor.bearer)
+            .await?;
         self.trail
             .intent(actor, "PatientService/DeactivatePatient", &next.name())
             .await?;
         self.stores.patients.replace(&next).await?;
         Ok(next)
+    }
+
+    async fn unlock(
+        &self,
+        actor: &Actor,
+        req: &pb::UnlockPatientRequest,
+    ) -> Result<Patient, ApiError> {
+        let patient = self.load(&actor.caller, "name", &req.name).await?;
+        self.clinics
+            .require_writable(&actor.caller, &patient.clinic, &actor.bearer)
+            .await?;
+        self.trail
+            .intent(actor, "PatientService/UnlockPatient", &patient.name())
+            .await?;
+        self.stores.patients.unlock_sign_in(&patient).await?;
+        Ok(patient)
     }
 
     /// Staff set (or reset) a patient's portal password; a patient changes their own,
@@ -182,24 +214,42 @@ impl PatientApi {
         req: pb::SetPatientPasswordRequest,
     ) -> Result<Patient, ApiError> {
         let caller = &actor.caller;
-        let current = self.load(caller, "name", &req.name).await?;
+        let mut current = self.load(caller, "name", &req.name).await?;
         check_policy("new_password", &req.new_password)?;
-        if caller.role() == Role::Patient {
+        let patient_self = caller.role() == Role::Patient;
+        if patient_self {
+            // Checked like a portal sign-in: counted under the same lock, so the current
+            // password cannot be guessed here without limit either.
             let given = SecretString::from(req.current_password);
-            let ok = self
-                .passwords
-                .verify(&given, current.password_hash.as_deref())
+            current = self
+                .sign_in
+                .confirm(
+                    self.stores.patients.as_ref(),
+                    current,
+                    &given,
+                    &actor.client,
+                )
                 .await?;
-            if !ok {
-                return Err(ApiError::Unauthenticated);
-            }
         }
         let hash = self
+            .sign_in
             .passwords
             .hash(&SecretString::from(req.new_password))
             .await?;
-        let mut next = current.changed(current.fields.clone(), current.is_active, time::now());
+        let now = time::now();
+        let mut next = current.changed(current.fields.clone(), current.is_active, now);
         next.password_hash = Some(hash);
+        // Every other portal session ends at its next refresh (a patient changing their
+        // own keeps the session they changed it from).
+        next.password_set_ms = time::to_millis(now);
+        next.password_kept_session = if patient_self {
+            caller.session().to_owned()
+        } else {
+            String::new()
+        };
+        self.clinics
+            .require_writable(&actor.caller, &next.clinic, &actor.bearer)
+            .await?;
         self.trail
             .intent(actor, "PatientService/SetPatientPassword", &next.name())
             .await?;
@@ -332,6 +382,22 @@ impl PatientService for PatientApi {
             .record(&actor, "PatientService/UpdatePatient", &name, result)
             .await?;
         Ok(Response::new(pb::UpdatePatientResponse {
+            patient: Some(to_proto(&patient)),
+        }))
+    }
+
+    async fn unlock_patient(
+        &self,
+        req: Request<pb::UnlockPatientRequest>,
+    ) -> Result<Response<pb::UnlockPatientResponse>, Status> {
+        let actor = Actor::of(&req)?;
+        let req = req.into_inner();
+        let result = self.unlock(&actor, &req).await;
+        let patient = self
+            .trail
+            .record(&actor, "PatientService/UnlockPatient", &req.name, result)
+            .await?;
+        Ok(Response::new(pb::UnlockPatientResponse {
             patient: Some(to_proto(&patient)),
         }))
     }

@@ -5,7 +5,7 @@
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use topsmile_kit::FieldViolation;
+use topsmile_kit::{FieldViolation, mask::UpdatePaths};
 
 /// How bad an allergic reaction is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,45 +121,37 @@ pub const UPDATABLE_FIELDS: &[&str] = &[
     "notes",
 ];
 
-/// `current` with the masked fields from `incoming`; the mask is required (clinical
-/// data is changed field by field, never by accident).
+/// `current` with the fields the update applies taken from `incoming` (an empty mask
+/// means every field set in the request: see [`UpdatePaths`]). Clearing a field takes
+/// naming it in the mask.
 pub fn apply_mask(
     current: &HistoryContent,
     incoming: HistoryContent,
-    mask: &[String],
-) -> Result<HistoryContent, FieldViolation> {
-    if mask.is_empty() {
-        return Err(FieldViolation::new(
-            "update_mask",
-            format!(
-                "is required: name the fields to change ({})",
-                UPDATABLE_FIELDS.join(", ")
-            ),
-        ));
+    paths: &UpdatePaths,
+) -> HistoryContent {
+    let c = current.clone();
+    HistoryContent {
+        chief_complaint: paths.pick(
+            "chief_complaint",
+            c.chief_complaint,
+            incoming.chief_complaint,
+        ),
+        allergies: paths.pick("allergies", c.allergies, incoming.allergies),
+        medications: paths.pick("medications", c.medications, incoming.medications),
+        chronic_conditions: paths.pick(
+            "chronic_conditions",
+            c.chronic_conditions,
+            incoming.chronic_conditions,
+        ),
+        surgical_history: paths.pick(
+            "surgical_history",
+            c.surgical_history,
+            incoming.surgical_history,
+        ),
+        social_history: paths.pick("social_history", c.social_history, incoming.social_history),
+        vital_signs: paths.pick("vital_signs", c.vital_signs, incoming.vital_signs),
+        notes: paths.pick("notes", c.notes, incoming.notes),
     }
-    let mut merged = current.clone();
-    for path in mask {
-        match path.as_str() {
-            "chief_complaint" => merged.chief_complaint = incoming.chief_complaint.clone(),
-            "allergies" => merged.allergies = incoming.allergies.clone(),
-            "medications" => merged.medications = incoming.medications.clone(),
-            "chronic_conditions" => merged.chronic_conditions = incoming.chronic_conditions.clone(),
-            "surgical_history" => merged.surgical_history = incoming.surgical_history.clone(),
-            "social_history" => merged.social_history = incoming.social_history.clone(),
-            "vital_signs" => merged.vital_signs = incoming.vital_signs.clone(),
-            "notes" => merged.notes = incoming.notes.clone(),
-            other => {
-                return Err(FieldViolation::new(
-                    "update_mask",
-                    format!(
-                        "{other:?} cannot be updated; updatable: {}",
-                        UPDATABLE_FIELDS.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(merged)
 }
 
 /// Checks lengths, required parts and plausible vital signs; reports every problem.
@@ -285,22 +277,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_mask_is_required_and_checked() {
-        let current = HistoryContent::default();
-        assert!(apply_mask(&current, HistoryContent::default(), &[]).is_err());
-        assert!(apply_mask(&current, HistoryContent::default(), &["blood_type".into()]).is_err());
+    fn only_the_applied_fields_change() {
+        let current = HistoryContent {
+            chief_complaint: "kept".into(),
+            ..HistoryContent::default()
+        };
         let merged = apply_mask(
             &current,
             HistoryContent {
                 notes: "n".into(),
-                chief_complaint: "not masked".into(),
+                chief_complaint: "not applied".into(),
                 ..HistoryContent::default()
             },
-            &["notes".into()],
-        )
-        .unwrap();
+            &UpdatePaths::trusted(["notes"]),
+        );
         assert_eq!(merged.notes, "n");
-        assert_eq!(merged.chief_complaint, "");
+        assert_eq!(merged.chief_complaint, "kept");
     }
 
     #[test]

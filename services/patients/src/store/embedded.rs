@@ -97,11 +97,21 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX patient_search_clinic_term;
     CREATE INDEX patient_search_clinic_term ON patient_search (clinic_id, term, patient_id);
     ",
+    // 5. Sign-in counters per account and client address (see topsmile_kit::lockout);
+    //    the per-patient columns of migration 3 are no longer read.
+    topsmile_kit::store::sqlite::SIGN_IN_LOCKS_SCHEMA,
+    // 6. A patient's email is unique within a clinic, not across clinics (otherwise one
+    //    clinic learns, and can squat, another's patients' addresses).
+    "
+    DROP INDEX patients_email_active;
+    CREATE UNIQUE INDEX patients_clinic_email_active ON patients (clinic_id, email)
+        WHERE is_active = 1 AND email IS NOT NULL;
+    ",
 ];
 
 /// Index names, as `(table, index)`.
 pub const INDEXES: &[(&str, &str)] = &[
-    ("patients", "patients_email_active"),
+    ("patients", "patients_clinic_email_active"),
     ("patients", "patients_clinic_active"),
     ("patients", "patients_clinic_search_name"),
     ("patients", "patients_clinic_phone"),
@@ -133,6 +143,10 @@ struct PatientDoc {
     date_of_birth: Option<String>,
     address: Option<PostalAddress>,
     password_hash: Option<String>,
+    #[serde(default)]
+    password_set_ms: i64,
+    #[serde(default)]
+    password_kept_session: String,
     create_time_ms: i64,
     update_time_ms: i64,
 }
@@ -146,6 +160,8 @@ fn to_doc(p: &Patient) -> Result<String, StoreError> {
         date_of_birth: p.fields.date_of_birth.map(|d| d.to_string()),
         address: p.fields.address.clone(),
         password_hash: p.password_hash.clone(),
+        password_set_ms: p.password_set_ms,
+        password_kept_session: p.password_kept_session.clone(),
         create_time_ms: time::to_millis(p.create_time),
         update_time_ms: time::to_millis(p.update_time),
     })
@@ -189,6 +205,8 @@ fn to_patient((id, clinic, is_active, version, doc): PatientRow) -> Result<Patie
         },
         is_active,
         password_hash: doc.password_hash,
+        password_set_ms: doc.password_set_ms,
+        password_kept_session: doc.password_kept_session,
         create_time: time::from_millis(doc.create_time_ms),
         update_time: time::from_millis(doc.update_time_ms),
         version,
@@ -256,15 +274,19 @@ pub fn list_sql(
 
 #[async_trait]
 impl PatientStore for EmbeddedPatients {
-    async fn get_by_email(&self, email: &str) -> Result<Option<Patient>, StoreError> {
-        let email = email.to_owned();
+    async fn get_by_email(
+        &self,
+        clinic: &ResourceId,
+        email: &str,
+    ) -> Result<Option<Patient>, StoreError> {
+        let (clinic, email) = (clinic.to_string(), email.to_owned());
         self.db
             .read(move |conn| {
                 conn.query_row(
                     &format!(
-                        "SELECT {COLUMNS} FROM patients p WHERE p.email = ?1 AND p.is_active = 1"
+                        "SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.email = ?2 AND p.is_active = 1"
                     ),
-                    params![email],
+                    params![clinic, email],
                     patient_row,
                 )
                 .optional()
@@ -275,24 +297,8 @@ impl PatientStore for EmbeddedPatients {
             .await
     }
 
-    async fn begin_login_attempt(
-        &self,
-        id: &ResourceId,
-        now: Timestamp,
-        policy: &LockPolicy,
-    ) -> Result<Attempt, StoreError> {
-        topsmile_kit::store::sqlite::begin_login_attempt(
-            &self.db,
-            "patients",
-            id.as_str(),
-            now,
-            policy,
-        )
-        .await
-    }
-
-    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
-        topsmile_kit::store::sqlite::login_succeeded(&self.db, "patients", id.as_str()).await
+    async fn unlock_sign_in(&self, patient: &Patient) -> Result<(), StoreError> {
+        topsmile_kit::store::sqlite::unlock_sign_in(&self.db, patient.id.as_str()).await
     }
 
     async fn create(
@@ -600,5 +606,30 @@ impl HistoryStore for EmbeddedPatients {
                     .collect()
             })
             .await
+    }
+}
+
+#[async_trait]
+impl topsmile_kit::signin::SignInCounters<Patient> for EmbeddedPatients {
+    async fn begin_sign_in(
+        &self,
+        patient: &Patient,
+        client: &str,
+        now: Timestamp,
+        policy: &LockPolicy,
+    ) -> Result<Attempt, StoreError> {
+        topsmile_kit::store::sqlite::begin_sign_in(
+            &self.db,
+            patient.id.as_str(),
+            patient.clinic.as_str(),
+            client,
+            now,
+            policy,
+        )
+        .await
+    }
+
+    async fn sign_in_succeeded(&self, patient: &Patient, client: &str) -> Result<(), StoreError> {
+        topsmile_kit::store::sqlite::sign_in_succeeded(&self.db, patient.id.as_str(), client).await
     }
 }

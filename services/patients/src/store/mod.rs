@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use topsmile_kit::{
     StoreError,
-    lockout::{Attempt, LockPolicy},
     names::ResourceId,
     paging::PageRequest,
+    signin::SignInCounters,
     store::{Backend, StoreChoice},
 };
 
@@ -19,8 +19,9 @@ use crate::domain::{Patient, PatientQuery, history::HistoryVersion};
 
 /// Patients, as the patients service stores them.
 #[async_trait]
-pub trait PatientStore: Send + Sync + 'static {
-    /// Inserts `patient`; `Duplicate("email")` if an active patient has its email. If a
+pub trait PatientStore: SignInCounters<Patient> + Send + Sync + 'static {
+    /// Inserts `patient`; `Duplicate("email")` if an active patient of the same clinic
+    /// has its email. If a
     /// patient of the same clinic was already created with `request_id`, returns that
     /// one and inserts nothing: a retried create never makes a duplicate.
     async fn create(
@@ -46,21 +47,16 @@ pub trait PatientStore: Send + Sync + 'static {
     /// counters are left alone.
     async fn replace(&self, next: &Patient) -> Result<(), StoreError>;
 
-    /// The active patient with this (normalised) email, for portal sign-in. Read from
-    /// the primary.
-    async fn get_by_email(&self, email: &str) -> Result<Option<Patient>, StoreError>;
-
-    /// Counts a portal sign-in attempt before the password is checked (see
-    /// `topsmile_kit::lockout`).
-    async fn begin_login_attempt(
+    /// The active patient of `clinic` with this (normalised) email, for portal sign-in
+    /// (an email is unique within a clinic, not across clinics). Read from the primary.
+    async fn get_by_email(
         &self,
-        id: &ResourceId,
-        now: Timestamp,
-        policy: &LockPolicy,
-    ) -> Result<Attempt, StoreError>;
+        clinic: &ResourceId,
+        email: &str,
+    ) -> Result<Option<Patient>, StoreError>;
 
-    /// A portal sign-in succeeded: the counters start again.
-    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError>;
+    /// An admin unlocked the patient's portal sign-in: every counter of it is gone.
+    async fn unlock_sign_in(&self, patient: &Patient) -> Result<(), StoreError>;
 }
 
 /// Medical histories (`medicalHistory`): one current version per patient and every

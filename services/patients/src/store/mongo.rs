@@ -33,15 +33,16 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
     vec![
         (
             "patients",
+            // Unique within a clinic, among active patients that have an email.
             IndexModel::builder()
-                .keys(doc! {"email": 1})
+                .keys(doc! {"clinicId": 1, "email": 1})
                 .options(
                     IndexOptions::builder()
                         .unique(true)
                         .partial_filter_expression(
                             doc! {"isActive": true, "email": {"$type": "string"}},
                         )
-                        .name("email_active_unique".to_owned())
+                        .name("clinic_email_active_unique".to_owned())
                         .build(),
                 )
                 .build(),
@@ -133,14 +134,30 @@ pub struct MongoPatients {
     patients: Collection<Document>,
     histories: Collection<Document>,
     audit: Collection<Document>,
+    sign_in_locks: Collection<Document>,
 }
 
 impl MongoPatients {
     /// Creates the indexes; creating an index that exists with the same keys and options
     /// is a no-op, so this runs at every start.
     pub async fn open(store: MongoStore) -> Result<Self, StoreError> {
+        // Indexes this service made once and replaced (the email was unique across
+        // clinics): dropped if present, so the old constraint no longer applies.
+        topsmile_kit::store::mongo::drop_indexes(
+            &store.database,
+            &[("patients", "email_active_unique")],
+        )
+        .await?;
         create_indexes(&store.database, indexes()).await?;
+        create_indexes(
+            &store.database,
+            topsmile_kit::store::mongo::sign_in_lock_indexes(),
+        )
+        .await?;
         Ok(Self {
+            sign_in_locks: store
+                .database
+                .collection(topsmile_kit::store::mongo::SIGN_IN_LOCKS),
             patients: store.database.collection("patients"),
             histories: store.database.collection("medicalHistory"),
             audit: store.database.collection("auditEvents"),
@@ -166,6 +183,8 @@ fn to_document(p: &Patient, request_key: &str) -> Result<Document, StoreError> {
         "dateOfBirth": p.fields.date_of_birth.map(|d| d.to_string()),
         "address": address,
         "passwordHash": p.password_hash.clone(),
+        "passwordSetMs": p.password_set_ms,
+        "passwordKeptSession": &p.password_kept_session,
         "isActive": p.is_active,
         "searchName": p.search_terms(),
         "createTime": to_bson_time(p.create_time),
@@ -213,6 +232,8 @@ fn from_document(d: &Document) -> Result<Patient, StoreError> {
         },
         is_active: get_bool(d, "isActive"),
         password_hash: d.get_str("passwordHash").ok().map(str::to_owned),
+        password_set_ms: get_i64(d, "passwordSetMs"),
+        password_kept_session: get_string(d, "passwordKeptSession"),
         create_time: get_time(d, "createTime"),
         update_time: get_time(d, "updateTime"),
         version: get_i64(d, "version"),
@@ -244,27 +265,26 @@ pub fn list_filter(clinic: &ResourceId, query: &PatientQuery) -> Document {
 
 #[async_trait]
 impl PatientStore for MongoPatients {
-    async fn get_by_email(&self, email: &str) -> Result<Option<Patient>, StoreError> {
+    async fn get_by_email(
+        &self,
+        clinic: &ResourceId,
+        email: &str,
+    ) -> Result<Option<Patient>, StoreError> {
         let found = self
             .patients
-            .find_one(doc! {"email": email, "isActive": true})
+            .find_one(doc! {"clinicId": clinic.as_str(), "email": email, "isActive": true})
             .await
             .map_err(translate)?;
         found.as_ref().map(from_document).transpose()
     }
 
-    async fn begin_login_attempt(
-        &self,
-        id: &ResourceId,
-        now: jiff::Timestamp,
-        policy: &topsmile_kit::lockout::LockPolicy,
-    ) -> Result<topsmile_kit::lockout::Attempt, StoreError> {
-        topsmile_kit::store::mongo::begin_login_attempt(&self.patients, id.as_str(), now, policy)
-            .await
-    }
-
-    async fn login_succeeded(&self, id: &ResourceId) -> Result<(), StoreError> {
-        topsmile_kit::store::mongo::login_succeeded(&self.patients, id.as_str()).await
+    async fn unlock_sign_in(&self, patient: &Patient) -> Result<(), StoreError> {
+        topsmile_kit::store::mongo::unlock_sign_in(
+            &self.sign_in_locks,
+            patient.id.as_str(),
+            patient.clinic.as_str(),
+        )
+        .await
     }
 
     async fn create(
@@ -494,5 +514,36 @@ impl HistoryStore for MongoPatients {
         versions.sort_by_key(|v| std::cmp::Reverse(v.version));
         versions.truncate(limit);
         Ok(versions)
+    }
+}
+
+#[async_trait]
+impl topsmile_kit::signin::SignInCounters<Patient> for MongoPatients {
+    async fn begin_sign_in(
+        &self,
+        patient: &Patient,
+        client: &str,
+        now: jiff::Timestamp,
+        policy: &topsmile_kit::lockout::LockPolicy,
+    ) -> Result<topsmile_kit::lockout::Attempt, StoreError> {
+        topsmile_kit::store::mongo::begin_sign_in(
+            &self.sign_in_locks,
+            patient.id.as_str(),
+            patient.clinic.as_str(),
+            client,
+            now,
+            policy,
+        )
+        .await
+    }
+
+    async fn sign_in_succeeded(&self, patient: &Patient, client: &str) -> Result<(), StoreError> {
+        topsmile_kit::store::mongo::sign_in_succeeded(
+            &self.sign_in_locks,
+            patient.id.as_str(),
+            patient.clinic.as_str(),
+            client,
+        )
+        .await
     }
 }
