@@ -50,7 +50,7 @@ fn real_key(suite: &TestSuite) -> KeyRing {
 }
 
 fn claims_for(sub: &str, role: &str, clinic: &str) -> Claims {
-    let now = jiff::Timestamp::now().as_second();
+    let now = topsmile_kit::time::unix_seconds();
     Claims {
         iss: ISSUER.into(),
         aud: AUDIENCE.into(),
@@ -92,7 +92,7 @@ fn forgeries(suite: &TestSuite, valid: &str) -> Vec<(&'static str, String)> {
             ..super_admin.clone()
         })
         .unwrap();
-    let now = jiff::Timestamp::now().as_second();
+    let now = topsmile_kit::time::unix_seconds();
     let expired = issuer
         .sign(&Claims {
             exp: now - 3600,
@@ -545,7 +545,7 @@ async fn an_expired_refresh_token_is_rejected_on_mongodb() {
 async fn on_test_clock(
     store: Option<topsmile_kit::store::StoreChoice>,
 ) -> (TestSuite, Arc<TestClock>) {
-    let clock = Arc::new(TestClock::new(jiff::Timestamp::now()));
+    let clock = Arc::new(TestClock::new(topsmile_kit::time::now()));
     let suite = TestSuite::with(Setup {
         store,
         clock: Some(clock.clone()),

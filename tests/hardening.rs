@@ -895,3 +895,90 @@ async fn patient_password_guessing_is_locked_and_an_admin_unlocks_it() {
     );
     suite.stop().await;
 }
+
+/// A medical history's bounds, through the gateway: an out-of-range measurement time
+/// and control characters are INVALID_ARGUMENT (the time used to be dropped), and
+/// revisions list in bounded pages to the end.
+#[tokio::test]
+async fn medical_history_input_and_revision_pages_are_bounded() {
+    let suite = TestSuite::start().await;
+    let a = suite.clinic_with_staff("History Bounds").await;
+    let patient = a_full_patient(&suite, &a.staff, &a.clinic.name).await;
+    let name = format!("{}/medicalHistory", patient.name);
+    let mut histories = histories_as(&suite, &a.admin).await;
+    let err = histories
+        .update_medical_history(pb::UpdateMedicalHistoryRequest {
+            medical_history: Some(pb::MedicalHistory {
+                name: name.clone(),
+                etag: "0".into(),
+                notes: "ring\u{7}ring".into(),
+                vital_signs: Some(pb::VitalSigns {
+                    heart_rate_bpm: 70,
+                    measured_at: Some(prost_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut fields = violations(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "medical_history.notes",
+            "medical_history.vital_signs.measured_at"
+        ]
+    );
+
+    let mut etag = "0".to_owned();
+    for n in 0..25 {
+        etag = histories
+            .update_medical_history(pb::UpdateMedicalHistoryRequest {
+                medical_history: Some(pb::MedicalHistory {
+                    name: name.clone(),
+                    etag: etag.clone(),
+                    notes: format!("visit {n}\n\tall well"),
+                    ..Default::default()
+                }),
+                update_mask: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .medical_history
+            .unwrap()
+            .etag;
+    }
+    let mut seen = 0;
+    let mut page_token = String::new();
+    loop {
+        let page = histories
+            .list_medical_history_revisions(pb::ListMedicalHistoryRevisionsRequest {
+                parent: name.clone(),
+                page_size: 1000,
+                page_token: page_token.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            page.revisions.len() <= 20,
+            "{} in one page",
+            page.revisions.len()
+        );
+        seen += page.revisions.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(seen, 24, "every replaced version, once");
+    suite.stop().await;
+}

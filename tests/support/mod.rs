@@ -334,7 +334,7 @@ pub fn aimed_at(
 pub fn patient_token(suite: &TestSuite, clinic_id: &str, patient_name: &str) -> String {
     use topsmile_kit::auth::{AUDIENCE, Claims, ISSUER, KeyRing, Kind};
     let ring = KeyRing::load(&suite.dir.path().join("signing-keys.json")).unwrap();
-    let now = jiff::Timestamp::now().as_second();
+    let now = topsmile_kit::time::unix_seconds();
     let claims = Claims {
         iss: ISSUER.into(),
         aud: AUDIENCE.into(),

@@ -190,7 +190,7 @@ impl Accounts {
         let started = family.is_none();
         let (family, family_created) =
             family.unwrap_or_else(|| (ResourceId::generate().to_string(), now));
-        let issued_at = jiff::Timestamp::now().as_second();
+        let issued_at = topsmile_kit::time::unix_seconds();
         let ttl = i64::try_from(ACCESS_TOKEN_TTL.as_secs()).unwrap_or(900);
         let claims = Claims {
             iss: ISSUER.into(),
@@ -264,7 +264,7 @@ impl Accounts {
         let principal = match record.kind {
             // A deactivated clinic's sessions end with their next refresh.
             Kind::Staff => match ResourceId::parse(&record.subject) {
-                Some(id) => match self.stores.users.get(&id).await? {
+                Some(id) => match self.stores.users.get(&record.clinic, &id).await? {
                     Some(u) if u.is_active && self.clinic_is_active(&u.clinic).await? => {
                         Some(Principal::staff(&u))
                     }
@@ -348,7 +348,12 @@ impl Accounts {
             .next()
             .and_then(ResourceId::parse)
             .ok_or(ApiError::Unauthenticated)?;
-        match self.stores.users.get(&id).await? {
+        // A super admin's token names no clinic; they are stored under `-`.
+        let clinic = match caller.clinic() {
+            "" => NO_CLINIC,
+            clinic => clinic,
+        };
+        match self.stores.users.get(clinic, &id).await? {
             Some(user) if user.is_active && user.name() == caller.subject() => Ok(user),
             _ => Err(ApiError::Unauthenticated),
         }
@@ -375,7 +380,7 @@ impl Accounts {
         let service = ResourceId::parse(service).ok_or_else(|| {
             ApiError::invalid("service", "must be a service name such as \"patients\"")
         })?;
-        let now = jiff::Timestamp::now().as_second();
+        let now = topsmile_kit::time::unix_seconds();
         let ttl = i64::try_from(SERVICE_TOKEN_TTL.as_secs()).unwrap_or(300);
         let jti = ResourceId::generate().to_string();
         let claims = Claims {

@@ -141,7 +141,7 @@ fn fields(name: &str) -> ClinicFields {
 
 /// Times are stored with millisecond precision; make test values exact.
 fn now() -> Timestamp {
-    Timestamp::from_millisecond(Timestamp::now().as_millisecond()).unwrap()
+    topsmile_kit::time::now()
 }
 
 async fn created_clinic_reads_back_identically(s: &Stores) {
@@ -341,7 +341,15 @@ async fn user_reads_back_by_id_and_by_email(s: &Stores) {
         .create(user("c1", "ana@example.com", Role::Admin), None)
         .await
         .unwrap();
-    assert_eq!(s.users.get(&u.id).await.unwrap(), Some(u.clone()));
+    assert_eq!(
+        s.users.get(&u.clinic, &u.id).await.unwrap(),
+        Some(u.clone())
+    );
+    assert_eq!(
+        s.users.get("c2", &u.id).await.unwrap(),
+        None,
+        "another clinic's id reads as missing"
+    );
     assert_eq!(
         s.users.get_by_email("ana@example.com").await.unwrap(),
         Some(u)
@@ -423,7 +431,7 @@ async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
         ..u.clone()
     };
     s.users.update_profile(&next).await.unwrap();
-    let stored = s.users.get(&u.id).await.unwrap().unwrap();
+    let stored = s.users.get(&u.clinic, &u.id).await.unwrap().unwrap();
     assert_eq!(stored.role, Role::Provider);
     for _ in 1..policy.threshold {
         assert_eq!(
@@ -460,7 +468,12 @@ async fn user_updates_are_conditional_and_keep_sign_in_counters(s: &Stores) {
         Err(StoreError::Duplicate("email"))
     ));
     assert_eq!(
-        s.users.get(&taken.id).await.unwrap().unwrap().email,
+        s.users
+            .get(&taken.clinic, &taken.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .email,
         "bia@example.com"
     );
 }

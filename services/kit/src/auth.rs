@@ -246,7 +246,7 @@ fn new_key(now: i64) -> Result<StoredKey, KeyError> {
 }
 
 fn now_secs() -> i64 {
-    jiff::Timestamp::now().as_second()
+    crate::time::unix_seconds()
 }
 
 /// Signs access tokens with the active key.

@@ -23,6 +23,9 @@ pub mod shutdown;
 pub mod signin;
 pub mod store;
 pub mod telemetry;
+/// Helpers for tests (MongoDB stand-in detection, index checks): only with the
+/// `testing` feature, which test builds turn on.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
 pub mod validate;

@@ -87,6 +87,39 @@ impl PageRequest {
         }
     }
 
+    /// Like [`finish`](Self::finish), but the page holds at most `max_items` and ends
+    /// before its encoded size (`size_of` each item) passes `max_bytes`; it always holds
+    /// at least one item, so a listing moves on whatever one item weighs. The store
+    /// should have fetched `min(fetch_limit(), max_items + 1)`.
+    pub fn finish_within<T>(
+        &self,
+        mut items: Vec<T>,
+        key: impl Fn(&T) -> String,
+        size_of: impl Fn(&T) -> usize,
+        (max_items, max_bytes): (usize, usize),
+    ) -> (Vec<T>, String) {
+        let mut total = 0usize;
+        let fits = items
+            .iter()
+            .take(self.size.min(max_items))
+            .take_while(|item| {
+                total = total.saturating_add(size_of(item));
+                total <= max_bytes
+            })
+            .count()
+            .max(1);
+        if fits < items.len() {
+            items.truncate(fits);
+            let token = items
+                .last()
+                .map(|last| self.next_token(&key(last)))
+                .unwrap_or_default();
+            (items, token)
+        } else {
+            (items, String::new())
+        }
+    }
+
     /// How many rows a store should fetch: one more than a page.
     pub fn fetch_limit(&self) -> usize {
         self.size + 1
@@ -134,6 +167,29 @@ fn open(token: &str) -> Option<Cursor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_also_ends_at_its_byte_budget() {
+        let page = PageRequest::parse(10, "", &["q"]).unwrap();
+        let items: Vec<usize> = vec![400, 400, 400, 400];
+        let (kept, token) =
+            page.finish_within(items.clone(), |n| n.to_string(), |n| *n, (10, 1000));
+        assert_eq!(kept, vec![400, 400]);
+        assert!(!token.is_empty());
+        let (one, token) = page.finish_within(vec![5000, 1], |n| n.to_string(), |n| *n, (10, 1000));
+        assert_eq!(
+            one,
+            vec![5000],
+            "one oversized item still moves the listing on"
+        );
+        assert!(!token.is_empty());
+        let (all, token) = page.finish_within(vec![1, 2], |n| n.to_string(), |n| *n, (10, 1000));
+        assert_eq!((all, token), (vec![1, 2], String::new()));
+        let (capped, token) =
+            page.finish_within(vec![1, 2, 3], |n| n.to_string(), |n| *n, (2, 1000));
+        assert_eq!(capped, vec![1, 2]);
+        assert!(!token.is_empty(), "a page cut at max_items has a next page");
+    }
 
     #[test]
     fn a_token_continues_the_same_query() {

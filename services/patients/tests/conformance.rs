@@ -112,6 +112,7 @@ conformance!(
     racing_replaces_have_exactly_one_winner,
     audit_events_are_listed_by_clinic_resource_and_actor,
     a_history_update_keeps_the_version_it_replaces,
+    a_history_outgrows_no_document,
     racing_history_updates_on_one_etag_have_one_winner,
 );
 
@@ -147,8 +148,19 @@ async fn a_created_patient_reads_back_identically(s: &Stores, _: Option<mongodb:
     let p = patient(&c, "José", "Álvarez", Some("jose@example.com"));
     let created = s.patients.create(p.clone(), None).await.unwrap();
     assert_eq!(created, p);
-    assert_eq!(s.patients.get(&p.id).await.unwrap(), Some(p));
-    assert_eq!(s.patients.get(&ResourceId::generate()).await.unwrap(), None);
+    assert_eq!(
+        s.patients.get(&p.clinic, &p.id).await.unwrap(),
+        Some(p.clone())
+    );
+    assert_eq!(
+        s.patients.get(&c, &ResourceId::generate()).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        s.patients.get(&clinic(), &p.id).await.unwrap(),
+        None,
+        "another clinic's id reads as missing"
+    );
 }
 
 async fn retried_creates_with_one_request_id_make_one_patient(
@@ -291,7 +303,7 @@ async fn list_pages_one_clinic_in_creation_order(s: &Stores, _: Option<mongodb::
             .unwrap();
     }
     // One inactive: hidden unless asked for.
-    let hidden = s.patients.get(&ids[3]).await.unwrap().unwrap();
+    let hidden = s.patients.get(&c, &ids[3]).await.unwrap().unwrap();
     s.patients
         .replace(&hidden.changed(hidden.fields.clone(), false, now()))
         .await
@@ -427,7 +439,15 @@ async fn racing_replaces_have_exactly_one_winner(s: &Stores, _: Option<mongodb::
         .filter(|a| matches!(a, Err(StoreError::Stale)))
         .count();
     assert_eq!((won, stale), (1, 7), "{attempts:?}");
-    assert_eq!(s.patients.get(&p.id).await.unwrap().unwrap().version, 2);
+    assert_eq!(
+        s.patients
+            .get(&p.clinic, &p.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
 }
 
 fn event(clinic: &str, actor: &str, resource: &str, outcome: &str) -> AuditEvent {
@@ -499,7 +519,7 @@ fn version(n: i64, notes: &str) -> HistoryVersion {
 
 async fn a_history_update_keeps_the_version_it_replaces(s: &Stores, _: Option<mongodb::Database>) {
     let (c, p) = (clinic(), ResourceId::generate());
-    assert_eq!(s.histories.current(&p).await.unwrap(), None);
+    assert_eq!(s.histories.current(&c, &p).await.unwrap(), None);
     for n in 1..=4 {
         s.histories
             .record(&c, &p, &version(n, &format!("v{n}")))
@@ -507,23 +527,56 @@ async fn a_history_update_keeps_the_version_it_replaces(s: &Stores, _: Option<mo
             .unwrap();
     }
     assert_eq!(
-        s.histories.current(&p).await.unwrap(),
+        s.histories.current(&c, &p).await.unwrap(),
         Some(version(4, "v4"))
     );
-    let all = s.histories.revisions(&p, None, 10).await.unwrap();
+    let all = s.histories.revisions(&c, &p, None, 10).await.unwrap();
     assert_eq!(
         all,
         vec![version(3, "v3"), version(2, "v2"), version(1, "v1")],
         "newest first"
     );
-    let older = s.histories.revisions(&p, Some(3), 1).await.unwrap();
+    let older = s.histories.revisions(&c, &p, Some(3), 1).await.unwrap();
     assert_eq!(older, vec![version(2, "v2")]);
     // A write naming a version that is not current changes nothing.
     assert!(matches!(
         s.histories.record(&c, &p, &version(3, "late")).await,
         Err(StoreError::Stale)
     ));
-    assert_eq!(s.histories.revisions(&p, None, 10).await.unwrap().len(), 3);
+    assert_eq!(
+        s.histories.revisions(&c, &p, None, 10).await.unwrap().len(),
+        3
+    );
+}
+
+/// Forty versions of about 400 kB each (16 MB together: more than one MongoDB document
+/// may hold) are all kept and listed: each revision is its own document.
+async fn a_history_outgrows_no_document(s: &Stores, _: Option<mongodb::Database>) {
+    let (c, p) = (clinic(), ResourceId::generate());
+    let big = "x".repeat(400 * 1024);
+    for n in 1..=40 {
+        s.histories
+            .record(&c, &p, &version(n, &format!("{n} {big}")))
+            .await
+            .unwrap_or_else(|e| panic!("version {n}: {e:?}"));
+    }
+    let current = s.histories.current(&c, &p).await.unwrap().unwrap();
+    assert_eq!(current.version, 40);
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s.histories.revisions(&c, &p, before, 7).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|v| v.version);
+        seen.extend(page.into_iter().map(|v| v.version));
+    }
+    assert_eq!(seen, (1..40).rev().collect::<Vec<i64>>());
+    assert!(
+        s.histories.current(&clinic(), &p).await.unwrap().is_none(),
+        "another clinic reads no history"
+    );
 }
 
 async fn racing_history_updates_on_one_etag_have_one_winner(
@@ -545,5 +598,8 @@ async fn racing_history_updates_on_one_etag_have_one_winner(
             .count();
         assert_eq!((won, stale), (1, 5), "round {round}: {attempts:?}");
     }
-    assert_eq!(s.histories.revisions(&p, None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.histories.revisions(&c, &p, None, 10).await.unwrap().len(),
+        1
+    );
 }

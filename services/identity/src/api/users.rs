@@ -93,7 +93,7 @@ impl UserApi {
         } else {
             caller.check_clinic(&clinic)?;
         }
-        match self.accounts.stores.users.get(&id).await? {
+        match self.accounts.stores.users.get(&clinic, &id).await? {
             Some(user) if user.clinic == clinic => Ok(user),
             _ => Err(ApiError::NotFound("user")),
         }

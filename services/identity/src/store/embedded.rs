@@ -296,13 +296,13 @@ impl UserStore for EmbeddedIdentity {
             .await
     }
 
-    async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError> {
-        let id = id.as_str().to_owned();
+    async fn get(&self, clinic: &str, id: &ResourceId) -> Result<Option<User>, StoreError> {
+        let (clinic, id) = (clinic.to_owned(), id.as_str().to_owned());
         self.db
             .read(move |conn| {
                 conn.query_row(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
-                    params![id],
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE clinic_id = ?1 AND id = ?2"),
+                    params![clinic, id],
                     user_row,
                 )
                 .optional()

@@ -51,7 +51,9 @@ pub trait UserStore: SignInCounters<User> + Send + Sync + 'static {
     /// that one and inserts nothing: a retried create never makes a duplicate.
     async fn create(&self, user: User, request_id: Option<&str>) -> Result<User, StoreError>;
 
-    async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError>;
+    /// The user `id` of `clinic` (`-` for super admins): every read of a tenant
+    /// collection names its clinic, so it routes to one shard.
+    async fn get(&self, clinic: &str, id: &ResourceId) -> Result<Option<User>, StoreError>;
 
     /// By normalised (lower-case) email. Always read from the primary: it decides sign-ins.
     async fn get_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;

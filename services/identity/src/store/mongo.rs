@@ -50,6 +50,10 @@ impl MongoIdentity {
                 .build(),
         ];
         clinics.create_indexes(indexes).await.map_err(translate)?;
+        // Request ids are unique per clinic (shard-ready: unique keys of tenant
+        // collections start with clinicId); the index they replace goes.
+        topsmile_kit::store::mongo::drop_indexes(&store.database, &[("users", "requestId_1")])
+            .await?;
         let users = store.database.collection::<Document>("users");
         let user_indexes = [
             IndexModel::builder()
@@ -57,7 +61,7 @@ impl MongoIdentity {
                 .options(IndexOptions::builder().unique(true).build())
                 .build(),
             IndexModel::builder()
-                .keys(doc! {"requestId": 1})
+                .keys(doc! {"clinicId": 1, "requestId": 1})
                 .options(IndexOptions::builder().unique(true).build())
                 .build(),
             IndexModel::builder()
@@ -264,10 +268,10 @@ impl UserStore for MongoIdentity {
         }
     }
 
-    async fn get(&self, id: &ResourceId) -> Result<Option<User>, StoreError> {
+    async fn get(&self, clinic: &str, id: &ResourceId) -> Result<Option<User>, StoreError> {
         let found = self
             .users
-            .find_one(doc! {"_id": id.as_str()})
+            .find_one(doc! {"clinicId": clinic, "_id": id.as_str()})
             .await
             .map_err(translate)?;
         found.as_ref().map(user_from).transpose()
@@ -316,7 +320,7 @@ impl UserStore for MongoIdentity {
         let result = self
             .users
             .update_one(
-                doc! {"_id": next.id.as_str(), "version": next.version - 1},
+                doc! {"clinicId": &next.clinic, "_id": next.id.as_str(), "version": next.version - 1},
                 doc! {"$set": set},
             )
             .await
@@ -326,7 +330,7 @@ impl UserStore for MongoIdentity {
         }
         match self
             .users
-            .find_one(doc! {"_id": next.id.as_str()})
+            .find_one(doc! {"clinicId": &next.clinic, "_id": next.id.as_str()})
             .await
             .map_err(translate)?
         {

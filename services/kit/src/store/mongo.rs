@@ -13,6 +13,18 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::StoreError;
 
+/// Sees every command any TopSmile MongoDB client sends: `(command name, command)`.
+pub type CommandObserver = Box<dyn Fn(&str, &mongodb::bson::Document) + Send + Sync>;
+
+static COMMAND_OBSERVER: std::sync::OnceLock<CommandObserver> = std::sync::OnceLock::new();
+
+/// Installs the process's command observer (once; later calls are ignored). Tests use
+/// it to check the shape of every query the services send, e.g. that each one on a
+/// tenant collection names its clinic. Without one, a command costs one atomic load.
+pub fn observe_commands(observer: CommandObserver) {
+    let _ = COMMAND_OBSERVER.set(observer);
+}
+
 /// A service's handle on its database.
 #[derive(Debug, Clone)]
 pub struct MongoStore {
@@ -35,6 +47,15 @@ pub async fn connect(
     options.app_name = Some(app_name.to_owned());
     options.write_concern = Some(WriteConcern::majority());
     options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    options.command_event_handler = Some(mongodb::event::EventHandler::callback(
+        |event: mongodb::event::command::CommandEvent| {
+            if let (Some(observer), mongodb::event::command::CommandEvent::Started(started)) =
+                (COMMAND_OBSERVER.get(), event)
+            {
+                observer(&started.command_name, &started.command);
+            }
+        },
+    ));
     let client = Client::with_options(options).map_err(translate)?;
     Ok(MongoStore {
         database: client.database(database),
@@ -118,14 +139,19 @@ pub async fn insert_once(
     unique: &'static str,
 ) -> Result<Inserted, StoreError> {
     let key = document.get("requestId").cloned();
+    // Tenant documents carry their clinic: the retry lookup names it too (shard-ready).
+    let clinic = document.get("clinicId").cloned();
     match collection.insert_one(document).await {
         Ok(_) => Ok(Inserted::New),
         Err(e) if is_duplicate_key(&e) => {
             let existing = match key {
-                Some(key) => collection
-                    .find_one(mongodb::bson::doc! {"requestId": key})
-                    .await
-                    .map_err(translate)?,
+                Some(key) => {
+                    let mut filter = mongodb::bson::doc! {"requestId": key};
+                    if let Some(clinic) = clinic {
+                        filter.insert("clinicId", clinic);
+                    }
+                    collection.find_one(filter).await.map_err(translate)?
+                }
                 None => None,
             };
             existing
@@ -271,9 +297,10 @@ pub fn sign_in_lock_indexes() -> Vec<(&'static str, mongodb::IndexModel)> {
 
 /// The lock end is kept as epoch milliseconds rather than a BSON date: the comparison is
 /// the same on real MongoDB, and nx-27017 reads a date written by `$set` back as a string.
-fn unlocked_key(key: &str, now: jiff::Timestamp) -> mongodb::bson::Document {
+fn unlocked_key(clinic: &str, key: &str, now: jiff::Timestamp) -> mongodb::bson::Document {
     mongodb::bson::doc! {
         "_id": key,
+        "clinicId": clinic,
         "$or": [
             {"lockedUntilMs": mongodb::bson::Bson::Null},
             {"lockedUntilMs": {"$lte": now.as_millisecond()}},
@@ -342,14 +369,14 @@ async fn count_attempt(
         "$set": {"touchedAt": touched, "account": account, "clinicId": clinic},
     };
     let first = collection
-        .find_one_and_update(unlocked_key(key, now), update.clone())
+        .find_one_and_update(unlocked_key(clinic, key, now), update.clone())
         .upsert(true)
         .return_document(ReturnDocument::After)
         .await;
     match first {
         Ok(counter) => Ok(counter),
         Err(e) if is_duplicate_key(&e) => collection
-            .find_one_and_update(unlocked_key(key, now), update)
+            .find_one_and_update(unlocked_key(clinic, key, now), update)
             .return_document(ReturnDocument::After)
             .await
             .map_err(translate),

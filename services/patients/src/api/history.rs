@@ -64,7 +64,7 @@ impl MedicalHistoryApi {
         let current = self
             .stores
             .histories
-            .current(&patient.id)
+            .current(&patient.clinic, &patient.id)
             .await?
             .unwrap_or_else(HistoryVersion::empty);
         Ok(to_proto(&patient, &current))
@@ -91,7 +91,7 @@ impl MedicalHistoryApi {
         let current = self
             .stores
             .histories
-            .current(&patient.id)
+            .current(&patient.clinic, &patient.id)
             .await?
             .unwrap_or_else(HistoryVersion::empty);
         if !current.etag_matches(&incoming.etag) {
@@ -99,9 +99,15 @@ impl MedicalHistoryApi {
         }
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let paths = UpdatePaths::resolve(&incoming, &mask, history::UPDATABLE_FIELDS)?;
-        let content = content_of(incoming)?;
+        // Conversion problems and rule violations are reported together.
+        let (content, mut violations) = content_of(incoming);
         let merged = history::apply_mask(&current.content, content, &paths);
-        history::validate("medical_history", &merged)?;
+        if let Err(more) = history::validate("medical_history", &merged) {
+            violations.extend(more);
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::Invalid(violations));
+        }
         let next = HistoryVersion {
             content: merged,
             recorded_by: caller.subject().to_owned(),
@@ -133,18 +139,35 @@ impl MedicalHistoryApi {
         let patient = self.patient_of(caller, "parent", &req.parent).await?;
         let page = PageRequest::parse(req.page_size, &req.page_token, &[&req.parent])?;
         let before = page.after.as_deref().and_then(|a| a.parse::<i64>().ok());
+        // A page holds at most MAX_REVISIONS_PER_PAGE versions and about
+        // MAX_REVISION_PAGE_BYTES, whatever page_size asks: versions may be large.
         let versions = self
             .stores
             .histories
-            .revisions(&patient.id, before, page.fetch_limit())
+            .revisions(
+                &patient.clinic,
+                &patient.id,
+                before,
+                page.fetch_limit().min(MAX_REVISIONS_PER_PAGE + 1),
+            )
             .await?;
-        let (versions, next_page_token) = page.finish(versions, |v| v.version.to_string());
+        let (versions, next_page_token) = page.finish_within(
+            versions,
+            |v| v.version.to_string(),
+            |v| serde_json::to_vec(&v.content).map_or(0, |b| b.len()),
+            (MAX_REVISIONS_PER_PAGE, MAX_REVISION_PAGE_BYTES),
+        );
         Ok(pb::ListMedicalHistoryRevisionsResponse {
             revisions: versions.iter().map(|v| to_proto(&patient, v)).collect(),
             next_page_token,
         })
     }
 }
+
+/// The most revisions one page of ListMedicalHistoryRevisions holds.
+pub const MAX_REVISIONS_PER_PAGE: usize = 20;
+/// About the most bytes of history one page holds (one version always fits).
+pub const MAX_REVISION_PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 fn severity_of(i: usize, value: i32) -> Result<Severity, FieldViolation> {
     match pb::AllergySeverity::try_from(value) {
@@ -170,7 +193,9 @@ fn severity_to_proto(s: Severity) -> pb::AllergySeverity {
 
 /// The content of a request. Enum values are kept by their contract names (without
 /// prefix), so stored data reads the same as the API.
-fn content_of(h: pb::MedicalHistory) -> Result<HistoryContent, Vec<FieldViolation>> {
+/// The content of a request, and the violations met converting it (values that have no
+/// domain form are left out of the content).
+fn content_of(h: pb::MedicalHistory) -> (HistoryContent, Vec<FieldViolation>) {
     let mut violations = Vec::new();
     let allergies = h
         .allergies
@@ -214,15 +239,15 @@ fn content_of(h: pb::MedicalHistory) -> Result<HistoryContent, Vec<FieldViolatio
         temperature_celsius: v.temperature_celsius,
         weight_kg: v.weight_kg,
         height_cm: v.height_cm,
-        measured_at_ms: v
-            .measured_at
-            .and_then(|t| time::from_proto("medical_history.vital_signs.measured_at", &t).ok())
-            .map(time::to_millis),
+        // A time that is not one (out of range) is the caller's error, not dropped.
+        measured_at_ms: v.measured_at.and_then(|t| {
+            time::from_proto("medical_history.vital_signs.measured_at", &t)
+                .map_err(|e| violations.push(e))
+                .ok()
+                .map(time::to_millis)
+        }),
     });
-    if !violations.is_empty() {
-        return Err(violations);
-    }
-    Ok(HistoryContent {
+    let content = HistoryContent {
         chief_complaint: h.chief_complaint,
         allergies,
         medications: h
@@ -247,7 +272,8 @@ fn content_of(h: pb::MedicalHistory) -> Result<HistoryContent, Vec<FieldViolatio
         social_history,
         vital_signs,
         notes: h.notes,
-    })
+    };
+    (content, violations)
 }
 
 fn to_proto(patient: &Patient, v: &HistoryVersion) -> pb::MedicalHistory {

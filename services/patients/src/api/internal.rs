@@ -74,10 +74,14 @@ impl InternalApi {
         let start_ms = req.session_start.as_ref().map_or(0, |t| {
             t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)
         });
-        Ok(match self.stores.patients.get(&name.id).await? {
-            Some(p) => p.clinic == name.clinic && p.portal_session_allowed(&req.session, start_ms),
-            None => false,
-        })
+        Ok(
+            match self.stores.patients.get(&name.clinic, &name.id).await? {
+                Some(p) => {
+                    p.clinic == name.clinic && p.portal_session_allowed(&req.session, start_ms)
+                }
+                None => false,
+            },
+        )
     }
 }
 

@@ -272,7 +272,7 @@ pub(crate) async fn load_patient(
     if caller.role() == Role::Patient && caller.subject() != name.to_string() {
         return Err(ApiError::NotFound("patient"));
     }
-    match stores.patients.get(&name.id).await? {
+    match stores.patients.get(&name.clinic, &name.id).await? {
         Some(patient) if patient.clinic == name.clinic => Ok(patient),
         _ => Err(ApiError::NotFound("patient")),
     }

@@ -154,7 +154,14 @@ pub fn apply_mask(
     }
 }
 
-/// Checks lengths, required parts and plausible vital signs; reports every problem.
+/// The largest a version of a history may be, encoded: 512 KiB. With every list at
+/// most 100 entries and every text bounded, a real history stays far below it; the
+/// bound keeps the head document (current and previous version) small and a page of
+/// revisions predictable.
+pub const MAX_VERSION_BYTES: usize = 512 * 1024;
+
+/// Checks lengths, required parts, characters and plausible vital signs, and the size
+/// of the whole version; reports every problem.
 pub fn validate(prefix: &str, c: &HistoryContent) -> Result<(), Vec<FieldViolation>> {
     let mut v = Vec::new();
     let mut text = |field: String, value: &str, max: usize, required: bool| {
@@ -164,6 +171,14 @@ pub fn validate(prefix: &str, c: &HistoryContent) -> Result<(), Vec<FieldViolati
             v.push(FieldViolation::new(
                 field,
                 format!("is longer than {max} characters"),
+            ));
+        } else if value
+            .chars()
+            .any(|ch| ch.is_control() && ch != '\n' && ch != '\t')
+        {
+            v.push(FieldViolation::new(
+                field,
+                "contains control characters (only newline and tab are allowed)",
             ));
         }
     };
@@ -224,8 +239,22 @@ pub fn validate(prefix: &str, c: &HistoryContent) -> Result<(), Vec<FieldViolati
             true,
         );
         text(
+            format!("{prefix}.surgical_history[{i}].when"),
+            &s.when,
+            100,
+            false,
+        );
+        text(
             format!("{prefix}.surgical_history[{i}].notes"),
             &s.notes,
+            2000,
+            false,
+        );
+    }
+    if let Some(social) = &c.social_history {
+        text(
+            format!("{prefix}.social_history.notes"),
+            &social.notes,
             2000,
             false,
         );
@@ -269,6 +298,13 @@ pub fn validate(prefix: &str, c: &HistoryContent) -> Result<(), Vec<FieldViolati
         range("weight_kg", vs.weight_kg, 0.2, 700.0);
         range("height_cm", vs.height_cm, 20.0, 300.0);
     }
+    let encoded = serde_json::to_vec(c).map(|b| b.len()).unwrap_or(usize::MAX);
+    if encoded > MAX_VERSION_BYTES {
+        v.push(FieldViolation::new(
+            prefix,
+            format!("is {encoded} bytes encoded; a version may be at most {MAX_VERSION_BYTES}"),
+        ));
+    }
     if v.is_empty() { Ok(()) } else { Err(v) }
 }
 
@@ -293,6 +329,82 @@ mod tests {
         );
         assert_eq!(merged.notes, "n");
         assert_eq!(merged.chief_complaint, "kept");
+    }
+
+    #[test]
+    fn every_text_is_bounded_and_control_characters_are_refused() {
+        let content = HistoryContent {
+            notes: "line one\nline two\tindented".into(),
+            surgical_history: vec![Surgery {
+                procedure: "extraction".into(),
+                when: "w".repeat(101),
+                notes: String::new(),
+            }],
+            chief_complaint: "bell\u{7}".into(),
+            ..HistoryContent::default()
+        };
+        let fields: Vec<String> = validate("h", &content)
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            vec!["h.chief_complaint", "h.surgical_history[0].when"]
+        );
+    }
+
+    #[test]
+    fn a_version_has_a_size_bound() {
+        let content = HistoryContent {
+            chronic_conditions: vec!["c".repeat(200); 100],
+            medications: vec![
+                Medication {
+                    name: "m".repeat(200),
+                    dosage: "d".repeat(200),
+                    frequency: "f".repeat(200),
+                };
+                100
+            ],
+            surgical_history: vec![
+                Surgery {
+                    procedure: "p".repeat(200),
+                    when: "w".repeat(100),
+                    notes: "n".repeat(2000),
+                };
+                100
+            ],
+            allergies: vec![
+                Allergy {
+                    allergen: "a".repeat(200),
+                    reaction: "r".repeat(500),
+                    severity: Severity::Severe,
+                };
+                100
+            ],
+            notes: "x".repeat(10_000),
+            ..HistoryContent::default()
+        };
+        // Every list full and every text at its limit is still under the bound ...
+        assert_eq!(validate("h", &content), Ok(()));
+        // ... which refuses whatever gets past the other rules in bulk (multi-byte text).
+        let heavy = HistoryContent {
+            surgical_history: vec![
+                Surgery {
+                    procedure: "€".repeat(200),
+                    when: "€".repeat(100),
+                    notes: "€".repeat(2000),
+                };
+                100
+            ],
+            ..content
+        };
+        let fields: Vec<String> = validate("h", &heavy)
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, vec!["h"]);
     }
 
     #[test]

@@ -335,13 +335,19 @@ impl PatientStore for EmbeddedPatients {
             .await
     }
 
-    async fn get(&self, id: &ResourceId) -> Result<Option<Patient>, StoreError> {
-        let id = id.to_string();
+    async fn get(
+        &self,
+        clinic: &ResourceId,
+        id: &ResourceId,
+    ) -> Result<Option<Patient>, StoreError> {
+        let (clinic, id) = (clinic.to_string(), id.to_string());
         self.db
             .read(move |conn| {
                 conn.query_row(
-                    &format!("SELECT {COLUMNS} FROM patients p WHERE p.id = ?1"),
-                    params![id],
+                    &format!(
+                        "SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.id = ?2"
+                    ),
+                    params![clinic, id],
                     patient_row,
                 )
                 .optional()
@@ -382,7 +388,7 @@ impl PatientStore for EmbeddedPatients {
                 let changed = tx
                     .execute(
                         "UPDATE patients SET email = ?1, phone_digits = ?2, is_active = ?3, search_name = ?4, version = ?5, doc = ?6 \
-                         WHERE id = ?7 AND version = ?8",
+                         WHERE id = ?7 AND version = ?8 AND clinic_id = ?9",
                         params![
                             next.fields.email,
                             next.phone_digits(),
@@ -391,13 +397,14 @@ impl PatientStore for EmbeddedPatients {
                             next.version,
                             doc,
                             next.id.as_str(),
-                            next.version - 1
+                            next.version - 1,
+                            next.clinic.as_str()
                         ],
                     )
                     .map_err(|e| translate_unique(e, "email"))?;
                 if changed != 1 {
                     let exists = tx
-                        .query_row("SELECT 1 FROM patients WHERE id = ?1", params![next.id.as_str()], |_| Ok(()))
+                        .query_row("SELECT 1 FROM patients WHERE id = ?1 AND clinic_id = ?2", params![next.id.as_str(), next.clinic.as_str()], |_| Ok(()))
                         .optional()
                         .map_err(translate)?;
                     return Err(if exists.is_some() { StoreError::Stale } else { StoreError::NotFound("patient") });
@@ -517,13 +524,17 @@ fn decode_version(doc: &str) -> Result<HistoryVersion, StoreError> {
 
 #[async_trait]
 impl HistoryStore for EmbeddedPatients {
-    async fn current(&self, patient: &ResourceId) -> Result<Option<HistoryVersion>, StoreError> {
-        let patient = patient.to_string();
+    async fn current(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+    ) -> Result<Option<HistoryVersion>, StoreError> {
+        let (clinic, patient) = (clinic.to_string(), patient.to_string());
         self.db
             .read(move |conn| {
                 conn.query_row(
-                    "SELECT doc FROM medical_history WHERE patient_id = ?1",
-                    params![patient],
+                    "SELECT doc FROM medical_history WHERE patient_id = ?1 AND clinic_id = ?2",
+                    params![patient, clinic],
                     |r| r.get::<_, String>(0),
                 )
                 .optional()
@@ -550,8 +561,8 @@ impl HistoryStore for EmbeddedPatients {
                     .map_err(translate)?;
                 let stored = tx
                     .query_row(
-                        "SELECT version, doc FROM medical_history WHERE patient_id = ?1",
-                        params![patient],
+                        "SELECT version, doc FROM medical_history WHERE patient_id = ?1 AND clinic_id = ?2",
+                        params![patient, clinic],
                         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
                     )
                     .optional()
@@ -585,10 +596,13 @@ impl HistoryStore for EmbeddedPatients {
 
     async fn revisions(
         &self,
+        _clinic: &ResourceId,
         patient: &ResourceId,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<HistoryVersion>, StoreError> {
+        // Revisions are only ever written for a patient whose history row names the
+        // clinic (checked by the caller through `current`); SQLite is never sharded.
         let patient = patient.to_string();
         let before = before.unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

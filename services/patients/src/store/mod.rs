@@ -31,7 +31,11 @@ pub trait PatientStore: SignInCounters<Patient> + Send + Sync + 'static {
     ) -> Result<Patient, StoreError>;
 
     /// The patient with this id, active or not. Read from the primary.
-    async fn get(&self, id: &ResourceId) -> Result<Option<Patient>, StoreError>;
+    async fn get(
+        &self,
+        clinic: &ResourceId,
+        id: &ResourceId,
+    ) -> Result<Option<Patient>, StoreError>;
 
     /// Up to `page.fetch_limit()` patients of `clinic` matching `query`, in id (=
     /// creation) order after `page.after`. Served by an index on both stores.
@@ -65,7 +69,11 @@ pub trait PatientStore: SignInCounters<Patient> + Send + Sync + 'static {
 pub trait HistoryStore: Send + Sync + 'static {
     /// The current version, or `None` when nothing was recorded yet. Read from the
     /// primary: updates are decided on it.
-    async fn current(&self, patient: &ResourceId) -> Result<Option<HistoryVersion>, StoreError>;
+    async fn current(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+    ) -> Result<Option<HistoryVersion>, StoreError>;
 
     /// Records `next` if the stored version is still `next.version - 1` (0: nothing yet),
     /// keeping the version it replaces as a revision in the same atomic write. `Stale`
@@ -81,6 +89,7 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// at most `limit`.
     async fn revisions(
         &self,
+        clinic: &ResourceId,
         patient: &ResourceId,
         before: Option<i64>,
         limit: usize,

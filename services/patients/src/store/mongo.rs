@@ -83,11 +83,11 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
         (
             "patients",
             IndexModel::builder()
-                .keys(doc! {"requestId": 1})
+                .keys(doc! {"clinicId": 1, "requestId": 1})
                 .options(
                     IndexOptions::builder()
                         .unique(true)
-                        .name("request_id_unique".to_owned())
+                        .name("clinic_request_id_unique".to_owned())
                         .build(),
                 )
                 .build(),
@@ -115,6 +115,18 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
                 .build(),
         ),
         (
+            // Revisions of one patient, newest first (the list's order).
+            "medicalHistoryRevisions",
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "patientId": 1, "version": -1})
+                .options(
+                    IndexOptions::builder()
+                        .name("clinic_patient_version".to_owned())
+                        .build(),
+                )
+                .build(),
+        ),
+        (
             "medicalHistory",
             IndexModel::builder()
                 .keys(doc! {"clinicId": 1, "patientId": 1})
@@ -133,6 +145,7 @@ pub struct MongoPatients {
     pub store: MongoStore,
     patients: Collection<Document>,
     histories: Collection<Document>,
+    revisions: Collection<Document>,
     audit: Collection<Document>,
     sign_in_locks: Collection<Document>,
 }
@@ -145,7 +158,10 @@ impl MongoPatients {
         // clinics): dropped if present, so the old constraint no longer applies.
         topsmile_kit::store::mongo::drop_indexes(
             &store.database,
-            &[("patients", "email_active_unique")],
+            &[
+                ("patients", "email_active_unique"),
+                ("patients", "request_id_unique"),
+            ],
         )
         .await?;
         create_indexes(&store.database, indexes()).await?;
@@ -160,6 +176,7 @@ impl MongoPatients {
                 .collection(topsmile_kit::store::mongo::SIGN_IN_LOCKS),
             patients: store.database.collection("patients"),
             histories: store.database.collection("medicalHistory"),
+            revisions: store.database.collection("medicalHistoryRevisions"),
             audit: store.database.collection("auditEvents"),
             store,
         })
@@ -299,10 +316,14 @@ impl PatientStore for MongoPatients {
         }
     }
 
-    async fn get(&self, id: &ResourceId) -> Result<Option<Patient>, StoreError> {
+    async fn get(
+        &self,
+        clinic: &ResourceId,
+        id: &ResourceId,
+    ) -> Result<Option<Patient>, StoreError> {
         let found = self
             .patients
-            .find_one(doc! {"_id": id.as_str()})
+            .find_one(doc! {"clinicId": clinic.as_str(), "_id": id.as_str()})
             .await
             .map_err(translate)?;
         found.as_ref().map(from_document).transpose()
@@ -329,22 +350,16 @@ impl PatientStore for MongoPatients {
     async fn replace(&self, next: &Patient) -> Result<(), StoreError> {
         let current = self
             .patients
-            .find_one(doc! {"_id": next.id.as_str()})
+            .find_one(doc! {"clinicId": next.clinic.as_str(), "_id": next.id.as_str()})
             .await
             .map_err(translate)?
             .ok_or(StoreError::NotFound("patient"))?;
         let key = get_string(&current, "requestId");
-        let mut replacement = to_document(next, &key)?;
-        // Sign-in counters are not part of the record: carry them over.
-        for counter in ["failedLogins", "lockedUntilMs", "lockCount"] {
-            if let Some(value) = current.get(counter) {
-                replacement.insert(counter, value.clone());
-            }
-        }
+        let replacement = to_document(next, &key)?;
         let result = self
             .patients
             .replace_one(
-                doc! {"_id": next.id.as_str(), "version": next.version - 1},
+                doc! {"clinicId": next.clinic.as_str(), "_id": next.id.as_str(), "version": next.version - 1},
                 replacement,
             )
             .await
@@ -419,14 +434,31 @@ fn version_from_bson(b: &Bson) -> Result<HistoryVersion, StoreError> {
         .map_err(|e| StoreError::Backend(format!("decode history: {e}")))
 }
 
-/// A history document: the current version, and every version it replaced, kept in
-/// the same document so that replacing and keeping are one atomic write.
+/// The head document of a history (`medicalHistory`) holds the current version and the
+/// one it replaced; every replaced version is also its own document in
+/// `medicalHistoryRevisions` (`_id` = `{patient}:{version}`). So no document grows with
+/// the number of versions (MongoDB's 16 MB limit), and no multi-document transaction is
+/// needed:
+///
+/// 1. read the head (version N, current, previous);
+/// 2. make sure `previous` (N - 1) has its revision document (an insert that a
+///    duplicate key makes a no-op: a retry, or a crash after step 3 last time);
+/// 3. compare-and-swap the head from N to N + 1, with `previous` = version N: of racing
+///    updates exactly one wins, the others are `Stale`;
+/// 4. insert version N's revision document (again idempotent).
+///
+/// A crash between 3 and 4 loses nothing: version N is still the head's `previous`,
+/// listed from there, and written out by the next update's step 2.
 #[async_trait]
 impl HistoryStore for MongoPatients {
-    async fn current(&self, patient: &ResourceId) -> Result<Option<HistoryVersion>, StoreError> {
+    async fn current(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+    ) -> Result<Option<HistoryVersion>, StoreError> {
         let found = self
             .histories
-            .find_one(doc! {"_id": patient.as_str()})
+            .find_one(doc! {"clinicId": clinic.as_str(), "_id": patient.as_str()})
             .await
             .map_err(translate)?;
         found
@@ -448,7 +480,7 @@ impl HistoryStore for MongoPatients {
                 "patientId": patient.as_str(),
                 "version": 1_i64,
                 "current": current,
-                "revisions": [],
+                "previous": Bson::Null,
             };
             return match self.histories.insert_one(first).await {
                 Ok(_) => Ok(()),
@@ -456,64 +488,108 @@ impl HistoryStore for MongoPatients {
                 Err(e) => Err(translate(e)),
             };
         }
+        let head = doc! {"clinicId": clinic.as_str(), "_id": patient.as_str()};
         let stored = self
             .histories
-            .find_one(doc! {"_id": patient.as_str()})
+            .find_one(head.clone())
             .await
             .map_err(translate)?
             .ok_or(StoreError::Stale)?;
-        let previous = stored.get("current").cloned().unwrap_or(Bson::Null);
-        let mut revisions = stored.get_array("revisions").cloned().unwrap_or_default();
-        revisions.push(previous);
-        let replacement = doc! {
-            "_id": patient.as_str(),
-            "clinicId": clinic.as_str(),
-            "patientId": patient.as_str(),
-            "version": next.version,
-            "current": current,
-            "revisions": revisions,
-        };
+        if get_i64(&stored, "version") != next.version - 1 {
+            return Err(StoreError::Stale);
+        }
+        if let Some(previous) = stored.get("previous").filter(|p| !matches!(p, Bson::Null)) {
+            self.keep_revision(clinic, patient, previous).await?;
+        }
+        let replaced = stored.get("current").cloned().unwrap_or(Bson::Null);
+        let mut filter = head;
+        filter.insert("version", next.version - 1);
         let result = self
             .histories
-            .replace_one(
-                doc! {"_id": patient.as_str(), "version": next.version - 1},
-                replacement,
+            .update_one(
+                filter,
+                doc! {"$set": {
+                    "version": next.version,
+                    "current": current,
+                    "previous": replaced.clone(),
+                }},
             )
             .await
             .map_err(translate)?;
-        if result.matched_count == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Stale)
+        if result.matched_count != 1 {
+            return Err(StoreError::Stale);
         }
+        self.keep_revision(clinic, patient, &replaced).await
     }
 
     async fn revisions(
         &self,
+        clinic: &ResourceId,
         patient: &ResourceId,
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<HistoryVersion>, StoreError> {
-        let Some(stored) = self
-            .histories
-            .find_one(doc! {"_id": patient.as_str()})
-            .await
-            .map_err(translate)?
-        else {
-            return Ok(Vec::new());
+        let before = before.unwrap_or(i64::MAX);
+        let mut filter = doc! {
+            "clinicId": clinic.as_str(),
+            "patientId": patient.as_str(),
+            "version": {"$lt": before},
         };
-        let mut versions = stored
-            .get_array("revisions")
-            .map(|a| {
-                a.iter()
-                    .map(version_from_bson)
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .unwrap_or_else(|_| Ok(Vec::new()))?;
-        versions.retain(|v| before.is_none_or(|b| v.version < b));
+        let mut versions = Vec::new();
+        let mut cursor = self
+            .revisions
+            .find(filter.clone())
+            .sort(doc! {"version": -1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(translate)?;
+        while cursor.advance().await.map_err(translate)? {
+            let document = cursor.deserialize_current().map_err(translate)?;
+            versions.push(version_from_bson(
+                document.get("content").unwrap_or(&Bson::Null),
+            )?);
+        }
+        // The head's `previous` may not have its own document yet (a crash after the
+        // head moved): list it from the head.
+        filter.remove("patientId");
+        filter.remove("version");
+        filter.insert("_id", patient.as_str());
+        if let Some(head) = self.histories.find_one(filter).await.map_err(translate)?
+            && let Some(previous) = head.get("previous").filter(|p| !matches!(p, Bson::Null))
+        {
+            let previous = version_from_bson(previous)?;
+            if previous.version < before && versions.iter().all(|v| v.version != previous.version) {
+                versions.push(previous);
+            }
+        }
         versions.sort_by_key(|v| std::cmp::Reverse(v.version));
         versions.truncate(limit);
         Ok(versions)
+    }
+}
+
+impl MongoPatients {
+    /// Writes `version` (a history version in BSON) as its own revision document; one
+    /// that is there already (a retry) is fine.
+    async fn keep_revision(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        version: &Bson,
+    ) -> Result<(), StoreError> {
+        let number = version_from_bson(version)?.version;
+        let document = doc! {
+            "_id": format!("{patient}:{number}"),
+            "clinicId": clinic.as_str(),
+            "patientId": patient.as_str(),
+            "version": number,
+            "content": version.clone(),
+        };
+        match self.revisions.insert_one(document).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(translate(e)),
+        }
     }
 }
 
