@@ -9,13 +9,12 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use topsmile_gateway::{EdgeSettings, Gateway, GatewayConfig};
+use topsmile_identity::Accounts;
 use topsmile_identity::IdentitySettings;
-use topsmile_identity::{Accounts, Identity};
 use topsmile_kit::{
-    access::Guard,
-    config::{ServerLimits, StoreConfig},
+    config::{ServerLimits, ServiceConfig, StoreConfig},
     password::Passwords,
-    server,
+    server::{self, Built, Runtime},
     shutdown::{self, Trigger},
     store::StoreChoice,
     telemetry::LogFormat,
@@ -133,19 +132,27 @@ impl Suite {
             services.insert(area, listener.local_addr()?);
             listeners.push(listener);
         }
-        let patients_addresses = vec![
+        let address = |area: &str| {
             services
-                .get("patients")
+                .get(area)
                 .map(ToString::to_string)
-                .unwrap_or_default(),
-        ];
-        let identity_addresses = vec![
-            services
-                .get("identity")
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-        ];
+                .unwrap_or_default()
+        };
+        let (identity_address, patients_address) = (address("identity"), address("patients"));
 
+        // Each service is built by its crate's own `build`, exactly as its binary builds
+        // it, from the configuration this suite would give that binary.
+        let config = ServiceConfig {
+            identity_upstreams: identity_address,
+            store: options.store.to_config(),
+            limits: limits.clone(),
+            ..ServiceConfig::default()
+        };
+        let runtime = Runtime {
+            clock: options.clock.clone(),
+            passwords: options.passwords.clone(),
+            clinic_facts_ttl: options.clinic_facts_ttl,
+        };
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
         let service_secret = SecretString::from(
@@ -154,74 +161,58 @@ impl Suite {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>(),
         );
-        let identity_service = Identity::new(
-            topsmile_identity::open_store(&options.store).await?,
-            options.key_file.clone(),
-            Some(service_secret),
-            Some(&patients_addresses),
-            options.clock.clone(),
-            options.passwords.clone(),
-        )
-        .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
-        if let Some((email, password)) = &options.bootstrap_admin {
-            identity_service
-                .accounts
-                .bootstrap_admin(email, password)
-                .await?;
-        }
-        let identity = identity_service.routes(&limits);
-        let via_identity =
-            || Guard::via_identity(&identity_addresses).map_err(|e| anyhow::anyhow!("guard: {e}"));
-        let patient_stores = topsmile_patients::open_store(&options.store).await?;
-        let patients_guard = topsmile_patients::guard(
-            topsmile_kit::access::KeySource::identity(&identity_addresses)?,
-            &patient_stores,
-        )
-        .map_err(|e| anyhow::anyhow!("patients guard: {e}"))?;
-        let patients = topsmile_patients::routes(
-            patient_stores,
-            options.passwords.clone(),
-            topsmile_kit::clinics::ClinicDirectory::caching_for(
-                &identity_addresses,
-                options.clinic_facts_ttl,
-            )?,
-            &limits,
-        );
-        let providers = topsmile_providers::routes(
-            topsmile_providers::open_store(&options.store).await?,
-            &limits,
-        );
-        let appointments = topsmile_appointments::routes(
-            topsmile_appointments::open_store(&options.store).await?,
-            &limits,
-        );
+        let (bootstrap_admin_email, bootstrap_admin_password) = options
+            .bootstrap_admin
+            .clone()
+            .map_or((None, None), |(email, password)| {
+                (Some(email), Some(password))
+            });
+        let identity_settings = IdentitySettings {
+            key_file: Some(options.key_file.clone()),
+            bootstrap_admin_email,
+            bootstrap_admin_password,
+            service_secret: Some(service_secret),
+            patients_upstreams: Some(patients_address),
+        };
+        let identity_service = topsmile_identity::build(&config, &identity_settings, &runtime)
+            .await
+            .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+        let built = |r: Result<Built, topsmile_kit::server::BoxError>, area: &str| {
+            r.map_err(|e| anyhow::anyhow!("{area}: {e}"))
+        };
         let mounted = [
             (
                 "identity",
-                identity,
+                identity_service.built(&limits),
                 topsmile_identity::SERVICE_NAMES,
-                identity_service.guard.clone(),
             ),
             (
                 "patients",
-                patients,
+                built(
+                    topsmile_patients::build(&config, &runtime).await,
+                    "patients",
+                )?,
                 topsmile_patients::SERVICE_NAMES,
-                patients_guard,
             ),
             (
                 "providers",
-                providers,
+                built(
+                    topsmile_providers::build(&config, &runtime).await,
+                    "providers",
+                )?,
                 topsmile_providers::SERVICE_NAMES,
-                via_identity()?,
             ),
             (
                 "appointments",
-                appointments,
+                built(
+                    topsmile_appointments::build(&config, &runtime).await,
+                    "appointments",
+                )?,
                 topsmile_appointments::SERVICE_NAMES,
-                via_identity()?,
             ),
         ];
-        for ((area, routes, names, guard), listener) in mounted.into_iter().zip(listeners) {
+        for ((area, Built { routes, guard }, names), listener) in mounted.into_iter().zip(listeners)
+        {
             let stop = trigger.subscribe();
             let limits = limits.clone();
             let serve: ServeFuture = Box::pin(async move {

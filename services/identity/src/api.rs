@@ -9,3 +9,40 @@ pub mod users;
 pub use auth::{AuthApi, InternalApi};
 pub use clinics::ClinicApi;
 pub use users::UserApi;
+
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use topsmile_kit::config::ServerLimits;
+use topsmile_proto::topsmile::identity::v1::{
+    auth_service_server::AuthServiceServer, clinic_service_server::ClinicServiceServer,
+    identity_internal_service_server::IdentityInternalServiceServer,
+    user_service_server::UserServiceServer,
+};
+
+use crate::accounts::Accounts;
+
+/// Every service of identity, on `accounts`, with the message size limits.
+pub fn routes(accounts: &Arc<Accounts>, limits: &ServerLimits) -> Routes {
+    let max = limits.max_message_bytes;
+    Routes::new(
+        ClinicServiceServer::new(ClinicApi::new(accounts.stores.clinics.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        AuthServiceServer::new(AuthApi::new(accounts.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        UserServiceServer::new(UserApi::new(accounts.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        IdentityInternalServiceServer::new(InternalApi::new(accounts.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+}

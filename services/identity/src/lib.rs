@@ -2,13 +2,21 @@
 //! keys. It owns the `clinics`, `users` and `refreshTokens` collections.
 //!
 //! The library is what the `topsmile-identity` binary, the all-in-one `topsmile dev`
-//! launcher and the tests mount: [`open_store`], then [`Identity::new`], then
-//! [`Identity::routes`] served behind [`Identity::guard`].
+//! launcher and the tests mount, all through [`build`]: [`open_store`], then
+//! [`Identity::new`], then [`Identity::routes`] served behind [`Identity::guard`].
+//!
+//! - `api/`: gRPC handlers (`AuthService`, `ClinicService`, `UserService`, internal);
+//! - `accounts`: signing in, sessions and tokens; `patients_client`: the patients
+//!   service, which checks portal credentials;
+//! - `domain/`: clinics and users, their rules, pure;
+//! - `store/`: the repository traits and their SQLite and MongoDB adapters;
+//! - `keys`: the signing key file.
 
 pub mod accounts;
 pub mod api;
 pub mod domain;
 pub mod keys;
+pub mod patients_client;
 pub mod store;
 
 use std::{path::PathBuf, sync::Arc};
@@ -22,7 +30,7 @@ use topsmile_kit::{
     password::Passwords,
     policy::PolicyTable,
     server::BoxError,
-    time::{Clock, SystemClock},
+    time::Clock,
 };
 use topsmile_proto::topsmile::identity::v1::{
     auth_service_server::AuthServiceServer, clinic_service_server::ClinicServiceServer,
@@ -100,32 +108,6 @@ impl Identity {
         })
     }
 
-    /// From configuration, on the real clock.
-    pub fn from_settings(
-        stores: Stores,
-        data_dir: &std::path::Path,
-        settings: &IdentitySettings,
-    ) -> Result<Self, BoxError> {
-        let key_file = settings
-            .key_file
-            .clone()
-            .unwrap_or_else(|| data_dir.join("signing-keys.json"));
-        let patients = topsmile_kit::config::split_list(
-            settings
-                .patients_upstreams
-                .as_deref()
-                .unwrap_or("127.0.0.1:50062"),
-        );
-        Self::new(
-            stores,
-            key_file,
-            settings.service_secret.clone(),
-            Some(&patients),
-            Arc::new(SystemClock),
-            Passwords::for_this_machine()?,
-        )
-    }
-
     /// Creates the configured bootstrap super admin if there is none yet.
     pub async fn bootstrap(&self, settings: &IdentitySettings) -> Result<bool, BoxError> {
         match (
@@ -139,28 +121,49 @@ impl Identity {
         }
     }
 
+    /// The routes and guard to serve.
+    pub fn built(&self, limits: &ServerLimits) -> topsmile_kit::server::Built {
+        topsmile_kit::server::Built {
+            routes: self.routes(limits),
+            guard: self.guard.clone(),
+        }
+    }
+
     /// The identity service's routes.
     pub fn routes(&self, limits: &ServerLimits) -> Routes {
-        let max = limits.max_message_bytes;
-        Routes::new(
-            ClinicServiceServer::new(api::ClinicApi::new(self.accounts.stores.clinics.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            AuthServiceServer::new(api::AuthApi::new(self.accounts.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            UserServiceServer::new(api::UserApi::new(self.accounts.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(
-            IdentityInternalServiceServer::new(api::InternalApi::new(self.accounts.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
+        api::routes(&self.accounts, limits)
     }
+}
+
+/// The identity service from its configuration: store, signing keys (`key_file`, by
+/// default in the data directory), the patients service for portal sign-in, and the
+/// bootstrap super admin if one is configured and none exists. Its binary, `topsmile
+/// dev` and the tests all build it here.
+pub async fn build(
+    config: &topsmile_kit::config::ServiceConfig,
+    settings: &IdentitySettings,
+    runtime: &topsmile_kit::server::Runtime,
+) -> Result<Identity, BoxError> {
+    let store = topsmile_kit::store::StoreChoice::from_config(&config.store);
+    let stores = open_store(&store).await?;
+    let key_file = settings
+        .key_file
+        .clone()
+        .unwrap_or_else(|| config.store.data_dir.join("signing-keys.json"));
+    let patients = topsmile_kit::config::split_list(
+        settings
+            .patients_upstreams
+            .as_deref()
+            .unwrap_or("127.0.0.1:50062"),
+    );
+    let identity = Identity::new(
+        stores,
+        key_file,
+        settings.service_secret.clone(),
+        Some(&patients),
+        runtime.clock.clone(),
+        runtime.passwords.clone(),
+    )?;
+    identity.bootstrap(settings).await?;
+    Ok(identity)
 }

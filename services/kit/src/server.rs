@@ -192,6 +192,36 @@ pub fn answer_unserved_methods(mut routes: Routes) -> Routes {
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What a launcher hands a service besides its configuration: the parts that tests
+/// replace (a clock they move, fewer hashing lanes, no reuse of identity's answers).
+/// A service binary uses [`Runtime::for_this_machine`].
+#[derive(Clone)]
+pub struct Runtime {
+    pub clock: Arc<dyn crate::time::Clock>,
+    pub passwords: crate::password::Passwords,
+    /// How long identity's answers about a clinic are reused (see [`crate::clinics`]).
+    pub clinic_facts_ttl: Duration,
+}
+
+impl Runtime {
+    /// The real clock, one password hash per core, the default clinic cache.
+    pub fn for_this_machine() -> Result<Self, BoxError> {
+        Ok(Self {
+            clock: Arc::new(crate::time::SystemClock),
+            passwords: crate::password::Passwords::for_this_machine()?,
+            clinic_facts_ttl: crate::clinics::CACHE_FOR,
+        })
+    }
+}
+
+/// A service, built from its configuration by its crate's one `build` function (which
+/// its binary, `topsmile dev` and the tests all call): its routes and the guard they
+/// run behind.
+pub struct Built {
+    pub routes: Routes,
+    pub guard: Arc<Guard>,
+}
+
 /// The whole `main` of a service binary: load [`ServiceConfig`](crate::config::ServiceConfig),
 /// start telemetry, build the routes and the guard (`make`), serve until Ctrl-C or
 /// SIGTERM, then drain.
@@ -201,15 +231,15 @@ pub async fn run_service<F, Fut>(
     make: F,
 ) -> Result<(), BoxError>
 where
-    F: FnOnce(crate::config::ServiceConfig) -> Fut,
-    Fut: std::future::Future<Output = Result<(Routes, Arc<Guard>), BoxError>>,
+    F: FnOnce(crate::config::ServiceConfig, Runtime) -> Fut,
+    Fut: std::future::Future<Output = Result<Built, BoxError>>,
 {
     let config: crate::config::ServiceConfig = crate::config::load(None)?;
     crate::telemetry::init(config.log_format);
     tracing::info!(?config, "starting {binary}");
     let listen = config.listen;
     let limits = config.limits.clone();
-    let (routes, guard) = make(config).await?;
+    let Built { routes, guard } = make(config, Runtime::for_this_machine()?).await?;
     let listener = bind(listen).await?;
     let (trigger, stop) = crate::shutdown::channel();
     tokio::spawn(async move {

@@ -23,3 +23,16 @@ pub const SERVICE_NAMES: &[&str] = api::SERVED;
 pub fn routes(store: Arc<dyn ProviderStore>, limits: &ServerLimits) -> Routes {
     api::routes(store, limits)
 }
+
+/// The providers service from its configuration: store, guard (keys from identity at
+/// `config.identity_upstreams`) and routes.
+pub async fn build(
+    config: &topsmile_kit::config::ServiceConfig,
+    _runtime: &topsmile_kit::server::Runtime,
+) -> Result<topsmile_kit::server::Built, topsmile_kit::server::BoxError> {
+    let store = topsmile_kit::store::StoreChoice::from_config(&config.store);
+    Ok(topsmile_kit::server::Built {
+        routes: routes(open_store(&store).await?, &config.limits),
+        guard: topsmile_kit::access::Guard::via_identity(&config.identity_addresses())?,
+    })
+}

@@ -71,6 +71,26 @@ impl StoreChoice {
         })
     }
 
+    /// The configuration that chooses this store (the inverse of [`from_config`](Self::from_config)).
+    pub fn to_config(&self) -> StoreConfig {
+        match self {
+            Self::Embedded { data_dir } => StoreConfig {
+                data_dir: data_dir.clone(),
+                ..StoreConfig::default()
+            },
+            Self::Mongo {
+                uri,
+                database,
+                list_read_preference,
+            } => StoreConfig {
+                mongodb_uri: Some(uri.clone()),
+                mongodb_database: database.clone(),
+                mongodb_list_read_preference: list_read_preference.clone(),
+                ..StoreConfig::default()
+            },
+        }
+    }
+
     pub fn from_config(config: &StoreConfig) -> Self {
         match &config.mongodb_uri {
             Some(uri) => Self::Mongo {

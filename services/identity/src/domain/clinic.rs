@@ -206,5 +206,3 @@ mod tests {
         assert_eq!(merged.phone, "+55 11 5555-0100");
     }
 }
-
-pub mod user;
