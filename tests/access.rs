@@ -1069,7 +1069,7 @@ async fn a_key_rotation_takes_effect_without_a_restart_and_old_tokens_keep_worki
 // The README walk-through
 
 #[tokio::test]
-async fn the_readme_walkthrough_works_as_written() {
+async fn the_walkthrough_steps_behave_as_the_readme_says() {
     // The same steps as README.md "Try it with grpcurl", with typed clients.
     let suite = TestSuite::start().await;
     let channel = suite.channel().await;

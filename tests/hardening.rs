@@ -358,7 +358,7 @@ async fn probes_of_other_clinics_land_in_the_probers_own_trail_on_mongodb() {
 }
 
 #[tokio::test]
-async fn failed_portal_sign_ins_are_recorded_in_the_clinics_trail() {
+async fn failed_sign_ins_and_unlocks_are_recorded_in_the_clinics_trail() {
     let suite = TestSuite::start().await;
     let a = suite.clinic_with_staff("Portal Trail").await;
     let patient = a_full_patient(&suite, &a.staff, &a.clinic.name).await;
@@ -388,6 +388,59 @@ async fn failed_portal_sign_ins_are_recorded_in_the_clinics_trail() {
     assert_eq!(failed.len(), 1, "{events:?}");
     assert_eq!(failed[0].resource, patient.name);
     assert_eq!(failed[0].outcome, "UNAUTHENTICATED");
+
+    // Staff sign-ins to the clinic's accounts, failed ones included, and an admin's
+    // unlock, are in the same trail.
+    let email = "trail.staff@example.com";
+    let staff = users_as(&suite, &a.admin)
+        .await
+        .create_user(identity::CreateUserRequest {
+            parent: a.clinic.name.clone(),
+            user: Some(identity::User {
+                email: email.into(),
+                display_name: "Trail Staff".into(),
+                role: identity::UserRole::Staff as i32,
+                ..Default::default()
+            }),
+            password: support::STAFF_PASSWORD.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    let wrong = AuthServiceClient::new(suite.channel().await)
+        .login(identity::LoginRequest {
+            email: email.into(),
+            password: "not the staff password".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    suite.login(email, support::STAFF_PASSWORD).await;
+    users_as(&suite, &a.admin)
+        .await
+        .unlock_user(identity::UnlockUserRequest {
+            name: staff.name.clone(),
+        })
+        .await
+        .unwrap();
+    let events = trail(&suite, &a.admin, &a.clinic.name).await;
+    let staff_events: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter(|e| e.resource == staff.name)
+        .map(|e| (e.action.as_str(), e.actor.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        staff_events,
+        [
+            ("AuthService/Login", "anonymous", "UNAUTHENTICATED"),
+            ("AuthService/Login", staff.name.as_str(), "OK"),
+            ("UserService/UnlockUser", a.admin_name.as_str(), "OK"),
+        ],
+        "{events:?}"
+    );
     suite.stop().await;
 }
 

@@ -63,6 +63,8 @@ pub struct Setup {
     pub limits: ServerLimits,
     pub clock: Option<Arc<dyn Clock>>,
     pub sign_in_per_minute: u32,
+    /// The first super admin (default: ROOT_EMAIL / ROOT_PASSWORD).
+    pub bootstrap_admin: Option<(String, String)>,
 }
 
 impl Default for Setup {
@@ -75,6 +77,7 @@ impl Default for Setup {
             },
             clock: None,
             sign_in_per_minute: 0,
+            bootstrap_admin: None,
         }
     }
 }
@@ -107,7 +110,10 @@ impl TestSuite {
         options.edge.sign_in_per_minute = setup.sign_in_per_minute;
         // Tests change clinics and look at once: no reuse of identity's answers.
         options.clinic_facts_ttl = std::time::Duration::ZERO;
-        options.bootstrap_admin = Some((ROOT_EMAIL.into(), SecretString::from(ROOT_PASSWORD)));
+        let (email, password) = setup
+            .bootstrap_admin
+            .unwrap_or_else(|| (ROOT_EMAIL.into(), ROOT_PASSWORD.into()));
+        options.bootstrap_admin = Some((email, SecretString::from(password)));
         options.passwords = Passwords::new(2).unwrap();
         if let Some(clock) = setup.clock {
             options.clock = clock;

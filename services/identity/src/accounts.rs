@@ -37,6 +37,20 @@ pub const MAX_SESSIONS: usize = 10;
 /// How long a service token lives.
 pub const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);
 
+/// An event of identity's for a clinic's audit trail.
+#[derive(Debug, Clone, Copy)]
+pub struct StaffEvent<'a> {
+    /// A user's name, or `anonymous`.
+    pub actor: &'a str,
+    /// `staff` or `anonymous`.
+    pub actor_kind: &'a str,
+    /// The method, e.g. `AuthService/Login`.
+    pub action: &'a str,
+    pub resource: &'a str,
+    /// `OK` or the refusal's reason.
+    pub outcome: &'a str,
+}
+
 /// What a successful sign-in or refresh hands back.
 #[derive(Debug, Clone)]
 pub struct TokenPair {
@@ -112,11 +126,64 @@ impl Accounts {
                 _ => None,
             }
         };
-        let user = self
+        let target = found.as_ref().map(|u| (u.clinic.clone(), u.name()));
+        let result = self
             .sign_in()
             .verify(self.stores.users.as_ref(), found, password, client)
-            .await?;
+            .await;
+        // Sign-ins to an account of a clinic go to that clinic's audit trail, failed
+        // ones included (as `anonymous`: the caller is not known to be the owner).
+        // Best effort: a staff sign-in is not an access to patient data, and must not
+        // wait on the patients service.
+        if let Some((clinic, name)) = target {
+            let (actor, kind) = match &result {
+                Ok(_) => (name.as_str(), "staff"),
+                Err(_) => ("anonymous", "anonymous"),
+            };
+            let outcome = result.as_ref().map_or_else(ApiError::reason, |_| "OK");
+            let event = StaffEvent {
+                actor,
+                actor_kind: kind,
+                action: "AuthService/Login",
+                resource: &name,
+                outcome,
+            };
+            if let Err(e) = self.audit(&clinic, event).await {
+                tracing::warn!(error = %e, account = %name, "sign-in not recorded in the audit trail");
+            }
+        }
+        let user = result?;
         self.issue(&Principal::staff(&user), None).await
+    }
+
+    /// Appends a staff event to `clinic`'s audit trail (kept by the patients service).
+    /// Super admins belong to no clinic: their events are logged, not recorded.
+    pub async fn audit(&self, clinic: &str, event: StaffEvent<'_>) -> Result<(), ApiError> {
+        let (Some(patients), false) = (&self.patients, clinic == NO_CLINIC) else {
+            tracing::info!(
+                action = event.action,
+                resource = event.resource,
+                outcome = event.outcome,
+                "staff event"
+            );
+            return Ok(());
+        };
+        let (token, _) = self.sign_service_token("identity")?;
+        patients
+            .record(
+                &token,
+                &topsmile_proto::topsmile::patients::v1::RecordAuditEventRequest {
+                    clinic: format!("clinics/{clinic}"),
+                    actor: event.actor.to_owned(),
+                    actor_role: String::new(),
+                    actor_kind: event.actor_kind.to_owned(),
+                    action: event.action.to_owned(),
+                    resource: event.resource.to_owned(),
+                    outcome: event.outcome.to_owned(),
+                    trace_id: String::new(),
+                },
+            )
+            .await
     }
 
     /// Patient portal sign-in to `clinic`'s portal: the patients service checks the

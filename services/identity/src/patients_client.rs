@@ -1,11 +1,12 @@
-//! Identity's client of the patients service, which owns portal credentials: it checks
-//! a patient's sign-in (`VerifyPatientCredentials`) and whether a portal session may go
-//! on (`GetPortalAccess`), over each replica in turn, with identity's own service token.
+//! Identity's client of the patients service, which owns portal credentials and the
+//! audit trail: it checks a patient's sign-in (`VerifyPatientCredentials`), whether a
+//! portal session may go on (`GetPortalAccess`), and records staff sign-ins and unlocks
+//! (`RecordAuditEvent`), over each replica in turn, with identity's own service token.
 
 use secrecy::{ExposeSecret, SecretString};
 use topsmile_kit::ApiError;
 use topsmile_proto::topsmile::patients::v1::{
-    GetPortalAccessRequest, VerifyPatientCredentialsRequest,
+    GetPortalAccessRequest, RecordAuditEventRequest, VerifyPatientCredentialsRequest,
     patient_internal_service_client::PatientInternalServiceClient,
 };
 
@@ -87,6 +88,25 @@ impl PatientDirectory {
                 Err(status) if status.code() == tonic::Code::Unauthenticated => {
                     return Err(ApiError::Unauthenticated);
                 }
+                Err(status) => last = unavailable(&status),
+            }
+        }
+        Err(last)
+    }
+
+    /// Appends `event` to a clinic's audit trail, which the patients service keeps.
+    pub async fn record(
+        &self,
+        token: &str,
+        event: &RecordAuditEventRequest,
+    ) -> Result<(), ApiError> {
+        let mut last = ApiError::Unavailable("no patients replica".into());
+        for channel in &self.replicas {
+            match Self::client(channel, token)?
+                .record_audit_event(event.clone())
+                .await
+            {
+                Ok(_) => return Ok(()),
                 Err(status) => last = unavailable(&status),
             }
         }

