@@ -25,7 +25,7 @@ pub struct PatientDirectory {
 
 impl PatientDirectory {
     /// Lazily connected channels to `addresses` (host:port).
-    pub fn new(addresses: &[String]) -> Result<Self, ApiError> {
+    pub fn new(addresses: &[String]) -> Result<Self, topsmile_kit::config::StartupError> {
         let replicas = addresses
             .iter()
             .map(|a| {
@@ -35,7 +35,11 @@ impl PatientDirectory {
                             .timeout(std::time::Duration::from_secs(10))
                             .connect_lazy()
                     })
-                    .map_err(|e| ApiError::Internal(format!("patients address {a:?}: {e}")))
+                    .map_err(|source| topsmile_kit::config::StartupError::Address {
+                        what: "patients",
+                        address: a.clone(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self { replicas })

@@ -128,26 +128,27 @@ pub enum KeySource {
 
 impl KeySource {
     /// `GetJwks` at `addresses` (host:port), each over a lazily connected channel.
-    pub fn identity(addresses: &[String]) -> Result<Self, ApiError> {
-        let endpoints = addresses
+    pub fn identity(addresses: &[String]) -> Result<Self, crate::config::StartupError> {
+        if addresses.is_empty() {
+            return Err(crate::config::StartupError::NoAddress("identity"));
+        }
+        let replicas = addresses
             .iter()
             .map(|a| {
                 Endpoint::from_shared(format!("http://{a}"))
                     .map(|e| {
                         e.connect_timeout(Duration::from_secs(2))
                             .timeout(Duration::from_secs(5))
+                            .connect_lazy()
                     })
-                    .map_err(|e| ApiError::Internal(format!("identity address {a:?}: {e}")))
+                    .map_err(|source| crate::config::StartupError::Address {
+                        what: "identity",
+                        address: a.clone(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if endpoints.is_empty() {
-            return Err(ApiError::Internal(
-                "no identity address to fetch keys from".into(),
-            ));
-        }
-        Ok(Self::Identity(
-            endpoints.iter().map(Endpoint::connect_lazy).collect(),
-        ))
+        Ok(Self::Identity(replicas))
     }
 
     async fn fetch(&self) -> Result<Vec<PublicKey>, ApiError> {

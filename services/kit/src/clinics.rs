@@ -37,12 +37,15 @@ pub struct ClinicDirectory {
 impl ClinicDirectory {
     /// Identity at `addresses` (host:port), each over a lazily connected channel, with
     /// answers reused for [`CACHE_FOR`].
-    pub fn new(addresses: &[String]) -> Result<Self, ApiError> {
+    pub fn new(addresses: &[String]) -> Result<Self, crate::config::StartupError> {
         Self::caching_for(addresses, CACHE_FOR)
     }
 
     /// Like [`new`](Self::new), reusing answers for `cache_for` (zero: never; tests).
-    pub fn caching_for(addresses: &[String], cache_for: Duration) -> Result<Self, ApiError> {
+    pub fn caching_for(
+        addresses: &[String],
+        cache_for: Duration,
+    ) -> Result<Self, crate::config::StartupError> {
         let replicas = addresses
             .iter()
             .map(|a| {
@@ -52,7 +55,11 @@ impl ClinicDirectory {
                             .timeout(Duration::from_secs(5))
                             .connect_lazy()
                     })
-                    .map_err(|e| ApiError::Internal(format!("identity address {a:?}: {e}")))
+                    .map_err(|source| crate::config::StartupError::Address {
+                        what: "identity",
+                        address: a.clone(),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {

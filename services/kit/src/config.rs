@@ -125,6 +125,24 @@ impl ServiceConfig {
     }
 }
 
+/// Why a service could not start: a bad setting, found before it serves anything. Kept
+/// apart from the API's errors (a start-up failure has no caller to answer), with its
+/// cause.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{what} address {address:?} is not usable")]
+    Address {
+        what: &'static str,
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("no {0} address is configured")]
+    NoAddress(&'static str),
+    #[error("password hashing cannot be set up: {0}")]
+    Hashing(String),
+}
+
 /// `"a:1, b:2,"` -> `["a:1", "b:2"]`.
 pub fn split_list(list: &str) -> Vec<String> {
     list.split(',')

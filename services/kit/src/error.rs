@@ -130,14 +130,28 @@ impl From<Vec<FieldViolation>> for ApiError {
     }
 }
 
+/// An error and every cause under it, for the log: "store failure: ...: <driver error>".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate(what) => Self::AlreadyExists(what),
             StoreError::Stale => Self::Stale,
             StoreError::NotFound(what) => Self::NotFound(what),
-            StoreError::Unavailable(cause) => Self::Unavailable(cause),
-            StoreError::Backend(cause) => Self::Internal(cause),
+            // The whole chain of causes goes to the log (once, where the status is
+            // made); the caller sees none of it.
+            e @ StoreError::Unavailable { .. } => Self::Unavailable(chain(&e)),
+            e @ StoreError::Backend { .. } => Self::Internal(chain(&e)),
         }
     }
 }
@@ -231,6 +245,20 @@ mod tests {
             status.message()
         );
         assert!(status.message().len() < 2000);
+    }
+
+    #[test]
+    fn a_store_failure_keeps_its_cause_for_the_log_only() {
+        let driver = std::io::Error::other("disk on fire");
+        let api = ApiError::from(StoreError::caused("SQLite", driver));
+        match &api {
+            ApiError::Internal(logged) => {
+                assert_eq!(logged, "store failure: SQLite: disk on fire");
+            }
+            other => panic!("{other:?}"),
+        }
+        let status = Status::from(api);
+        assert!(!status.message().contains("disk"), "{}", status.message());
     }
 
     #[test]

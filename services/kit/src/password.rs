@@ -83,9 +83,10 @@ struct Inner {
 
 impl Passwords {
     /// `max_parallel` hashes run at once (each holds [`MEMORY_KIB`] of memory); the rest wait.
-    pub fn new(max_parallel: usize) -> Result<Self, ApiError> {
+    pub fn new(max_parallel: usize) -> Result<Self, crate::config::StartupError> {
+        let hashing = |e: String| crate::config::StartupError::Hashing(e);
         let params = Params::new(MEMORY_KIB, ITERATIONS, PARALLELISM, None)
-            .map_err(|e| ApiError::Internal(format!("argon2 params: {e}")))?;
+            .map_err(|e| hashing(format!("argon2 params: {e}")))?;
         let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
         let random = SaltString::generate(&mut rand::rngs::OsRng);
         let dummy = argon
@@ -93,7 +94,7 @@ impl Passwords {
                 random.as_str().as_bytes(),
                 &SaltString::generate(&mut rand::rngs::OsRng),
             )
-            .map_err(|e| ApiError::Internal(format!("argon2: {e}")))?
+            .map_err(|e| hashing(format!("argon2: {e}")))?
             .to_string();
         Ok(Self {
             inner: Arc::new(Inner {
@@ -107,7 +108,7 @@ impl Passwords {
     }
 
     /// One hash slot per core: hashing is CPU-bound, more at once only adds memory.
-    pub fn for_this_machine() -> Result<Self, ApiError> {
+    pub fn for_this_machine() -> Result<Self, crate::config::StartupError> {
         Self::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 

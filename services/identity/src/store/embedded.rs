@@ -107,7 +107,7 @@ fn to_doc(c: &Clinic) -> Result<String, StoreError> {
         create_time_ms: time::to_millis(c.create_time),
         update_time_ms: time::to_millis(c.update_time),
     })
-    .map_err(|e| StoreError::Backend(format!("encode clinic: {e}")))
+    .map_err(|e| StoreError::backend(format!("encode clinic: {e}")))
 }
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, bool, i64, String)> {
@@ -118,7 +118,7 @@ fn to_clinic(
     (id, is_active, version, doc): (String, bool, i64, String),
 ) -> Result<Clinic, StoreError> {
     let doc: ClinicDoc = serde_json::from_str(&doc)
-        .map_err(|e| StoreError::Backend(format!("decode clinic {id}: {e}")))?;
+        .map_err(|e| StoreError::backend(format!("decode clinic {id}: {e}")))?;
     Ok(Clinic {
         id: ResourceId::from_stored(id),
         fields: ClinicFields {
@@ -249,10 +249,10 @@ fn user_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
 fn to_user(r: UserRow) -> Result<User, StoreError> {
     let (id, clinic, email, role, is_active, version, doc) = r;
     let doc: UserDoc = serde_json::from_str(&doc)
-        .map_err(|e| StoreError::Backend(format!("decode user {id}: {e}")))?;
+        .map_err(|e| StoreError::backend(format!("decode user {id}: {e}")))?;
     Ok(User {
         role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Backend(format!("user {id} has role {role:?}")))?,
+            .ok_or_else(|| StoreError::backend(format!("user {id} has role {role:?}")))?,
         id: ResourceId::from_stored(id),
         clinic,
         email,
@@ -272,7 +272,7 @@ fn user_doc(u: &User) -> Result<String, StoreError> {
         create_time_ms: time::to_millis(u.create_time),
         update_time_ms: time::to_millis(u.update_time),
     })
-    .map_err(|e| StoreError::Backend(format!("encode user: {e}")))
+    .map_err(|e| StoreError::backend(format!("encode user: {e}")))
 }
 
 #[async_trait]

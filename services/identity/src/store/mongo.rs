@@ -116,7 +116,7 @@ impl MongoIdentity {
 fn to_document(c: &Clinic, request_id: &str) -> Result<Document, StoreError> {
     let address = match &c.fields.address {
         Some(a) => mongodb::bson::to_bson(a)
-            .map_err(|e| StoreError::Backend(format!("encode address: {e}")))?,
+            .map_err(|e| StoreError::backend(format!("encode address: {e}")))?,
         None => Bson::Null,
     };
     Ok(doc! {
@@ -139,10 +139,10 @@ fn from_document(d: &Document) -> Result<Clinic, StoreError> {
         None | Some(Bson::Null) => None,
         Some(Bson::Document(a)) => Some(
             mongodb::bson::from_document::<PostalAddress>(a.clone())
-                .map_err(|e| StoreError::Backend(format!("decode address: {e}")))?,
+                .map_err(|e| StoreError::backend(format!("decode address: {e}")))?,
         ),
         Some(other) => {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "clinic address has type {:?}",
                 other.element_type()
             )));
@@ -247,7 +247,7 @@ fn user_from(d: &Document) -> Result<User, StoreError> {
         email: get_string(d, "email"),
         display_name: get_string(d, "displayName"),
         role: Role::parse(&role)
-            .ok_or_else(|| StoreError::Backend(format!("user has role {role:?}")))?,
+            .ok_or_else(|| StoreError::backend(format!("user has role {role:?}")))?,
         is_active: get_bool(d, "isActive"),
         password_hash: get_string(d, "passwordHash"),
         create_time: get_time(d, "createTime"),

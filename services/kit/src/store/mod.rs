@@ -27,11 +27,57 @@ pub enum StoreError {
     #[error("{0} not found")]
     NotFound(&'static str),
     /// The database cannot be reached right now; the call may be retried.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else: a bug or a broken database. Logged, never shown to clients.
-    #[error("store failure: {0}")]
-    Backend(String),
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    /// Anything else: a bug or a broken database. Logged with its causes, never shown
+    /// to clients.
+    #[error("store failure: {message}")]
+    Backend {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+}
+
+/// What a store error wraps: the driver's own error, kept for the log.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl StoreError {
+    /// A failure described in words (no underlying error).
+    pub fn backend(message: impl Into<String>) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The database is out of reach, described in words.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A driver's failure, kept as the cause.
+    pub fn caused(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        Self::Backend {
+            message: message.into(),
+            source: Some(cause.into()),
+        }
+    }
+
+    /// A driver's "cannot reach the database", kept as the cause.
+    pub fn unreachable(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: Some(cause.into()),
+        }
+    }
 }
 
 /// Which store a service runs on, decided by configuration: MongoDB when a URI is set,

@@ -43,7 +43,7 @@ pub async fn connect(
 ) -> Result<MongoStore, StoreError> {
     let mut options = ClientOptions::parse(uri.expose_secret())
         .await
-        .map_err(|e| StoreError::Unavailable(format!("invalid MongoDB URI or DNS: {}", e.kind)))?;
+        .map_err(|e| StoreError::unavailable(format!("invalid MongoDB URI or DNS: {}", e.kind)))?;
     options.app_name = Some(app_name.to_owned());
     options.write_concern = Some(WriteConcern::majority());
     options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
@@ -72,7 +72,7 @@ fn read_preference(name: &str) -> Result<SelectionCriteria, StoreError> {
         "secondaryPreferred" => ReadPreference::SecondaryPreferred { options },
         "nearest" => ReadPreference::Nearest { options },
         other => {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "unknown mongodb_list_read_preference {other:?}"
             )));
         }
@@ -97,13 +97,15 @@ pub fn translate(e: Error) -> StoreError {
     match *e.kind {
         ErrorKind::Io(_)
         | ErrorKind::ServerSelection { .. }
-        | ErrorKind::ConnectionPoolCleared { .. } => StoreError::Unavailable(e.to_string()),
+        | ErrorKind::ConnectionPoolCleared { .. } => {
+            StoreError::unreachable("MongoDB is out of reach", e)
+        }
         _ if e.contains_label("RetryableWriteError")
             || e.contains_label("TransientTransactionError") =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::unreachable("MongoDB asked for a retry", e)
         }
-        _ => StoreError::Backend(e.to_string()),
+        _ => StoreError::caused("MongoDB", e),
     }
 }
 

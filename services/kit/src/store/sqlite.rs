@@ -50,10 +50,10 @@ impl SqliteDb {
             // Patient records: owner-only directory and file (SQLite gives its -wal and
             // -shm files the database file's permissions).
             crate::files::private_dir(&dir).map_err(|e| {
-                StoreError::Backend(format!("cannot create {}: {e}", dir.display()))
+                StoreError::backend(format!("cannot create {}: {e}", dir.display()))
             })?;
             crate::files::private_file(&path).map_err(|e| {
-                StoreError::Backend(format!("cannot create {}: {e}", path.display()))
+                StoreError::backend(format!("cannot create {}: {e}", path.display()))
             })?;
             let writer = connection(
                 &path,
@@ -73,7 +73,7 @@ impl SqliteDb {
             })
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("sqlite open task failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("sqlite open task failed: {e}")))?
     }
 
     /// Opens `dir/<file>` and brings its schema up to date: `migrations[i]` runs once,
@@ -118,11 +118,11 @@ impl SqliteDb {
             let mut conn = inner
                 .writer
                 .lock()
-                .map_err(|_| StoreError::Backend("sqlite writer lock poisoned".into()))?;
+                .map_err(|_| StoreError::backend("sqlite writer lock poisoned"))?;
             f(&mut conn)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("sqlite task failed: {e}")))?
     }
 
     /// Runs `f` on one of the reader connections, on the blocking pool.
@@ -136,17 +136,17 @@ impl SqliteDb {
             let i = inner.next_reader.fetch_add(1, Ordering::Relaxed) % inner.readers.len();
             let conn = inner.readers[i]
                 .lock()
-                .map_err(|_| StoreError::Backend("sqlite reader lock poisoned".into()))?;
+                .map_err(|_| StoreError::backend("sqlite reader lock poisoned"))?;
             f(&conn)
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+        .map_err(|e| StoreError::backend(format!("sqlite task failed: {e}")))?
     }
 }
 
 fn connection(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| StoreError::Backend(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::backend(format!("cannot open {}: {e}", path.display())))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(translate)?;
     if !flags.contains(OpenFlags::SQLITE_OPEN_READ_ONLY) {
@@ -172,9 +172,9 @@ pub fn translate(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(ErrorCode::ConstraintViolation) => StoreError::Duplicate("record"),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            StoreError::Unavailable(e.to_string())
+            StoreError::unreachable("SQLite is busy", e)
         }
-        _ => StoreError::Backend(e.to_string()),
+        _ => StoreError::caused("SQLite", e),
     }
 }
 

@@ -165,7 +165,7 @@ fn to_doc(p: &Patient) -> Result<String, StoreError> {
         create_time_ms: time::to_millis(p.create_time),
         update_time_ms: time::to_millis(p.update_time),
     })
-    .map_err(|e| StoreError::Backend(format!("encode patient: {e}")))
+    .map_err(|e| StoreError::backend(format!("encode patient: {e}")))
 }
 
 type PatientRow = (String, String, bool, i64, String);
@@ -184,12 +184,12 @@ fn patient_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PatientRow> {
 
 fn to_patient((id, clinic, is_active, version, doc): PatientRow) -> Result<Patient, StoreError> {
     let doc: PatientDoc = serde_json::from_str(&doc)
-        .map_err(|e| StoreError::Backend(format!("decode patient {id}: {e}")))?;
+        .map_err(|e| StoreError::backend(format!("decode patient {id}: {e}")))?;
     let date_of_birth = doc
         .date_of_birth
         .map(|d| {
             d.parse()
-                .map_err(|e| StoreError::Backend(format!("patient {id} date of birth: {e}")))
+                .map_err(|e| StoreError::backend(format!("patient {id} date of birth: {e}")))
         })
         .transpose()?;
     Ok(Patient {
@@ -440,7 +440,7 @@ impl AuditLog for EmbeddedPatients {
             time_ms: time::to_millis(e.time),
             trace_id: e.trace_id.clone(),
         })
-        .map_err(|err| StoreError::Backend(format!("encode audit event: {err}")))?;
+        .map_err(|err| StoreError::backend(format!("encode audit event: {err}")))?;
         self.db
             .write(move |conn| {
                 conn.execute(
@@ -493,7 +493,7 @@ impl AuditLog for EmbeddedPatients {
                 rows.map(|row| {
                     let (id, clinic, actor, resource, doc) = row.map_err(translate)?;
                     let doc: AuditDoc = serde_json::from_str(&doc).map_err(|e| {
-                        StoreError::Backend(format!("decode audit event {id}: {e}"))
+                        StoreError::backend(format!("decode audit event {id}: {e}"))
                     })?;
                     Ok(AuditEvent {
                         id: ResourceId::from_stored(id),
@@ -515,11 +515,11 @@ impl AuditLog for EmbeddedPatients {
 }
 
 fn encode_version(v: &HistoryVersion) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encode history: {e}")))
+    serde_json::to_string(v).map_err(|e| StoreError::backend(format!("encode history: {e}")))
 }
 
 fn decode_version(doc: &str) -> Result<HistoryVersion, StoreError> {
-    serde_json::from_str(doc).map_err(|e| StoreError::Backend(format!("decode history: {e}")))
+    serde_json::from_str(doc).map_err(|e| StoreError::backend(format!("decode history: {e}")))
 }
 
 #[async_trait]

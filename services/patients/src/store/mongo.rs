@@ -186,7 +186,7 @@ impl MongoPatients {
 fn to_document(p: &Patient, request_key: &str) -> Result<Document, StoreError> {
     let address = match &p.fields.address {
         Some(a) => mongodb::bson::to_bson(a)
-            .map_err(|e| StoreError::Backend(format!("encode address: {e}")))?,
+            .map_err(|e| StoreError::backend(format!("encode address: {e}")))?,
         None => Bson::Null,
     };
     let mut d = doc! {
@@ -221,10 +221,10 @@ fn from_document(d: &Document) -> Result<Patient, StoreError> {
         None | Some(Bson::Null) => None,
         Some(Bson::Document(a)) => Some(
             mongodb::bson::from_document::<PostalAddress>(a.clone())
-                .map_err(|e| StoreError::Backend(format!("decode address of {id}: {e}")))?,
+                .map_err(|e| StoreError::backend(format!("decode address of {id}: {e}")))?,
         ),
         Some(other) => {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "patient {id} address has type {:?}",
                 other.element_type()
             )));
@@ -233,7 +233,7 @@ fn from_document(d: &Document) -> Result<Patient, StoreError> {
     let date_of_birth = match d.get_str("dateOfBirth") {
         Ok(text) => Some(
             text.parse()
-                .map_err(|e| StoreError::Backend(format!("patient {id} date of birth: {e}")))?,
+                .map_err(|e| StoreError::backend(format!("patient {id} date of birth: {e}")))?,
         ),
         Err(_) => None,
     };
@@ -426,12 +426,12 @@ impl AuditLog for MongoPatients {
 }
 
 fn version_to_bson(v: &HistoryVersion) -> Result<Bson, StoreError> {
-    mongodb::bson::to_bson(v).map_err(|e| StoreError::Backend(format!("encode history: {e}")))
+    mongodb::bson::to_bson(v).map_err(|e| StoreError::backend(format!("encode history: {e}")))
 }
 
 fn version_from_bson(b: &Bson) -> Result<HistoryVersion, StoreError> {
     mongodb::bson::from_bson(b.clone())
-        .map_err(|e| StoreError::Backend(format!("decode history: {e}")))
+        .map_err(|e| StoreError::backend(format!("decode history: {e}")))
 }
 
 /// The head document of a history (`medicalHistory`) holds the current version and the
