@@ -26,22 +26,7 @@ pub struct PatientDirectory {
 impl PatientDirectory {
     /// Lazily connected channels to `addresses` (host:port).
     pub fn new(addresses: &[String]) -> Result<Self, topsmile_kit::config::StartupError> {
-        let replicas = addresses
-            .iter()
-            .map(|a| {
-                tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| {
-                        e.connect_timeout(std::time::Duration::from_secs(2))
-                            .timeout(std::time::Duration::from_secs(10))
-                            .connect_lazy()
-                    })
-                    .map_err(|source| topsmile_kit::config::StartupError::Address {
-                        what: "patients",
-                        address: a.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let replicas = topsmile_kit::config::lazy_channels("patients", addresses)?;
         Ok(Self { replicas })
     }
 

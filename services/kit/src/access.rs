@@ -19,7 +19,7 @@ use std::{
 };
 
 use http::HeaderMap;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use topsmile_proto::topsmile::{
     auth::v1::{MethodPolicy, Role},
     identity::v1::{GetJwksRequest, auth_service_client::AuthServiceClient},
@@ -129,26 +129,9 @@ pub enum KeySource {
 impl KeySource {
     /// `GetJwks` at `addresses` (host:port), each over a lazily connected channel.
     pub fn identity(addresses: &[String]) -> Result<Self, crate::config::StartupError> {
-        if addresses.is_empty() {
-            return Err(crate::config::StartupError::NoAddress("identity"));
-        }
-        let replicas = addresses
-            .iter()
-            .map(|a| {
-                Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| {
-                        e.connect_timeout(Duration::from_secs(2))
-                            .timeout(Duration::from_secs(5))
-                            .connect_lazy()
-                    })
-                    .map_err(|source| crate::config::StartupError::Address {
-                        what: "identity",
-                        address: a.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::Identity(replicas))
+        Ok(Self::Identity(crate::config::lazy_channels(
+            "identity", addresses,
+        )?))
     }
 
     async fn fetch(&self) -> Result<Vec<PublicKey>, ApiError> {

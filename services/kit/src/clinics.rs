@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use topsmile_proto::topsmile::identity::v1::{
     GetClinicRequest, clinic_service_client::ClinicServiceClient,
 };
@@ -46,22 +46,7 @@ impl ClinicDirectory {
         addresses: &[String],
         cache_for: Duration,
     ) -> Result<Self, crate::config::StartupError> {
-        let replicas = addresses
-            .iter()
-            .map(|a| {
-                Endpoint::from_shared(format!("http://{a}"))
-                    .map(|e| {
-                        e.connect_timeout(Duration::from_secs(2))
-                            .timeout(Duration::from_secs(5))
-                            .connect_lazy()
-                    })
-                    .map_err(|source| crate::config::StartupError::Address {
-                        what: "identity",
-                        address: a.clone(),
-                        source,
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let replicas = crate::config::lazy_channels("identity", addresses)?;
         Ok(Self {
             replicas,
             cache: moka::sync::Cache::builder()

@@ -143,6 +143,33 @@ pub enum StartupError {
     Hashing(String),
 }
 
+/// Lazily connected channels to the replicas of `what` at `addresses` (host:port), with
+/// TopSmile's connect and call timeouts for service-to-service calls.
+pub fn lazy_channels(
+    what: &'static str,
+    addresses: &[String],
+) -> Result<Vec<tonic::transport::Channel>, StartupError> {
+    if addresses.is_empty() {
+        return Err(StartupError::NoAddress(what));
+    }
+    addresses
+        .iter()
+        .map(|a| {
+            tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                .map(|e| {
+                    e.connect_timeout(std::time::Duration::from_secs(2))
+                        .timeout(std::time::Duration::from_secs(5))
+                        .connect_lazy()
+                })
+                .map_err(|source| StartupError::Address {
+                    what,
+                    address: a.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// `"a:1, b:2,"` -> `["a:1", "b:2"]`.
 pub fn split_list(list: &str) -> Vec<String> {
     list.split(',')

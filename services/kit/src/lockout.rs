@@ -67,6 +67,15 @@ pub fn scopes(account: &str, client: &str, policy: &LockPolicy) -> [Scope; 2] {
     ]
 }
 
+/// The keys of the counters a success from `client` clears: that address's and the
+/// account-wide one.
+pub fn cleared_by_success(account: &str, client: &str) -> Vec<String> {
+    scopes(account, client, &LockPolicy::default())
+        .into_iter()
+        .map(|s| s.key)
+        .collect()
+}
+
 /// One counter of [`scopes`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {

@@ -395,11 +395,7 @@ pub async fn sign_in_succeeded(
     client: &str,
 ) -> Result<(), StoreError> {
     use mongodb::bson::doc;
-    let keys: Vec<String> =
-        crate::lockout::scopes(account, client, &crate::lockout::LockPolicy::default())
-            .into_iter()
-            .map(|s| s.key)
-            .collect();
+    let keys = crate::lockout::cleared_by_success(account, client);
     collection
         .delete_many(doc! {"clinicId": clinic, "account": account, "_id": {"$in": keys}})
         .await

@@ -295,11 +295,7 @@ pub async fn sign_in_succeeded(
     account: &str,
     client: &str,
 ) -> Result<(), StoreError> {
-    let keys: Vec<String> =
-        crate::lockout::scopes(account, client, &crate::lockout::LockPolicy::default())
-            .into_iter()
-            .map(|s| s.key)
-            .collect();
+    let keys = crate::lockout::cleared_by_success(account, client);
     db.write(move |conn| {
         for key in &keys {
             conn.execute(
