@@ -1,4 +1,4 @@
-//! Provider rules as pure functions: the working hours of one weekday.
+//! The working hours of one weekday, as pure functions.
 
 /// A wall-clock interval in the clinic's time zone, minutes since midnight, end exclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,0 +1,12 @@
+//! Providers' domain, pure: no proto, no store, no clock.
+//!
+//! - [`hours`]: one weekday's wall-clock working hours and their rules;
+//! - [`schedule`]: a provider's whole schedule (weekly hours, date overrides, time off)
+//!   and [`schedule::working_intervals`], the one answer to "when does this provider
+//!   work between these two instants", in UTC, exact across DST.
+
+pub mod hours;
+pub mod schedule;
+
+pub use hours::{HoursError, Interval, working_day};
+pub use schedule::{Schedule, Span, working_intervals};
