@@ -136,6 +136,13 @@ fn fields(name: &str) -> ClinicFields {
         phone: "+55 11 5555-0100".into(),
         email: "front@example.com".into(),
         time_zone: "America/Sao_Paulo".into(),
+        // Not the defaults, so a store that drops them fails the round trip.
+        booking_rules: topsmile_identity::domain::clinic::BookingRules {
+            minimum_notice_secs: 3600,
+            booking_horizon_secs: 30 * 86_400,
+            slot_step_secs: 600,
+            patient_change_cutoff_secs: 12 * 3600,
+        },
     }
 }
 

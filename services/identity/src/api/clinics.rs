@@ -12,7 +12,7 @@ use topsmile_kit::{
 use topsmile_proto::topsmile::identity::v1::{self as pb, clinic_service_server::ClinicService};
 
 use crate::{
-    domain::{self, Clinic, ClinicInput},
+    domain::{self, Clinic, ClinicInput, clinic::BookingRulesInput},
     store::ClinicStore,
 };
 
@@ -148,6 +148,15 @@ fn input_of(c: pb::Clinic) -> ClinicInput {
         phone: c.phone,
         email: c.email,
         time_zone: c.time_zone,
+        booking_rules: c.booking_rules.map(|r| {
+            let pair = |d: Option<prost_types::Duration>| d.map(|d| (d.seconds, d.nanos));
+            BookingRulesInput {
+                minimum_notice: pair(r.minimum_notice),
+                booking_horizon: pair(r.booking_horizon),
+                slot_step: pair(r.slot_step),
+                patient_change_cutoff: pair(r.patient_change_cutoff),
+            }
+        }),
     }
 }
 
@@ -160,6 +169,16 @@ fn to_proto(c: Clinic) -> pb::Clinic {
         phone: c.fields.phone,
         email: c.fields.email,
         time_zone: c.fields.time_zone,
+        booking_rules: Some({
+            let r = c.fields.booking_rules;
+            let duration = |seconds: i64| Some(prost_types::Duration { seconds, nanos: 0 });
+            pb::BookingRules {
+                minimum_notice: duration(r.minimum_notice_secs),
+                booking_horizon: duration(r.booking_horizon_secs),
+                slot_step: duration(r.slot_step_secs),
+                patient_change_cutoff: duration(r.patient_change_cutoff_secs),
+            }
+        }),
         is_active: c.is_active,
         create_time: Some(time::to_proto(c.create_time)),
         update_time: Some(time::to_proto(c.update_time)),

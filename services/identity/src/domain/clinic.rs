@@ -26,10 +26,144 @@ pub struct ClinicFields {
     pub phone: String,
     pub email: String,
     pub time_zone: String,
+    pub booking_rules: BookingRules,
 }
 
 /// The fields `UpdateClinic` may name in its mask.
-pub const UPDATABLE_FIELDS: &[&str] = &["display_name", "address", "phone", "email", "time_zone"];
+pub const UPDATABLE_FIELDS: &[&str] = &[
+    "display_name",
+    "address",
+    "phone",
+    "email",
+    "time_zone",
+    "booking_rules",
+];
+
+/// When and how a clinic's appointments may be booked, in seconds (whole minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BookingRules {
+    pub minimum_notice_secs: i64,
+    pub booking_horizon_secs: i64,
+    pub slot_step_secs: i64,
+    pub patient_change_cutoff_secs: i64,
+}
+
+const MINUTE: i64 = 60;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+impl Default for BookingRules {
+    /// 2 hours' notice, 90 days ahead, 15-minute steps, patients change until 24 hours
+    /// before.
+    fn default() -> Self {
+        Self {
+            minimum_notice_secs: 2 * HOUR,
+            booking_horizon_secs: 90 * DAY,
+            slot_step_secs: 15 * MINUTE,
+            patient_change_cutoff_secs: DAY,
+        }
+    }
+}
+
+/// Booking rules as a request sends them: each `(seconds, nanos)`, or unset (default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BookingRulesInput {
+    pub minimum_notice: Option<(i64, i32)>,
+    pub booking_horizon: Option<(i64, i32)>,
+    pub slot_step: Option<(i64, i32)>,
+    pub patient_change_cutoff: Option<(i64, i32)>,
+}
+
+impl From<BookingRules> for BookingRulesInput {
+    fn from(r: BookingRules) -> Self {
+        Self {
+            minimum_notice: Some((r.minimum_notice_secs, 0)),
+            booking_horizon: Some((r.booking_horizon_secs, 0)),
+            slot_step: Some((r.slot_step_secs, 0)),
+            patient_change_cutoff: Some((r.patient_change_cutoff_secs, 0)),
+        }
+    }
+}
+
+/// Checks each rule (whole minutes, within its range) and the ones between them;
+/// unset rules take their defaults.
+pub fn booking_rules(
+    prefix: &str,
+    input: BookingRulesInput,
+) -> Result<BookingRules, Vec<FieldViolation>> {
+    let defaults = BookingRules::default();
+    let mut violations = Vec::new();
+    let mut rule = |name: &str, value: Option<(i64, i32)>, default: i64, low: i64, high: i64| {
+        let Some((seconds, nanos)) = value else {
+            return default;
+        };
+        let field = format!("{prefix}.{name}");
+        if nanos != 0 || seconds % MINUTE != 0 {
+            violations.push(FieldViolation::new(
+                field,
+                "must be a whole number of minutes",
+            ));
+        } else if !(low..=high).contains(&seconds) {
+            violations.push(FieldViolation::new(
+                field,
+                format!(
+                    "must be between {} and {} minutes",
+                    low / MINUTE,
+                    high / MINUTE
+                ),
+            ));
+        }
+        seconds
+    };
+    let rules = BookingRules {
+        minimum_notice_secs: rule(
+            "minimum_notice",
+            input.minimum_notice,
+            defaults.minimum_notice_secs,
+            0,
+            30 * DAY,
+        ),
+        booking_horizon_secs: rule(
+            "booking_horizon",
+            input.booking_horizon,
+            defaults.booking_horizon_secs,
+            DAY,
+            730 * DAY,
+        ),
+        slot_step_secs: rule(
+            "slot_step",
+            input.slot_step,
+            defaults.slot_step_secs,
+            5 * MINUTE,
+            4 * HOUR,
+        ),
+        patient_change_cutoff_secs: rule(
+            "patient_change_cutoff",
+            input.patient_change_cutoff,
+            defaults.patient_change_cutoff_secs,
+            0,
+            30 * DAY,
+        ),
+    };
+    if violations.is_empty() && DAY % rules.slot_step_secs.max(1) != 0 {
+        violations.push(FieldViolation::new(
+            format!("{prefix}.slot_step"),
+            "must divide a day evenly (e.g. 5, 10, 15, 20, 30 or 60 minutes)",
+        ));
+    }
+    if violations.is_empty() && rules.booking_horizon_secs <= rules.minimum_notice_secs {
+        violations.push(FieldViolation::new(
+            format!("{prefix}.booking_horizon"),
+            "must be longer than the minimum notice",
+        ));
+    }
+    if violations.is_empty() {
+        Ok(rules)
+    } else {
+        Err(violations)
+    }
+}
 
 impl Clinic {
     pub fn new(fields: ClinicFields, now: Timestamp) -> Self {
@@ -73,6 +207,8 @@ pub struct ClinicInput {
     pub phone: String,
     pub email: String,
     pub time_zone: String,
+    /// Unset: the defaults.
+    pub booking_rules: Option<BookingRulesInput>,
 }
 
 /// Applies the rules to every field and reports every violation at once, each under
@@ -112,6 +248,12 @@ pub fn validate_fields(
             }
         },
     };
+    let booking_rules = booking_rules(
+        &field("booking_rules"),
+        input.booking_rules.unwrap_or_default(),
+    )
+    .map_err(|mut v| violations.append(&mut v))
+    .unwrap_or_default();
     if violations.is_empty() {
         Ok(ClinicFields {
             display_name,
@@ -119,6 +261,7 @@ pub fn validate_fields(
             phone,
             email,
             time_zone,
+            booking_rules,
         })
     } else {
         Err(violations)
@@ -151,6 +294,11 @@ pub fn apply_mask(
         phone: paths.pick("phone", current.phone.clone(), incoming.phone),
         email: paths.pick("email", current.email.clone(), incoming.email),
         time_zone: paths.pick("time_zone", current.time_zone.clone(), incoming.time_zone),
+        booking_rules: paths.pick(
+            "booking_rules",
+            Some(current.booking_rules.into()),
+            incoming.booking_rules,
+        ),
     }
 }
 
@@ -165,6 +313,7 @@ mod tests {
             email: "Front@Sorriso.example".into(),
             time_zone: "America/Sao_Paulo".into(),
             address: None,
+            booking_rules: None,
         }
     }
 
@@ -172,6 +321,73 @@ mod tests {
     fn valid_fields_are_normalised() {
         let fields = validate_fields("clinic", input()).unwrap();
         assert_eq!(fields.email, "front@sorriso.example");
+        assert_eq!(fields.booking_rules, BookingRules::default());
+    }
+
+    #[test]
+    fn booking_rules_take_defaults_and_stay_in_range() {
+        let minutes = |m: i64| Some((m * 60, 0));
+        let rules = booking_rules(
+            "r",
+            BookingRulesInput {
+                slot_step: minutes(30),
+                minimum_notice: minutes(60),
+                ..BookingRulesInput::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rules.slot_step_secs, 1800);
+        assert_eq!(rules.minimum_notice_secs, 3600);
+        assert_eq!(
+            rules.booking_horizon_secs,
+            BookingRules::default().booking_horizon_secs
+        );
+        let bad = |input: BookingRulesInput| -> Vec<String> {
+            booking_rules("r", input)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.field)
+                .collect()
+        };
+        // 7 minutes does not divide a day; 90 seconds is not whole minutes; 3 minutes is
+        // below the smallest step; a horizon shorter than the notice is refused.
+        assert_eq!(
+            bad(BookingRulesInput {
+                slot_step: minutes(7),
+                ..Default::default()
+            }),
+            ["r.slot_step"]
+        );
+        assert_eq!(
+            bad(BookingRulesInput {
+                slot_step: Some((90, 0)),
+                ..Default::default()
+            }),
+            ["r.slot_step"]
+        );
+        assert_eq!(
+            bad(BookingRulesInput {
+                slot_step: minutes(3),
+                ..Default::default()
+            }),
+            ["r.slot_step"]
+        );
+        assert_eq!(
+            bad(BookingRulesInput {
+                minimum_notice: minutes(3 * 24 * 60),
+                booking_horizon: minutes(2 * 24 * 60),
+                ..Default::default()
+            }),
+            ["r.booking_horizon"]
+        );
+        assert_eq!(
+            bad(BookingRulesInput {
+                patient_change_cutoff: Some((-60, 0)),
+                ..Default::default()
+            }),
+            ["r.patient_change_cutoff"]
+        );
     }
 
     #[test]

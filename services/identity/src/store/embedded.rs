@@ -18,6 +18,7 @@ use topsmile_kit::{
 use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
 use crate::domain::{
     Clinic, ClinicFields,
+    clinic::BookingRules,
     user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
@@ -93,6 +94,9 @@ struct ClinicDoc {
     phone: String,
     email: String,
     time_zone: String,
+    /// Clinics stored before booking rules existed read as the defaults.
+    #[serde(default)]
+    booking_rules: BookingRules,
     create_time_ms: i64,
     update_time_ms: i64,
 }
@@ -104,6 +108,7 @@ fn to_doc(c: &Clinic) -> Result<String, StoreError> {
         phone: c.fields.phone.clone(),
         email: c.fields.email.clone(),
         time_zone: c.fields.time_zone.clone(),
+        booking_rules: c.fields.booking_rules,
         create_time_ms: time::to_millis(c.create_time),
         update_time_ms: time::to_millis(c.update_time),
     })
@@ -127,6 +132,7 @@ fn to_clinic(
             phone: doc.phone,
             email: doc.email,
             time_zone: doc.time_zone,
+            booking_rules: doc.booking_rules,
         },
         is_active,
         create_time: time::from_millis(doc.create_time_ms),

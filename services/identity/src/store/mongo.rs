@@ -24,6 +24,7 @@ use topsmile_kit::{
 use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
 use crate::domain::{
     Clinic, ClinicFields,
+    clinic::BookingRules,
     user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
@@ -127,6 +128,8 @@ fn to_document(c: &Clinic, request_id: &str) -> Result<Document, StoreError> {
         "phone": &c.fields.phone,
         "email": &c.fields.email,
         "timeZone": &c.fields.time_zone,
+        "bookingRules": mongodb::bson::to_bson(&c.fields.booking_rules)
+            .map_err(|e| StoreError::backend(format!("encode booking rules: {e}")))?,
         "isActive": c.is_active,
         "createTime": to_bson_time(c.create_time),
         "updateTime": to_bson_time(c.update_time),
@@ -156,6 +159,12 @@ fn from_document(d: &Document) -> Result<Clinic, StoreError> {
             phone: get_string(d, "phone"),
             email: get_string(d, "email"),
             time_zone: get_string(d, "timeZone"),
+            // Clinics stored before booking rules existed read as the defaults.
+            booking_rules: match d.get_document("bookingRules") {
+                Ok(rules) => mongodb::bson::from_document(rules.clone())
+                    .map_err(|e| StoreError::backend(format!("decode booking rules: {e}")))?,
+                Err(_) => BookingRules::default(),
+            },
         },
         is_active: get_bool(d, "isActive"),
         create_time: get_time(d, "createTime"),
