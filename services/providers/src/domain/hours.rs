@@ -1,7 +1,9 @@
 //! The working hours of one weekday, as pure functions.
 
 /// A wall-clock interval in the clinic's time zone, minutes since midnight, end exclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Interval {
     pub start_minute: u16,
     pub end_minute: u16,

@@ -1,12 +1,15 @@
 //! Providers' domain, pure: no proto, no store, no clock.
 //!
 //! - [`hours`]: one weekday's wall-clock working hours and their rules;
+//! - [`provider`]: a provider as the store keeps it;
 //! - [`schedule`]: a provider's whole schedule (weekly hours, date overrides, time off)
 //!   and [`schedule::working_intervals`], the one answer to "when does this provider
 //!   work between these two instants", in UTC, exact across DST.
 
 pub mod hours;
+pub mod provider;
 pub mod schedule;
 
 pub use hours::{HoursError, Interval, working_day};
+pub use provider::{Provider, ProviderFields, ProviderQuery, TimeOff};
 pub use schedule::{Schedule, Span, working_intervals};

@@ -1,22 +1,62 @@
-//! The providers service's store: opened on the embedded SQLite store or on MongoDB,
-//! with its collections and indexes created idempotently at start-up.
-//!
-//! The repository operations arrive with the providers issue; the collections, indexes
-//! and the way the store is chosen are fixed now so deployments can prepare them.
+//! The repository the providers service needs, and how to open it on either store.
+//! Both adapters pass one conformance suite (`tests/conformance.rs`).
 
 pub mod embedded;
 pub mod mongo;
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use topsmile_kit::{
     StoreError,
+    names::ResourceId,
+    paging::PageRequest,
     store::{Backend, StoreChoice},
 };
 
-/// The providers repository. Its operations, named for what they mean, arrive with the
-/// providers issue together with the conformance suite that both adapters must pass.
-pub trait ProviderStore: Send + Sync + 'static {}
+use crate::domain::{Provider, ProviderQuery};
+
+/// Providers (`providers`). Every operation names the clinic (shard-ready).
+#[async_trait]
+pub trait ProviderStore: Send + Sync + 'static {
+    /// Inserts `provider`; `Duplicate("user")` if another provider of the clinic is
+    /// linked to the same user. If a provider of the same clinic was already created
+    /// with `request_id`, returns that one and inserts nothing.
+    async fn create(
+        &self,
+        provider: Provider,
+        request_id: Option<&str>,
+    ) -> Result<Provider, StoreError>;
+
+    /// The provider `id` of `clinic`, active or not. Read from the primary.
+    async fn get(
+        &self,
+        clinic: &ResourceId,
+        id: &ResourceId,
+    ) -> Result<Option<Provider>, StoreError>;
+
+    /// Up to `page.fetch_limit()` providers of `clinic` in id (= creation) order after
+    /// `page.after`.
+    async fn list(
+        &self,
+        clinic: &ResourceId,
+        query: &ProviderQuery,
+        page: &PageRequest,
+    ) -> Result<Vec<Provider>, StoreError>;
+
+    /// Replaces the stored provider with `next` if the stored version is still
+    /// `next.version - 1`: `Stale`, `NotFound`, or `Duplicate("user")`.
+    async fn replace(&self, next: &Provider) -> Result<(), StoreError>;
+}
+
+/// The stored idempotency key of a create: clinic and request id, or the provider's own
+/// id when the client sent none (so the key can be unique without a partial index).
+pub fn request_key(provider: &Provider, request_id: Option<&str>) -> String {
+    match request_id {
+        Some(r) => format!("{}/{r}", provider.clinic),
+        None => provider.id.to_string(),
+    }
+}
 
 /// Opens the store that configuration chose, creating tables and indexes.
 pub async fn open(choice: &StoreChoice) -> Result<Arc<dyn ProviderStore>, StoreError> {
