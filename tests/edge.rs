@@ -27,6 +27,8 @@ enum Script {
     StartThenReset(h2::Reason),
     /// Reads the request and never answers.
     Hang,
+    /// A 200 with gRPC headers and part of a message, then nothing: the body stays open.
+    StartThenHold,
 }
 
 async fn scripted_upstream(script: Script) -> SocketAddr {
@@ -60,6 +62,23 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
                                 });
                             }
                         }
+                        Script::StartThenHold => {
+                            let response = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .unwrap();
+                            if let Ok(mut body) = respond.send_response(response, false) {
+                                let _ = body.send_data(
+                                    bytes::Bytes::from_static(&[0, 0, 0, 0, 9, 10]),
+                                    false,
+                                );
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(Duration::from_secs(60)).await;
+                                    drop(body);
+                                });
+                            }
+                        }
                         Script::Hang => {
                             tokio::spawn(async move {
                                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -76,12 +95,21 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
 
 /// A gateway whose identity upstream is `upstream`, granting calls at most one second.
 async fn gateway_in_front_of(upstream: SocketAddr) -> (SocketAddr, shutdown::Trigger) {
+    gateway_with(upstream, 4096).await
+}
+
+/// The same, letting at most `max_in_flight` calls through at once.
+async fn gateway_with(
+    upstream: SocketAddr,
+    max_in_flight: usize,
+) -> (SocketAddr, shutdown::Trigger) {
     let config = topsmile_gateway::GatewayConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         identity_upstreams: upstream.to_string(),
         edge: topsmile_gateway::EdgeSettings {
             sign_in_per_minute: 0,
             max_deadline_secs: 1,
+            max_in_flight,
             ..Default::default()
         },
         ..Default::default()
@@ -163,4 +191,27 @@ async fn the_callers_deadline_covers_a_replica_that_never_answers() {
     // The client would wait 5 seconds; the gateway grants at most one and answers.
     let status = login_through(gateway, Some("5S")).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+}
+
+/// A call counts against the in-flight limit until its response body ends, not only
+/// until its headers arrive: with room for one call, a second one is shed while the
+/// first is still streaming its answer.
+#[tokio::test]
+async fn a_call_holds_its_in_flight_place_until_its_body_ends() {
+    let (gateway, _stop) = gateway_with(scripted_upstream(Script::StartThenHold).await, 1).await;
+    let first = tokio::spawn(login_through(gateway, None));
+    // Let the first call get its headers back (its body then stays open).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = login_through(gateway, None).await;
+    assert_eq!(second.code(), Code::ResourceExhausted, "{second:?}");
+    assert!(second.get_error_details().retry_info().is_some());
+    // The first ends with the gateway's deadline, and then the place is free again.
+    let first = first.await.unwrap();
+    assert_eq!(first.code(), Code::DeadlineExceeded, "{first:?}");
+    let third = login_through(gateway, None).await;
+    assert_eq!(
+        third.code(),
+        Code::DeadlineExceeded,
+        "admitted again: {third:?}"
+    );
 }

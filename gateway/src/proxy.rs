@@ -9,6 +9,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     net::IpAddr,
     pin::Pin,
     sync::Arc,
@@ -111,9 +112,13 @@ impl Proxy {
         );
         let deadline =
             grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
-        // The deadline covers choosing and connecting to a replica as well as the call.
-        match tokio::time::timeout(deadline, send(upstream, req)).await {
-            Ok(Ok(response)) => Ok(response.map(|body| Body::new(Relayed::new(body, permit)))),
+        // The deadline covers choosing and connecting to a replica, the call, and the
+        // response body to its last frame.
+        let ends = tokio::time::Instant::now() + deadline;
+        match tokio::time::timeout_at(ends, send(upstream, req)).await {
+            Ok(Ok(response)) => {
+                Ok(response.map(|body| Body::new(Relayed::new(body, permit, ends))))
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::DeadlineExceeded),
         }
@@ -172,20 +177,24 @@ fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
 
 /// A response body on its way back to the client.
 ///
-/// It holds the call's in-flight permit until the last frame, and turns a failure of the
-/// upstream body into `grpc-status` trailers: a client then reads a gRPC status, not a
-/// broken HTTP/2 stream that it would take for "retry" (linkerd2-proxy's `grpc_rescue`).
+/// It holds the call's in-flight permit until the last frame, ends the body with
+/// DEADLINE_EXCEEDED trailers when the call's deadline passes first, and turns a failure
+/// of the upstream body into `grpc-status` trailers: a client then reads a gRPC status,
+/// not a broken HTTP/2 stream that it would take for "retry" (linkerd2-proxy's
+/// `grpc_rescue`).
 struct Relayed {
     inner: Incoming,
     permit: Option<OwnedSemaphorePermit>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
 impl Relayed {
-    fn new(inner: Incoming, permit: OwnedSemaphorePermit) -> Self {
+    fn new(inner: Incoming, permit: OwnedSemaphorePermit, ends: tokio::time::Instant) -> Self {
         Self {
             inner,
             permit: Some(permit),
+            deadline: Box::pin(tokio::time::sleep_until(ends)),
             done: false,
         }
     }
@@ -209,7 +218,14 @@ impl http_body::Body for Relayed {
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match polled {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    self.finish();
+                    let trailers = status_trailers(Code::DeadlineExceeded, "deadline exceeded");
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Poll::Pending
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if frame.is_trailers() {
                     self.finish();
