@@ -76,6 +76,9 @@ struct Args {
     /// HTTP/2 connections the load generator spreads its calls over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Only measure `working_intervals` (no suite is started).
+    #[arg(long)]
+    schedule_only: bool,
 }
 
 /// One measurement.
@@ -90,6 +93,9 @@ struct Figures {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.schedule_only {
+        return schedule();
+    }
     let dir = tempfile::tempdir()?;
     let mut options = SuiteOptions::new(
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -395,6 +401,55 @@ async fn login_as(gateway: SocketAddr, email: String) -> anyhow::Result<String> 
 
 /// The guard's per-call check with a warm cache (policy lookup, header, cached token)
 /// beside one full signature verification.
+/// `working_intervals` over a week and over 31 days, for a realistic schedule: two
+/// intervals on each weekday, a Saturday morning, a dozen time-off entries and a dozen
+/// date overrides, in a zone with daylight saving time. Reports p50 and p99 of many
+/// runs.
+fn schedule() -> anyhow::Result<()> {
+    use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+    use topsmile_providers::domain::{Interval, Schedule, Span, working_intervals};
+    let interval = |s: u16, e: u16| Interval {
+        start_minute: s * 60,
+        end_minute: e * 60,
+    };
+    let mut schedule = Schedule::default();
+    for day in schedule.weekly.iter_mut().take(5) {
+        *day = vec![interval(8, 12), interval(13, 18)];
+    }
+    schedule.weekly[5] = vec![interval(8, 12)];
+    let start: Timestamp = "2026-03-02T00:00Z".parse()?;
+    for k in 0..12i64 {
+        let at = start + SignedDuration::from_hours(24 * 3 * k + 9);
+        schedule
+            .time_off
+            .push(Span::new(at, at + SignedDuration::from_hours(3)));
+        let date = (start + SignedDuration::from_hours(24 * (2 * k + 1)))
+            .to_zoned(TimeZone::UTC)
+            .date();
+        schedule.overrides.insert(date, vec![interval(10, 14)]);
+    }
+    let zone = TimeZone::get("Europe/Berlin")?;
+    println!("working_intervals (Europe/Berlin, across the March DST change)");
+    for (label, days) in [("one week", 7i64), ("31 days", 31)] {
+        let to = start + SignedDuration::from_hours(24 * days);
+        let mut times = Vec::with_capacity(20_000);
+        let mut spans = 0;
+        for _ in 0..20_000 {
+            let t = Instant::now();
+            spans = std::hint::black_box(working_intervals(&schedule, &zone, start, to)).len();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        println!(
+            "  {label:<9} {spans:>3} spans   p50 {:>7.2} µs   p99 {:>7.2} µs",
+            at(0.5),
+            at(0.99)
+        );
+    }
+    Ok(())
+}
+
 async fn token_check(key_file: &std::path::Path, token: &str) -> anyhow::Result<()> {
     let guard = Guard::new(
         PolicyTable::builtin()?,
