@@ -43,39 +43,26 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
                 while let Some(Ok((_request, mut respond))) = connection.accept().await {
                     match script {
                         Script::Refuse(reason) => respond.send_reset(reason),
-                        Script::StartThenReset(reason) => {
+                        Script::StartThenReset(_) | Script::StartThenHold => {
                             let response = http::Response::builder()
                                 .status(200)
                                 .header("content-type", "application/grpc")
                                 .body(())
                                 .unwrap();
                             if let Ok(mut body) = respond.send_response(response, false) {
-                                // Part of a message, a pause (the gateway has passed the
-                                // headers on by now), then the failure.
+                                // Part of a message; the gateway passes the headers on.
                                 let _ = body.send_data(
                                     bytes::Bytes::from_static(&[0, 0, 0, 0, 9, 10]),
                                     false,
                                 );
                                 tokio::spawn(async move {
-                                    tokio::time::sleep(Duration::from_millis(100)).await;
-                                    body.send_reset(reason);
-                                });
-                            }
-                        }
-                        Script::StartThenHold => {
-                            let response = http::Response::builder()
-                                .status(200)
-                                .header("content-type", "application/grpc")
-                                .body(())
-                                .unwrap();
-                            if let Ok(mut body) = respond.send_response(response, false) {
-                                let _ = body.send_data(
-                                    bytes::Bytes::from_static(&[0, 0, 0, 0, 9, 10]),
-                                    false,
-                                );
-                                tokio::spawn(async move {
-                                    tokio::time::sleep(Duration::from_secs(60)).await;
-                                    drop(body);
+                                    if let Script::StartThenReset(reason) = script {
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                        body.send_reset(reason);
+                                    } else {
+                                        tokio::time::sleep(Duration::from_secs(60)).await;
+                                        drop(body);
+                                    }
                                 });
                             }
                         }

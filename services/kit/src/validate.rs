@@ -63,6 +63,25 @@ pub fn email(field: &str, value: &str) -> Result<String, FieldViolation> {
     Ok(value)
 }
 
+/// An email address, or nothing: a blank value is the empty string, anything else
+/// must be an address (see [`email`]).
+pub fn optional_email(field: &str, value: &str) -> Result<String, FieldViolation> {
+    if value.trim().is_empty() {
+        Ok(String::new())
+    } else {
+        email(field, value)
+    }
+}
+
+/// A phone number, or nothing (see [`phone`]).
+pub fn optional_phone(field: &str, value: &str) -> Result<String, FieldViolation> {
+    if value.trim().is_empty() {
+        Ok(String::new())
+    } else {
+        phone(field, value)
+    }
+}
+
 /// A phone number as people write it ("+55 (11) 5555-0100"): digits with optional
 /// leading `+` and the separators space, `-`, `.`, `(`, `)`; 7 to 15 digits (E.164).
 /// Stored as typed, trimmed.

@@ -227,16 +227,8 @@ pub fn validate_fields(
         &input.display_name,
         200,
     ));
-    let phone = if input.phone.trim().is_empty() {
-        String::new()
-    } else {
-        check(validate::phone(&field("phone"), &input.phone))
-    };
-    let email = if input.email.trim().is_empty() {
-        String::new()
-    } else {
-        check(validate::email(&field("email"), &input.email))
-    };
+    let phone = check(validate::optional_phone(&field("phone"), &input.phone));
+    let email = check(validate::optional_email(&field("email"), &input.email));
     let time_zone = check(time_zone(&field("time_zone"), &input.time_zone));
     let address = match input.address {
         None => None,

@@ -102,16 +102,14 @@ pub fn validate_fields(
         &mut v,
         validate::required_text(&field("display_name"), &input.display_name, 200),
     );
-    let email = if input.email.trim().is_empty() {
-        String::new()
-    } else {
-        keep(&mut v, validate::email(&field("email"), &input.email))
-    };
-    let phone = if input.phone.trim().is_empty() {
-        String::new()
-    } else {
-        keep(&mut v, validate::phone(&field("phone"), &input.phone))
-    };
+    let email = keep(
+        &mut v,
+        validate::optional_email(&field("email"), &input.email),
+    );
+    let phone = keep(
+        &mut v,
+        validate::optional_phone(&field("phone"), &input.phone),
+    );
     let license_number = keep(
         &mut v,
         validate::optional_text(&field("license_number"), &input.license_number, 60),
