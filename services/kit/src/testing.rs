@@ -126,3 +126,93 @@ pub async fn assert_mongo_indexes(
         );
     }
 }
+
+/// Asserts that every table read in SQLite's plan of `sql` (with `params`) goes through
+/// an index: `SEARCH ... USING INDEX`, never a `SCAN`.
+///
+/// # Panics
+/// When one does not, naming `label` and the plan (this is a test helper).
+pub async fn assert_sqlite_plan_uses_indexes(
+    db: &crate::store::sqlite::SqliteDb,
+    label: &str,
+    sql: String,
+    params: Vec<rusqlite::types::Value>,
+) {
+    use crate::store::sqlite::translate;
+    let plan: Vec<String> = db
+        .read(move |conn| {
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .map_err(translate)?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, String>(3)
+                })
+                .map_err(translate)?;
+            rows.map(|r| r.map_err(translate)).collect()
+        })
+        .await
+        .expect("explain the query");
+    let reads: Vec<&String> = plan
+        .iter()
+        .filter(|d| d.starts_with("SCAN") || d.starts_with("SEARCH"))
+        .collect();
+    assert!(!reads.is_empty(), "{label}: no plan: {plan:?}");
+    for read in reads {
+        assert!(
+            read.starts_with("SEARCH") && read.contains("INDEX"),
+            "{label}: {read:?} does not use an index; plan {plan:?}"
+        );
+    }
+}
+
+/// Asserts that MongoDB plans a list page (`filter`, `_id` order, 51 rows) of
+/// `collection` with an index scan. On nx-27017 only that `explain` answers: see
+/// [`NX_27017_GAPS`] ("explain reports SQLite's plan").
+///
+/// # Panics
+/// When the plan has no index scan, naming `label` (this is a test helper).
+pub async fn assert_mongo_list_uses_index(
+    database: &mongodb::Database,
+    collection: &str,
+    label: &str,
+    mut filter: mongodb::bson::Document,
+) {
+    use mongodb::bson::{Bson, doc};
+    fn index_scans(plan: &Bson, found: &mut Vec<String>) {
+        match plan {
+            Bson::Document(d) => {
+                if d.get_str("stage") == Ok("IXSCAN")
+                    && let Ok(name) = d.get_str("indexName")
+                {
+                    found.push(name.to_owned());
+                }
+                for (_, v) in d {
+                    index_scans(v, found);
+                }
+            }
+            Bson::Array(items) => items.iter().for_each(|i| index_scans(i, found)),
+            _ => {}
+        }
+    }
+    filter.insert("_id", doc! {"$gt": ""});
+    let explained = database
+        .run_command(doc! {
+            "explain": {"find": collection, "filter": filter, "sort": {"_id": 1}, "limit": 51},
+            "verbosity": "queryPlanner",
+        })
+        .await
+        .expect("explain the query");
+    let winning = explained
+        .get_document("queryPlanner")
+        .ok()
+        .and_then(|q| q.get("winningPlan").cloned())
+        .unwrap_or(Bson::Null);
+    if is_nx_27017(database).await {
+        assert!(winning != Bson::Null, "{label}: explain answered no plan");
+        return;
+    }
+    let mut used = Vec::new();
+    index_scans(&winning, &mut used);
+    assert!(!used.is_empty(), "{label}: no index scan in {winning:?}");
+}

@@ -337,7 +337,7 @@ pub async fn begin_sign_in(
         let until = scope.lock_end(policy, get_i64(&counter, "lockCount"), now);
         collection
             .update_one(
-                doc! {"_id": &scope.key, "clinicId": clinic, "account": account},
+                unlocked_key(clinic, &scope.key, now),
                 doc! {
                     "$set": {"failedLogins": 0_i64, "lockedUntilMs": until.as_millisecond()},
                     "$inc": {"lockCount": 1},
