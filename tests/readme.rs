@@ -76,6 +76,7 @@ echo "CHECK clinic=$CLINIC"
 echo "CHECK ana=${ANA:+signed-in}"
 echo "CHECK patient=$PATIENT"
 echo "CHECK jose=${JOSE:+signed-in}"
+echo "CHECK provider=$PROVIDER"
 "#;
     let run = tokio::task::spawn_blocking(move || {
         Command::new("bash")
@@ -101,14 +102,30 @@ echo "CHECK jose=${JOSE:+signed-in}"
     assert_eq!(count("CHECK ana=signed-in"), 1, "{text}");
     assert_eq!(count("CHECK jose=signed-in"), 1, "{text}");
     assert!(text.contains("CHECK patient=clinics/"), "{text}");
+    assert!(text.contains("CHECK provider=clinics/"), "{text}");
     // The refusals it shows are the ones it says: no token; Ana listing every clinic;
-    // José listing patients; a malformed name; someone else's history.
+    // José listing patients; a malformed name; someone else's history; Bruno renaming
+    // himself.
     assert_eq!(count("Code: Unauthenticated"), 1, "{text}");
-    assert_eq!(count("Code: PermissionDenied"), 2, "{text}");
+    assert_eq!(count("Code: PermissionDenied"), 3, "{text}");
     assert_eq!(count("Code: InvalidArgument"), 1, "{text}");
     assert_eq!(count("Code: NotFound"), 1, "{text}");
     // Nothing else failed.
-    assert_eq!(count("ERROR:"), 5, "only the five refusals above: {text}");
+    assert_eq!(count("ERROR:"), 6, "only the six refusals above: {text}");
+    // Reflection describes the providers' contract; Bruno's conference is on his
+    // calendar; the licence shows in Ana's list and Bruno's update, not in José's view.
+    assert!(text.contains("service ProviderService {"), "{text}");
+    assert!(text.contains("\"reason\": \"conference\""), "{text}");
+    assert_eq!(count("\"licenseNumber\": \"CRO-SP 4242\""), 2, "{text}");
+    let patient_view = text.rsplit("CHECK clinic=").nth(1).unwrap_or_default();
+    let last_answer = patient_view
+        .rsplit("{\n  \"provider\"")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        last_answer.contains("Dr. Bruno Lima") && !last_answer.contains("user"),
+        "José sees the public view: {last_answer}"
+    );
     // Health answers, and the audit trail shows the patient's accesses.
     assert!(text.contains("\"status\": \"SERVING\""), "{text}");
     for action in [

@@ -26,6 +26,7 @@ use topsmile_proto::topsmile::{
         medical_history_service_client::MedicalHistoryServiceClient,
         patient_service_client::PatientServiceClient,
     },
+    providers::v1::{self as providers, provider_service_client::ProviderServiceClient},
 };
 
 /// Collections whose documents belong to one clinic.
@@ -144,6 +145,9 @@ async fn every_query_on_a_tenant_collection_names_its_clinic() {
         ("auditEvents", "find"),
         ("signInLocks", "findAndModify"),
         ("signInLocks", "delete"),
+        ("providers", "insert"),
+        ("providers", "find"),
+        ("providers", "update"),
     ] {
         assert!(
             kinds.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
@@ -356,7 +360,7 @@ async fn scenario(suite: &TestSuite) {
         })
         .await
         .unwrap();
-    AuditServiceClient::with_interceptor(channel.clone(), as_admin)
+    AuditServiceClient::with_interceptor(channel.clone(), as_admin.clone())
         .list_audit_events(pb::ListAuditEventsRequest {
             parent: a.clinic.name.clone(),
             resource: patient.name.clone(),
@@ -367,6 +371,59 @@ async fn scenario(suite: &TestSuite) {
     users
         .deactivate_user(identity::DeactivateUserRequest {
             name: user.name,
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let mut providers = ProviderServiceClient::with_interceptor(channel.clone(), as_admin);
+    let dentist = providers::Provider {
+        display_name: "Dr. Shard".into(),
+        specialties: vec!["orthodontics".into()],
+        user: a.provider_name.clone(),
+        ..Default::default()
+    };
+    for _retry in 0..2 {
+        providers
+            .create_provider(providers::CreateProviderRequest {
+                parent: a.clinic.name.clone(),
+                provider: Some(dentist.clone()),
+                request_id: "shard-provider".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let listed = providers
+        .list_providers(providers::ListProvidersRequest {
+            parent: a.clinic.name.clone(),
+            specialty: "orthodontics".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .providers;
+    let provider = listed[0].name.clone();
+    providers
+        .get_provider(providers::GetProviderRequest {
+            name: provider.clone(),
+        })
+        .await
+        .unwrap();
+    providers
+        .update_provider(providers::UpdateProviderRequest {
+            provider: Some(providers::Provider {
+                name: provider.clone(),
+                display_name: "Dr. Shard Renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    providers
+        .deactivate_provider(providers::DeactivateProviderRequest {
+            name: provider,
             etag: String::new(),
         })
         .await

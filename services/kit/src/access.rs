@@ -322,7 +322,6 @@ fn refused(e: TokenError) -> ApiError {
     ApiError::Unauthenticated
 }
 
-/// The token of `authorization: Bearer <token>`.
 /// The header in which the gateway passes on the client's address (it strips any
 /// client-sent `x-topsmile-*` header first).
 pub const CLIENT_ADDRESS_HEADER: &str = "x-topsmile-client-address";
@@ -341,6 +340,7 @@ pub fn client_address<T>(request: &tonic::Request<T>) -> String {
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
 
+/// The token of `authorization: Bearer <token>`.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -348,6 +348,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// The caller's own bearer token (empty if none), for a service that asks another on
+/// the caller's behalf with no more rights than the caller has.
+pub fn bearer_of<T>(request: &tonic::Request<T>) -> String {
+    bearer(request.metadata().as_ref())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Runs [`Guard::authorize`] in front of a tonic server's routes; a refused call is

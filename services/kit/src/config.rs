@@ -112,6 +112,9 @@ pub struct ServiceConfig {
     /// Replicas of the identity service (`host:port`, comma-separated), whose
     /// `GetJwks` the other services verify tokens with.
     pub identity_upstreams: String,
+    /// How long, in seconds, identity's answers about a clinic (active? time zone?) are
+    /// reused: a deactivation or a new time zone reaches every replica within this.
+    pub clinic_cache_secs: u64,
     #[serde(flatten)]
     pub store: StoreConfig,
     #[serde(flatten)]
@@ -185,6 +188,7 @@ impl Default for ServiceConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             log_format: crate::telemetry::LogFormat::Json,
             identity_upstreams: "127.0.0.1:50061".to_owned(),
+            clinic_cache_secs: crate::clinics::CACHE_FOR.as_secs(),
             store: StoreConfig::default(),
             limits: ServerLimits::default(),
         }
@@ -205,10 +209,12 @@ mod tests {
                 "mongodb_database = \"from_file\"\nconcurrency_limit = 7",
             )?;
             jail.set_env("TOPSMILE_MONGODB_DATABASE", "from_env");
+            jail.set_env("TOPSMILE_CLINIC_CACHE_SECS", "2");
             jail.set_env("TOPSMILE_MONGODB_URI", "mongodb://user:hunter2@db:27017");
             let config: ServiceConfig = load(Some("svc.toml".into())).map_err(|e| e.to_string())?;
             assert_eq!(config.store.mongodb_database, "from_env");
             assert_eq!(config.limits.concurrency_limit, 7);
+            assert_eq!(config.clinic_cache_secs, 2);
             let uri = config
                 .store
                 .mongodb_uri

@@ -239,7 +239,11 @@ where
     tracing::info!(?config, "starting {binary}");
     let listen = config.listen;
     let limits = config.limits.clone();
-    let Built { routes, guard } = make(config, Runtime::for_this_machine()?).await?;
+    let runtime = Runtime {
+        clinic_facts_ttl: Duration::from_secs(config.clinic_cache_secs),
+        ..Runtime::for_this_machine()?
+    };
+    let Built { routes, guard } = make(config, runtime).await?;
     let listener = bind(listen).await?;
     let (trigger, stop) = crate::shutdown::channel();
     tokio::spawn(async move {

@@ -51,13 +51,7 @@ impl Actor {
             caller: Caller::of(req)?,
             trace_id: trace_id(req.metadata().as_ref()),
             client: topsmile_kit::access::client_address(req),
-            bearer: req
-                .metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or_default()
-                .to_owned(),
+            bearer: topsmile_kit::access::bearer_of(req),
         })
     }
 }

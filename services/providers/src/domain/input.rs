@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use topsmile_kit::{FieldViolation, validate};
+use topsmile_kit::{FieldViolation, mask::UpdatePaths, validate};
 
 use super::{
     hours::Interval,
@@ -20,6 +20,32 @@ pub const MAX_TIME_OFF: usize = 100;
 pub const MAX_SPECIALTIES: usize = 20;
 /// The default appointment length when none is set: 30 minutes.
 pub const DEFAULT_DURATION_SECS: i64 = 30 * 60;
+
+/// The fields UpdateProvider may change (the contract's names).
+pub const UPDATABLE_FIELDS: &[&str] = &[
+    "display_name",
+    "email",
+    "phone",
+    "specialties",
+    "license_number",
+    "user",
+    "working_hours",
+    "time_off",
+    "date_overrides",
+    "default_appointment_duration",
+    "buffer_before",
+    "buffer_after",
+];
+
+/// The schedule: what a PROVIDER may change on the provider linked to their own user.
+pub const SCHEDULE_FIELDS: &[&str] = &[
+    "working_hours",
+    "time_off",
+    "date_overrides",
+    "default_appointment_duration",
+    "buffer_before",
+    "buffer_after",
+];
 
 /// Wall-clock intervals as sent: `(start_minute, end_minute)`.
 pub type RawIntervals = Vec<(i32, i32)>;
@@ -48,6 +74,90 @@ pub struct ProviderInput {
     pub default_duration_secs: Option<i64>,
     pub buffer_before_secs: Option<i64>,
     pub buffer_after_secs: Option<i64>,
+}
+
+impl ProviderInput {
+    /// The stored fields as input again, so an update can merge into them and run the
+    /// same rules over the result.
+    pub fn from_fields(fields: &ProviderFields) -> Self {
+        let raw = |hours: &[Interval]| -> RawIntervals {
+            hours
+                .iter()
+                .map(|i| (i32::from(i.start_minute), i32::from(i.end_minute)))
+                .collect()
+        };
+        Self {
+            display_name: fields.display_name.clone(),
+            email: fields.email.clone(),
+            phone: fields.phone.clone(),
+            specialties: fields.specialties.clone(),
+            license_number: fields.license_number.clone(),
+            user: fields.user.clone(),
+            working_hours: fields
+                .weekly
+                .iter()
+                .zip(1..)
+                .filter(|(hours, _)| !hours.is_empty())
+                .map(|(hours, day)| (day, raw(hours)))
+                .collect(),
+            overrides: fields
+                .overrides
+                .iter()
+                .filter_map(|(date, hours)| {
+                    let date = date.parse::<jiff::civil::Date>().ok()?;
+                    let raw_date = (
+                        i32::from(date.year()),
+                        i32::from(date.month()),
+                        i32::from(date.day()),
+                    );
+                    Some((raw_date, raw(hours)))
+                })
+                .collect(),
+            time_off: fields
+                .time_off
+                .iter()
+                .map(|t| (Some(t.start_ms), Some(t.end_ms), t.reason.clone()))
+                .collect(),
+            default_duration_secs: Some(fields.default_duration_secs),
+            buffer_before_secs: Some(fields.buffer_before_secs),
+            buffer_after_secs: Some(fields.buffer_after_secs),
+        }
+    }
+
+    /// `self` (the current provider) with the fields `paths` names taken from
+    /// `incoming`.
+    pub fn merged(self, incoming: Self, paths: &UpdatePaths) -> Self {
+        Self {
+            display_name: paths.pick("display_name", self.display_name, incoming.display_name),
+            email: paths.pick("email", self.email, incoming.email),
+            phone: paths.pick("phone", self.phone, incoming.phone),
+            specialties: paths.pick("specialties", self.specialties, incoming.specialties),
+            license_number: paths.pick(
+                "license_number",
+                self.license_number,
+                incoming.license_number,
+            ),
+            user: paths.pick("user", self.user, incoming.user),
+            working_hours: paths.pick("working_hours", self.working_hours, incoming.working_hours),
+            overrides: paths.pick("date_overrides", self.overrides, incoming.overrides),
+            time_off: paths.pick("time_off", self.time_off, incoming.time_off),
+            default_duration_secs: paths.pick(
+                "default_appointment_duration",
+                self.default_duration_secs,
+                incoming.default_duration_secs,
+            ),
+            buffer_before_secs: paths.pick(
+                "buffer_before",
+                self.buffer_before_secs,
+                incoming.buffer_before_secs,
+            ),
+            buffer_after_secs: paths.pick(
+                "buffer_after",
+                self.buffer_after_secs,
+                incoming.buffer_after_secs,
+            ),
+        }
+    }
 }
 
 /// One day's intervals, every problem reported: minutes outside 0..1440, an interval
@@ -271,7 +381,8 @@ fn keep(v: &mut Vec<FieldViolation>, result: Result<String, FieldViolation>) -> 
     result.map_err(|e| v.push(e)).unwrap_or_default()
 }
 
-/// A duration in seconds within `low..=high`, `default` when unset.
+/// A duration in seconds within `low..=high` and in whole minutes (offered times align
+/// to whole-minute steps), `default` when unset.
 fn duration(
     v: &mut Vec<FieldViolation>,
     field: &dyn Fn(&str) -> String,
@@ -287,6 +398,8 @@ fn duration(
             field(name),
             format!("must be between {} and {} minutes", low / 60, high / 60),
         ));
+    } else if value % 60 != 0 {
+        v.push(FieldViolation::new(field(name), "must be whole minutes"));
     }
     value
 }
@@ -369,6 +482,41 @@ mod tests {
                 "p.default_appointment_duration",
                 "p.buffer_before",
             ]
+        );
+    }
+
+    #[test]
+    fn a_stored_provider_reads_back_as_the_same_input() {
+        let fields = validate_fields("provider", good()).unwrap();
+        let again = validate_fields("provider", ProviderInput::from_fields(&fields)).unwrap();
+        assert_eq!(again, fields);
+    }
+
+    #[test]
+    fn a_merge_takes_only_the_named_fields() {
+        let current = ProviderInput::from_fields(&validate_fields("p", good()).unwrap());
+        let incoming = ProviderInput {
+            display_name: "Other".into(),
+            buffer_after_secs: Some(600),
+            ..ProviderInput::default()
+        };
+        let merged = current
+            .clone()
+            .merged(incoming, &UpdatePaths::trusted(["buffer_after"]));
+        assert_eq!(merged.display_name, current.display_name);
+        assert_eq!(merged.buffer_after_secs, Some(600));
+        assert_eq!(merged.working_hours, current.working_hours);
+    }
+
+    #[test]
+    fn durations_are_whole_minutes() {
+        let odd = ProviderInput {
+            default_duration_secs: Some(30 * 60 + 1),
+            ..good()
+        };
+        assert_eq!(
+            fields_of(validate_fields("p", odd)),
+            ["p.default_appointment_duration"]
         );
     }
 

@@ -13,6 +13,6 @@ pub mod provider;
 pub mod schedule;
 
 pub use hours::{HoursError, Interval, working_day};
-pub use input::{ProviderInput, validate_fields};
+pub use input::{ProviderInput, SCHEDULE_FIELDS, UPDATABLE_FIELDS, validate_fields};
 pub use provider::{Provider, ProviderFields, ProviderQuery, TimeOff};
 pub use schedule::{Schedule, Span, working_intervals};
