@@ -25,10 +25,10 @@ async fn booking_rules_are_set_on_the_clinic(suite: TestSuite) {
         let suite = &suite;
         async move { ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(token))) }
     };
-    // Defaults: 2 hours' notice, 90 days ahead, 15-minute steps, 24-hour cut-off.
+    // Defaults: 2 hours' notice, a year ahead, 15-minute steps, 24-hour cut-off.
     let rules = a.clinic.booking_rules.unwrap();
     assert_eq!(rules.minimum_notice, minutes(120));
-    assert_eq!(rules.booking_horizon, minutes(90 * 24 * 60));
+    assert_eq!(rules.booking_horizon, minutes(365 * 24 * 60));
     assert_eq!(rules.slot_step, minutes(15));
     assert_eq!(rules.patient_change_cutoff, minutes(24 * 60));
 
@@ -57,7 +57,7 @@ async fn booking_rules_are_set_on_the_clinic(suite: TestSuite) {
     let rules = updated.booking_rules.unwrap();
     assert_eq!(rules.slot_step, minutes(30));
     assert_eq!(rules.minimum_notice, minutes(60));
-    assert_eq!(rules.booking_horizon, minutes(90 * 24 * 60));
+    assert_eq!(rules.booking_horizon, minutes(365 * 24 * 60));
     assert_eq!(
         updated.display_name, a.clinic.display_name,
         "nothing else changed"

@@ -54,12 +54,13 @@ const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
 impl Default for BookingRules {
-    /// 2 hours' notice, 90 days ahead, 15-minute steps, patients change until 24 hours
+    /// 2 hours' notice, a year ahead (six-month recall visits are booked at the previous
+    /// visit), 15-minute steps, patients change until 24 hours
     /// before.
     fn default() -> Self {
         Self {
             minimum_notice_secs: 2 * HOUR,
-            booking_horizon_secs: 90 * DAY,
+            booking_horizon_secs: 365 * DAY,
             slot_step_secs: 15 * MINUTE,
             patient_change_cutoff_secs: DAY,
         }
