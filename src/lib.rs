@@ -111,6 +111,12 @@ pub struct Suite {
     pub services: BTreeMap<&'static str, SocketAddr>,
     /// Identity's sign-in core (tests count password checks and create accounts).
     pub accounts: Arc<Accounts>,
+    /// How the appointments service was built here, for extra replicas of it.
+    appointments: (
+        ServiceConfig,
+        topsmile_appointments::AppointmentSettings,
+        Runtime,
+    ),
     trigger: Trigger,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -171,8 +177,13 @@ impl Suite {
             key_file: Some(options.key_file.clone()),
             bootstrap_admin_email,
             bootstrap_admin_password,
+            service_secret: Some(service_secret.clone()),
+            patients_upstreams: Some(patients_address.clone()),
+        };
+        let appointment_settings = topsmile_appointments::AppointmentSettings {
             service_secret: Some(service_secret),
-            patients_upstreams: Some(patients_address),
+            patients_upstreams: patients_address,
+            providers_upstreams: address("providers"),
         };
         let identity_service = topsmile_identity::build(&config, &identity_settings, &runtime)
             .await
@@ -205,7 +216,7 @@ impl Suite {
             (
                 "appointments",
                 built(
-                    topsmile_appointments::build(&config, &runtime).await,
+                    topsmile_appointments::build(&config, &appointment_settings, &runtime).await,
                     "appointments",
                 )?,
                 topsmile_appointments::SERVICE_NAMES,
@@ -228,6 +239,7 @@ impl Suite {
                 .map(ToString::to_string)
                 .unwrap_or_default()
         };
+        let service_config = config;
         let config = GatewayConfig {
             listen: options.gateway_listen,
             identity_upstreams: addr("identity"),
@@ -252,9 +264,44 @@ impl Suite {
             gateway: gateway_addr,
             services,
             accounts: identity_service.accounts.clone(),
+            appointments: (service_config, appointment_settings, runtime),
             trigger,
             tasks,
         })
+    }
+
+    /// Starts one more replica of the appointments service on a free loopback port,
+    /// against the same store and services (or other `settings`, e.g. a patients
+    /// service that is down): its address. It stops with the suite. The gateway does
+    /// not know it; callers reach it directly, as a second pod would be reached.
+    pub async fn start_appointments_replica(
+        &mut self,
+        settings: Option<topsmile_appointments::AppointmentSettings>,
+    ) -> anyhow::Result<SocketAddr> {
+        let (config, default_settings, runtime) = &self.appointments;
+        let settings = settings.unwrap_or_else(|| default_settings.clone());
+        let Built { routes, guard } = topsmile_appointments::build(config, &settings, runtime)
+            .await
+            .map_err(|e| anyhow::anyhow!("appointments replica: {e}"))?;
+        let listener = server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let stop = self.trigger.subscribe();
+        let limits = config.limits.clone();
+        let serve: ServeFuture = Box::pin(async move {
+            server::serve(
+                listener,
+                routes,
+                topsmile_appointments::SERVICE_NAMES,
+                &limits,
+                guard,
+                stop,
+            )
+            .await?;
+            Ok(())
+        });
+        self.tasks
+            .push(("appointments replica", tokio::spawn(serve)));
+        Ok(addr)
     }
 
     /// Runs until `signal` resolves or a server stops on its own (an error), then drains

@@ -1,9 +1,16 @@
-//! The appointments service. It owns the `appointments` collections.
+//! The appointments service. It owns the `appointments` and `appointmentClaims`
+//! collections: bookings, their lifecycle, and the claims on provider and patient time
+//! that keep any two active appointments from overlapping, across replicas.
 //!
 //! The library is what the `topsmile-appointments` binary, the all-in-one `topsmile dev`
-//! launcher and the tests mount: [`open_store`] then [`routes`].
+//! launcher and the tests mount, all through [`build`].
 //!
-//! Served now: health and reflection. `AppointmentService` is in the contract and answers UNIMPLEMENTED until the appointments issue lands: no fake data is ever returned.
+//! - `api/`: gRPC handlers (proto <-> domain, caller checks, the other services, audit);
+//! - `domain/`: the lifecycle, appointments and the one availability function, pure;
+//! - `store/`: the adapters' plain operations and, once for both, booking and
+//!   rescheduling on top of them (`store::reserve`, which says why it works).
+//!
+//! Served: `AppointmentService`.
 
 pub mod api;
 pub mod domain;
@@ -11,28 +18,72 @@ pub mod store;
 
 use std::sync::Arc;
 
-use tonic::service::Routes;
-use topsmile_kit::config::ServerLimits;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use topsmile_kit::{
+    clinics::ClinicDirectory,
+    config::split_list,
+    peers::{Replicas, ServiceTokens},
+};
 
-pub use store::{AppointmentStore, open as open_store};
+pub use store::{Appointments, open as open_store};
 
 /// The gRPC services this process serves, for health and reflection.
 pub const SERVICE_NAMES: &[&str] = api::SERVED;
 
-/// The appointments service's routes on top of `store`.
-pub fn routes(store: Arc<dyn AppointmentStore>, limits: &ServerLimits) -> Routes {
-    api::routes(store, limits)
+/// What the appointments service needs besides the common configuration: how to reach
+/// the patients and providers services, and the secret to get a service token with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AppointmentSettings {
+    /// What this service presents to identity's `MintServiceToken`.
+    #[serde(skip_serializing)]
+    pub service_secret: Option<SecretString>,
+    /// Replicas of the patients service (`host:port`, comma-separated).
+    pub patients_upstreams: String,
+    /// Replicas of the providers service (`host:port`, comma-separated).
+    pub providers_upstreams: String,
 }
 
-/// The appointments service from its configuration: store, guard (keys from identity at
-/// `config.identity_upstreams`) and routes.
+impl Default for AppointmentSettings {
+    fn default() -> Self {
+        Self {
+            service_secret: None,
+            patients_upstreams: "127.0.0.1:50062".to_owned(),
+            providers_upstreams: "127.0.0.1:50063".to_owned(),
+        }
+    }
+}
+
+/// The appointments service from its configuration: store, guard (keys from identity),
+/// the other services it asks, and routes.
 pub async fn build(
     config: &topsmile_kit::config::ServiceConfig,
-    _runtime: &topsmile_kit::server::Runtime,
+    settings: &AppointmentSettings,
+    runtime: &topsmile_kit::server::Runtime,
 ) -> Result<topsmile_kit::server::Built, topsmile_kit::server::BoxError> {
+    let identity = config.identity_addresses();
+    let secret = settings.service_secret.clone().ok_or(
+        "the appointments service needs TOPSMILE_SERVICE_SECRET to ask the patients and providers services",
+    )?;
+    let deps = api::Dependencies {
+        clinics: ClinicDirectory::caching_for(&identity, runtime.clinic_facts_ttl)?,
+        tokens: Arc::new(ServiceTokens::new(
+            "appointments",
+            secret,
+            Replicas::new("identity", &identity)?,
+        )),
+        patients: Replicas::new("patients", &split_list(&settings.patients_upstreams))?,
+        providers: Replicas::new("providers", &split_list(&settings.providers_upstreams))?,
+    };
     let store = topsmile_kit::store::StoreChoice::from_config(&config.store);
     Ok(topsmile_kit::server::Built {
-        routes: routes(open_store(&store).await?, &config.limits),
-        guard: topsmile_kit::access::Guard::via_identity(&config.identity_addresses())?,
+        routes: api::routes(
+            open_store(&store).await?,
+            deps,
+            runtime.clock.clone(),
+            &config.limits,
+        ),
+        guard: topsmile_kit::access::Guard::via_identity(&identity)?,
     })
 }

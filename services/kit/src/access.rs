@@ -28,6 +28,7 @@ use topsmile_proto::topsmile::{
 use crate::{
     ApiError,
     auth::{Claims, KeyRing, Kind, PublicKey, TokenError, TokenVerifier},
+    names::ResourceId,
     policy::PolicyTable,
 };
 
@@ -348,6 +349,38 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// The trail an event about `resource` goes to: the caller's own clinic, unless the
+/// resource names a well-formed clinic the caller may address (their own; any, for a
+/// super admin or a service acting for the suite). A probe of another clinic's (or a
+/// made-up) name therefore lands in the prober's trail, never in the target's.
+pub fn trail_clinic(caller: &Caller, resource: &str) -> String {
+    let named = match resource.split('/').collect::<Vec<_>>().as_slice() {
+        ["clinics", clinic, ..] => ResourceId::parse(clinic),
+        _ => None,
+    };
+    match named {
+        Some(clinic)
+            if clinic.as_str() == caller.clinic()
+                || caller.is_super_admin()
+                || caller.kind() == Kind::Service =>
+        {
+            clinic.to_string()
+        }
+        _ => caller.clinic().to_owned(),
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The caller's own bearer token (empty if none), for a service that asks another on

@@ -9,7 +9,6 @@
 
 use std::time::Duration;
 
-use tonic::transport::Channel;
 use topsmile_proto::topsmile::identity::v1::{
     GetClinicRequest, GetUserRequest, UserRole, clinic_service_client::ClinicServiceClient,
     user_service_client::UserServiceClient,
@@ -19,6 +18,7 @@ use crate::{
     ApiError,
     access::Caller,
     names::{ClinicScopedName, ResourceId},
+    peers::{Deadline, Replicas},
 };
 
 /// How long an answer of identity's is reused.
@@ -30,6 +30,31 @@ pub struct ClinicFacts {
     pub is_active: bool,
     /// IANA time zone name.
     pub time_zone: String,
+    /// When and how its appointments may be booked.
+    pub booking: BookingRules,
+}
+
+/// A clinic's booking rules, in seconds (identity keeps and checks them; identity
+/// always answers them, these defaults only fill a gap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BookingRules {
+    pub minimum_notice_secs: i64,
+    pub booking_horizon_secs: i64,
+    /// Offered start times align to this on the clinic's wall clock.
+    pub slot_step_secs: i64,
+    /// A patient may cancel or reschedule until this long before the start.
+    pub patient_change_cutoff_secs: i64,
+}
+
+impl Default for BookingRules {
+    fn default() -> Self {
+        Self {
+            minimum_notice_secs: 2 * 3600,
+            booking_horizon_secs: 365 * 86_400,
+            slot_step_secs: 15 * 60,
+            patient_change_cutoff_secs: 86_400,
+        }
+    }
 }
 
 /// A staff user as other services see them (to check a link to one).
@@ -42,7 +67,7 @@ pub struct StaffFacts {
 /// Identity's replicas and the cache of their answers.
 #[derive(Clone)]
 pub struct ClinicDirectory {
-    replicas: Vec<Channel>,
+    identity: Replicas,
     cache: moka::sync::Cache<String, ClinicFacts>,
 }
 
@@ -58,9 +83,8 @@ impl ClinicDirectory {
         addresses: &[String],
         cache_for: Duration,
     ) -> Result<Self, crate::config::StartupError> {
-        let replicas = crate::config::lazy_channels("identity", addresses)?;
         Ok(Self {
-            replicas,
+            identity: Replicas::new("identity", addresses)?,
             cache: moka::sync::Cache::builder()
                 .max_capacity(if cache_for.is_zero() { 0 } else { 100_000 })
                 .time_to_live(cache_for.max(Duration::from_millis(1)))
@@ -75,16 +99,35 @@ impl ClinicDirectory {
         }
         let name = format!("clinics/{clinic}");
         let found = self
-            .ask("clinic", bearer, |channel, request| {
-                let request = request.map(|()| GetClinicRequest { name: name.clone() });
-                async move { ClinicServiceClient::new(channel).get_clinic(request).await }
-            })
+            .identity
+            .call(
+                Some(bearer),
+                Deadline::none(),
+                "clinic",
+                |channel, request| {
+                    let request = request.map(|()| GetClinicRequest { name: name.clone() });
+                    async move { ClinicServiceClient::new(channel).get_clinic(request).await }
+                },
+            )
             .await?
             .clinic
             .ok_or_else(|| ApiError::Internal("identity answered no clinic".into()))?;
+        let rules = found.booking_rules.unwrap_or_default();
+        let secs =
+            |d: Option<prost_types::Duration>, default: i64| d.map_or(default, |d| d.seconds);
+        let defaults = BookingRules::default();
         let facts = ClinicFacts {
             is_active: found.is_active,
             time_zone: found.time_zone,
+            booking: BookingRules {
+                minimum_notice_secs: secs(rules.minimum_notice, defaults.minimum_notice_secs),
+                booking_horizon_secs: secs(rules.booking_horizon, defaults.booking_horizon_secs),
+                slot_step_secs: secs(rules.slot_step, defaults.slot_step_secs),
+                patient_change_cutoff_secs: secs(
+                    rules.patient_change_cutoff,
+                    defaults.patient_change_cutoff_secs,
+                ),
+            },
         };
         self.cache.insert(clinic.to_string(), facts.clone());
         Ok(facts)
@@ -100,10 +143,16 @@ impl ClinicDirectory {
     ) -> Result<StaffFacts, ApiError> {
         let name = user.to_string();
         let found = self
-            .ask("user", bearer, |channel, request| {
-                let request = request.map(|()| GetUserRequest { name: name.clone() });
-                async move { UserServiceClient::new(channel).get_user(request).await }
-            })
+            .identity
+            .call(
+                Some(bearer),
+                Deadline::none(),
+                "user",
+                |channel, request| {
+                    let request = request.map(|()| GetUserRequest { name: name.clone() });
+                    async move { UserServiceClient::new(channel).get_user(request).await }
+                },
+            )
             .await?
             .user
             .ok_or_else(|| ApiError::Internal("identity answered no user".into()))?;
@@ -111,44 +160,6 @@ impl ClinicDirectory {
             role: UserRole::try_from(found.role).unwrap_or(UserRole::Unspecified),
             is_active: found.is_active,
         })
-    }
-
-    /// One call to identity, replica after replica until one answers, with the caller's
-    /// `bearer`. Identity's own verdicts (not found, not allowed) are the answer; any
-    /// other failure tries the next replica, then is UNAVAILABLE.
-    async fn ask<T, F, Fut>(&self, what: &'static str, bearer: &str, call: F) -> Result<T, ApiError>
-    where
-        F: Fn(Channel, tonic::Request<()>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let value = format!("Bearer {bearer}")
-            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
-            .map_err(|_| ApiError::Unauthenticated)?;
-        let mut last = ApiError::Unavailable("no identity replica".into());
-        for channel in &self.replicas {
-            let mut request = tonic::Request::new(());
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-            match call(channel.clone(), request).await {
-                Ok(answer) => return Ok(answer.into_inner()),
-                Err(status) => match status.code() {
-                    tonic::Code::NotFound => return Err(ApiError::NotFound(what)),
-                    tonic::Code::Unauthenticated => return Err(ApiError::Unauthenticated),
-                    tonic::Code::PermissionDenied => return Err(ApiError::PermissionDenied),
-                    code => {
-                        tracing::warn!(
-                            ?code,
-                            message = status.message(),
-                            what,
-                            "identity lookup failed"
-                        );
-                        last = ApiError::Unavailable("the identity service is unavailable".into());
-                    }
-                },
-            }
-        }
-        Err(last)
     }
 
     /// Refuses a write to `clinic`'s records once the clinic is deactivated

@@ -53,6 +53,13 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// FAILED_PRECONDITION: a lifecycle step the resource's current state does not
+    /// allow. `ErrorInfo` (reason `WRONG_STATE`) names the state in `current_state`.
+    #[error("{message}")]
+    WrongState {
+        current: &'static str,
+        message: String,
+    },
     /// PERMISSION_DENIED: the caller's role or clinic may not do this.
     #[error("permission denied")]
     PermissionDenied,
@@ -107,6 +114,7 @@ impl ApiError {
             Self::AlreadyExists(_) => "ALREADY_EXISTS",
             Self::Stale => "ETAG_MISMATCH",
             Self::FailedPrecondition { reason, .. } => reason,
+            Self::WrongState { .. } => "WRONG_STATE",
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Unimplemented(_) => "NOT_IMPLEMENTED",
@@ -180,6 +188,11 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(_) => (Code::AlreadyExists, e.to_string()),
             ApiError::Stale => (Code::Aborted, e.to_string()),
             ApiError::FailedPrecondition { .. } => (Code::FailedPrecondition, e.to_string()),
+            ApiError::WrongState { current, .. } => {
+                let metadata = HashMap::from([("current_state".to_owned(), (*current).to_owned())]);
+                details.set_error_info(reason, ERROR_DOMAIN, metadata);
+                (Code::FailedPrecondition, e.to_string())
+            }
             ApiError::PermissionDenied => (Code::PermissionDenied, e.to_string()),
             ApiError::Unauthenticated => (Code::Unauthenticated, e.to_string()),
             ApiError::Unimplemented(_) => (Code::Unimplemented, e.to_string()),
@@ -201,7 +214,7 @@ impl From<ApiError> for Status {
                 return Status::new(Code::Internal, "internal error");
             }
         };
-        if !matches!(e, ApiError::Invalid(_)) {
+        if !matches!(e, ApiError::Invalid(_) | ApiError::WrongState { .. }) {
             info(&mut details);
         }
         Status::with_error_details(code, message, details)

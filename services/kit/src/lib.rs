@@ -17,6 +17,7 @@ pub mod mask;
 pub mod names;
 pub mod paging;
 pub mod password;
+pub mod peers;
 pub mod policy;
 pub mod server;
 pub mod shutdown;

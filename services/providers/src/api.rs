@@ -26,6 +26,9 @@ use topsmile_proto::{
         identity::v1::UserRole,
         providers::v1::{
             self as pb,
+            provider_internal_service_server::{
+                ProviderInternalService, ProviderInternalServiceServer,
+            },
             provider_service_server::{ProviderService, ProviderServiceServer},
         },
     },
@@ -42,7 +45,10 @@ use crate::{
 use std::sync::Arc;
 
 /// The gRPC services mounted by [`routes`].
-pub const SERVED: &[&str] = &[ProviderServiceServer::<ProviderApi>::NAME];
+pub const SERVED: &[&str] = &[
+    ProviderServiceServer::<ProviderApi>::NAME,
+    ProviderInternalServiceServer::<InternalApi>::NAME,
+];
 
 /// `ProviderService` on `store`; `clinics` is identity, asked whether a clinic is still
 /// active before its providers change, and whether a linked user is a PROVIDER of the
@@ -55,13 +61,115 @@ pub fn routes(
     let max = limits.max_message_bytes;
     Routes::new(
         ProviderServiceServer::new(ProviderApi {
-            store,
+            store: store.clone(),
             clinics,
             page_bytes: max / 2,
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
     )
+    .add_service(
+        ProviderInternalServiceServer::new(InternalApi { store })
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+}
+
+/// `ProviderInternalService`: what the appointments service reads to check bookings.
+pub struct InternalApi {
+    store: Arc<dyn ProviderStore>,
+}
+
+/// The most providers one clinic's bookable list holds.
+pub const MAX_BOOKABLE: usize = 1000;
+
+#[tonic::async_trait]
+impl ProviderInternalService for InternalApi {
+    async fn list_bookable_providers(
+        &self,
+        req: Request<pb::ListBookableProvidersRequest>,
+    ) -> Result<Response<pb::ListBookableProvidersResponse>, Status> {
+        let req = req.into_inner();
+        let parent = ClinicName::parse("parent", &req.parent).map_err(ApiError::from)?;
+        if !req.provider.is_empty() {
+            let name = ClinicScopedName::parse("provider", "providers", &req.provider)
+                .map_err(ApiError::from)?;
+            let found = match self.store.get(&name.clinic, &name.id).await {
+                Ok(Some(p)) if p.clinic == parent.clinic && name.clinic == parent.clinic => p,
+                Ok(_) => return Err(ApiError::NotFound("provider").into()),
+                Err(e) => return Err(ApiError::from(e).into()),
+            };
+            return Ok(Response::new(pb::ListBookableProvidersResponse {
+                providers: vec![to_proto(&found)],
+            }));
+        }
+        let query = ProviderQuery::default();
+        let mut providers = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut page =
+                PageRequest::parse(i32::try_from(MAX_PAGE_SIZE).unwrap_or(i32::MAX), "", &[])
+                    .map_err(ApiError::from)?;
+            page.after = after.take();
+            let found = self
+                .store
+                .list(&parent.clinic, &query, &page)
+                .await
+                .map_err(ApiError::from)?;
+            let more = found.len() > page.size;
+            for p in found.into_iter().take(page.size) {
+                after = Some(p.id.to_string());
+                providers.push(to_proto(&p));
+            }
+            if !more || providers.len() >= MAX_BOOKABLE {
+                break;
+            }
+        }
+        providers.truncate(MAX_BOOKABLE);
+        Ok(Response::new(pb::ListBookableProvidersResponse {
+            providers,
+        }))
+    }
+}
+
+/// What a booking needs of a provider, read back from its full proto form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bookable {
+    pub id: ResourceId,
+    pub is_active: bool,
+    pub schedule: crate::domain::Schedule,
+    pub default_duration_secs: i64,
+    pub buffer_before_secs: i64,
+    pub buffer_after_secs: i64,
+}
+
+/// A provider as `ListBookableProviders` answers it, back in domain terms (the same
+/// rules that let it in); `None` for one that does not read back (never ours).
+pub fn bookable_of(p: pb::Provider) -> Option<Bookable> {
+    let name = ClinicScopedName::parse("name", "providers", &p.name).ok()?;
+    let is_active = p.is_active;
+    let mut violations = Vec::new();
+    let fields = validate_fields("provider", input_of(p, &mut violations)).ok()?;
+    if !violations.is_empty() {
+        return None;
+    }
+    let provider = Provider {
+        id: name.id.clone(),
+        clinic: name.clinic,
+        fields,
+        is_active,
+        create_time: jiff::Timestamp::UNIX_EPOCH,
+        update_time: jiff::Timestamp::UNIX_EPOCH,
+        version: 0,
+    };
+    Some(Bookable {
+        id: name.id,
+        is_active,
+        schedule: provider.schedule(),
+        default_duration_secs: provider.fields.default_duration_secs,
+        buffer_before_secs: provider.fields.buffer_before_secs,
+        buffer_after_secs: provider.fields.buffer_after_secs,
+    })
 }
 
 pub struct ProviderApi {

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use topsmile_kit::{
     ApiError,
-    access::{Caller, Refusals},
-    auth::Kind,
+    access::{Caller, Refusals, trace_id, trail_clinic},
     names::{ClinicName, ResourceId},
     paging::PageRequest,
     time,
@@ -74,27 +73,6 @@ pub fn recorded_resource(resource: &str) -> String {
     let mut cut: String = clean().take(MAX_RECORDED_RESOURCE_CHARS).collect();
     cut.push_str(CUT_MARKER);
     cut
-}
-
-/// The trail an event about `resource` goes to: the caller's own clinic, unless the
-/// resource names a well-formed clinic the caller may address (their own; any, for a
-/// super admin or a service acting for the suite). A probe of another clinic's (or a
-/// made-up) name therefore lands in the prober's trail, never in the target's.
-fn trail_clinic(caller: &Caller, resource: &str) -> String {
-    let named = match resource.split('/').collect::<Vec<_>>().as_slice() {
-        ["clinics", clinic, ..] => ResourceId::parse(clinic),
-        _ => None,
-    };
-    match named {
-        Some(clinic)
-            if clinic.as_str() == caller.clinic()
-                || caller.is_super_admin()
-                || caller.kind() == Kind::Service =>
-        {
-            clinic.to_string()
-        }
-        _ => caller.clinic().to_owned(),
-    }
 }
 
 impl Trail {
@@ -201,17 +179,6 @@ impl Refusals for Trail {
                 .await
         })
     }
-}
-
-/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
-pub fn trace_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .unwrap_or_default()
-        .to_owned()
 }
 
 pub struct AuditApi {

@@ -1,5 +1,6 @@
 //! `PatientInternalService`: what identity asks of the patients service to sign
-//! patients in to the portal. Only `kind: service` tokens reach it (the contract's
+//! patients in to the portal, what the appointments service asks before it books, and
+//! the audit trail other services record in. Only `kind: service` tokens reach it (the contract's
 //! policy); the gateway never exposes it.
 
 use secrecy::SecretString;
@@ -135,6 +136,21 @@ impl PatientInternalService for InternalApi {
             })
             .await?;
         Ok(Response::new(pb::RecordAuditEventResponse {}))
+    }
+
+    async fn check_patient(
+        &self,
+        req: Request<pb::CheckPatientRequest>,
+    ) -> Result<Response<pb::CheckPatientResponse>, Status> {
+        let name = ClinicScopedName::parse("name", "patients", &req.get_ref().name)
+            .map_err(ApiError::from)?;
+        match self.stores.patients.get(&name.clinic, &name.id).await {
+            Ok(Some(p)) if p.clinic == name.clinic => Ok(Response::new(pb::CheckPatientResponse {
+                is_active: p.is_active,
+            })),
+            Ok(_) => Err(ApiError::NotFound("patient").into()),
+            Err(e) => Err(ApiError::from(e).into()),
+        }
     }
 
     async fn get_portal_access(

@@ -27,6 +27,37 @@ pub enum Action {
 }
 
 impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Scheduled,
+        Status::Confirmed,
+        Status::CheckedIn,
+        Status::InProgress,
+        Status::Completed,
+        Status::Cancelled,
+        Status::NoShow,
+    ];
+
+    /// The stored name (the seed's lower-case words).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Confirmed => "confirmed",
+            Self::CheckedIn => "checked_in",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::NoShow => "no_show",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The states that hold their time.
+    pub fn active() -> impl Iterator<Item = Status> {
+        Self::ALL.into_iter().filter(|s| s.holds_slot())
+    }
     /// Whether the appointment still holds its slot (for overlap checks).
     pub fn holds_slot(self) -> bool {
         matches!(
@@ -59,15 +90,7 @@ impl Status {
 mod tests {
     use super::*;
 
-    const ALL: [Status; 7] = [
-        Status::Scheduled,
-        Status::Confirmed,
-        Status::CheckedIn,
-        Status::InProgress,
-        Status::Completed,
-        Status::Cancelled,
-        Status::NoShow,
-    ];
+    const ALL: [Status; 7] = Status::ALL;
 
     #[test]
     fn the_happy_path_runs_from_scheduled_to_completed() {
