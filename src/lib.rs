@@ -270,6 +270,11 @@ impl Suite {
         })
     }
 
+    /// The secret services present to identity for service tokens.
+    pub fn service_secret(&self) -> Option<SecretString> {
+        self.appointments.1.service_secret.clone()
+    }
+
     /// Starts one more replica of the appointments service on a free loopback port,
     /// against the same store and services (or other `settings`, e.g. a patients
     /// service that is down): its address. It stops with the suite. The gateway does

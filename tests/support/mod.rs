@@ -355,3 +355,72 @@ pub fn patient_token(suite: &TestSuite, clinic_id: &str, patient_name: &str) -> 
     };
     ring.issuer().unwrap().sign(&claims).unwrap()
 }
+
+/// Moves `staff`'s clinic to another IANA time zone (as its ADMIN).
+pub async fn set_time_zone(suite: &TestSuite, staff: &ClinicStaff, zone: &str) {
+    ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(staff.admin.clone())))
+        .update_clinic(identity::UpdateClinicRequest {
+            clinic: Some(identity::Clinic {
+                name: staff.clinic.name.clone(),
+                time_zone: zone.into(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// Sets `staff`'s clinic's slot step (as its ADMIN).
+pub async fn set_slot_step(suite: &TestSuite, staff: &ClinicStaff, minutes: i64) {
+    ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(staff.admin.clone())))
+        .update_clinic(identity::UpdateClinicRequest {
+            clinic: Some(identity::Clinic {
+                name: staff.clinic.name.clone(),
+                booking_rules: Some(identity::BookingRules {
+                    slot_step: Some(prost_types::Duration {
+                        seconds: minutes * 60,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["booking_rules".into()],
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// A new patient of `staff`'s clinic, and a portal token for them.
+pub async fn a_patient(
+    suite: &TestSuite,
+    staff: &ClinicStaff,
+    family_name: &str,
+) -> (String, String) {
+    use topsmile_proto::topsmile::patients::v1 as patients;
+    let name = patients::patient_service_client::PatientServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(staff.admin.clone())),
+    )
+    .create_patient(patients::CreatePatientRequest {
+        parent: staff.clinic.name.clone(),
+        patient: Some(patients::Patient {
+            given_name: "Pat".into(),
+            family_name: family_name.into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .patient
+    .unwrap()
+    .name;
+    let clinic_id = staff.clinic.name.trim_start_matches("clinics/").to_owned();
+    let token = patient_token(suite, &clinic_id, &name);
+    (name, token)
+}
