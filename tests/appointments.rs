@@ -767,6 +767,101 @@ async fn no_shows_come_after_the_start_and_searches_are_bounded() {
     .await
     .unwrap_err();
     assert_eq!(violations(&err), ["end_time"]);
+
+    // A provider who is always there, on a 5-minute step: 31 days hold 8,928 slots; the
+    // answer is the earliest ones that fit in one message (this suite allows 64 KiB).
+    support::set_slot_step(&suite, &c.staff, 5).await;
+    let always = add_provider(
+        &suite,
+        &c.staff,
+        providers::Provider {
+            display_name: "Dr. Always".into(),
+            working_hours: (1..=7)
+                .map(|day| providers::WorkingDay {
+                    day,
+                    intervals: vec![providers::TimeInterval {
+                        start_minute: 0,
+                        end_minute: 1440,
+                    }],
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let from = monday(0, 0) + SignedDuration::from_hours(24 * 7);
+    let slots = find(
+        &suite,
+        &c.staff.staff,
+        pb::FindAvailableSlotsRequest {
+            parent: c.name.clone(),
+            provider: always,
+            start_time: ts(from),
+            end_time: ts(from + SignedDuration::from_hours(24 * 31)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(slots.len() > 100 && slots.len() < 5000, "{}", slots.len());
+    let expected: Vec<Timestamp> = (0..slots.len())
+        .map(|i| from + SignedDuration::from_mins(5 * i64::try_from(i).unwrap()))
+        .collect();
+    assert_eq!(starts(&slots), expected, "the earliest, in order");
+    suite.stop().await;
+}
+
+/// With room for it (a 4 MiB message limit), the same search answers exactly the
+/// earliest 5,000 slots.
+#[tokio::test]
+async fn a_search_answers_at_most_five_thousand_slots() {
+    let clock = Arc::new(TestClock::new(now()));
+    let suite = TestSuite::with(Setup {
+        clock: Some(clock),
+        limits: topsmile_kit::config::ServerLimits::default(),
+        ..Setup::default()
+    })
+    .await;
+    let staff = suite.clinic_with_staff("Many").await;
+    support::set_slot_step(&suite, &staff, 5).await;
+    let always = add_provider(
+        &suite,
+        &staff,
+        providers::Provider {
+            display_name: "Dr. Always".into(),
+            working_hours: (1..=7)
+                .map(|day| providers::WorkingDay {
+                    day,
+                    intervals: vec![providers::TimeInterval {
+                        start_minute: 0,
+                        end_minute: 1440,
+                    }],
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let from = monday(0, 0);
+    let slots = find(
+        &suite,
+        &staff.staff,
+        pb::FindAvailableSlotsRequest {
+            parent: staff.clinic.name.clone(),
+            provider: always,
+            start_time: ts(from),
+            end_time: ts(from + SignedDuration::from_hours(24 * 31)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(slots.len(), 5000);
+    assert_eq!(starts(&slots)[0], from);
+    assert_eq!(
+        starts(&slots)[4999],
+        from + SignedDuration::from_mins(5 * 4999)
+    );
     suite.stop().await;
 }
 
@@ -1005,6 +1100,36 @@ async fn appointment_calls_are_in_the_clinics_audit_trail() {
             c.patients[1].0.clone()
         )),
         "another patient's probe is recorded: {seen:?}"
+    );
+    // A step the role may not take at all is refused before the handler, and recorded.
+    let err = appointments_as(&suite, &c.patients[0].1)
+        .await
+        .check_in_appointment(pb::CheckInAppointmentRequest {
+            name: visit.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let by_patient = AuditServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(c.staff.admin.clone())),
+    )
+    .list_audit_events(patients::ListAuditEventsRequest {
+        parent: c.name.clone(),
+        actor: c.patients[0].0.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .audit_events;
+    assert!(
+        by_patient
+            .iter()
+            .any(|e| e.action == "AppointmentService/CheckInAppointment"
+                && e.outcome == "PERMISSION_DENIED"),
+        "{by_patient:?}"
     );
     suite.stop().await;
 }

@@ -39,6 +39,7 @@ const TENANT_COLLECTIONS: &[&str] = &[
     "signInLocks",
     "providers",
     "appointments",
+    "appointmentClaims",
 ];
 
 /// One command on a tenant collection: its name, collection, and each filter (or
@@ -148,6 +149,13 @@ async fn every_query_on_a_tenant_collection_names_its_clinic() {
         ("providers", "insert"),
         ("providers", "find"),
         ("providers", "update"),
+        ("appointments", "insert"),
+        ("appointments", "find"),
+        ("appointments", "update"),
+        ("appointmentClaims", "insert"),
+        ("appointmentClaims", "find"),
+        ("appointmentClaims", "update"),
+        ("appointmentClaims", "delete"),
     ] {
         assert!(
             kinds.contains(&(wanted.0.to_owned(), wanted.1.to_owned())),
@@ -421,9 +429,128 @@ async fn scenario(suite: &TestSuite) {
         })
         .await
         .unwrap();
+    appointments_scenario(suite, &a, &provider).await;
     providers
         .deactivate_provider(providers::DeactivateProviderRequest {
             name: provider,
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Booking, finding, moving, the lifecycle and a clash, through the gateway.
+async fn appointments_scenario(suite: &TestSuite, a: &support::ClinicStaff, provider: &str) {
+    use topsmile_proto::topsmile::appointments::v1::{
+        self as appts, appointment_service_client::AppointmentServiceClient,
+    };
+    let (patient, _) = support::a_patient(suite, a, "Shard").await;
+    let patient = patient.as_str();
+    let channel = suite.channel().await;
+    // Round hours every day, so any future hour is working time.
+    ProviderServiceClient::with_interceptor(channel.clone(), Bearer(Some(a.admin.clone())))
+        .update_provider(providers::UpdateProviderRequest {
+            provider: Some(providers::Provider {
+                name: provider.to_owned(),
+                working_hours: (1..=7)
+                    .map(|day| providers::WorkingDay {
+                        day,
+                        intervals: vec![providers::TimeInterval {
+                            start_minute: 0,
+                            end_minute: 1440,
+                        }],
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let hour = topsmile_kit::time::unix_seconds() / 3600 + 24;
+    let at = |h: i64| {
+        Some(prost_types::Timestamp {
+            seconds: h * 3600,
+            nanos: 0,
+        })
+    };
+    // A quarter of an hour later: the move takes over part of its own time.
+    let quarter_past = |h: i64| {
+        Some(prost_types::Timestamp {
+            seconds: h * 3600 + 900,
+            nanos: 0,
+        })
+    };
+    let mut client =
+        AppointmentServiceClient::with_interceptor(channel, Bearer(Some(a.staff.clone())));
+    client
+        .find_available_slots(appts::FindAvailableSlotsRequest {
+            parent: a.clinic.name.clone(),
+            start_time: at(hour),
+            end_time: at(hour + 4),
+            patient: patient.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let booking = |h: i64| appts::BookAppointmentRequest {
+        parent: a.clinic.name.clone(),
+        appointment: Some(appts::Appointment {
+            patient: patient.to_owned(),
+            provider: provider.to_owned(),
+            start_time: at(h),
+            ..Default::default()
+        }),
+        request_id: format!("shard-{h}"),
+    };
+    let visit = client
+        .book_appointment(booking(hour))
+        .await
+        .unwrap()
+        .into_inner()
+        .appointment
+        .unwrap();
+    // A retry, and a clash with another request id.
+    client.book_appointment(booking(hour)).await.unwrap();
+    let mut clash = booking(hour);
+    clash.request_id = "shard-clash".into();
+    assert!(client.book_appointment(clash).await.is_err());
+    let moved = client
+        .reschedule_appointment(appts::RescheduleAppointmentRequest {
+            name: visit.name.clone(),
+            start_time: quarter_past(hour),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .appointment
+        .unwrap();
+    client
+        .confirm_appointment(appts::ConfirmAppointmentRequest {
+            name: moved.name.clone(),
+            etag: moved.etag.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .get_appointment(appts::GetAppointmentRequest {
+            name: moved.name.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .list_appointments(appts::ListAppointmentsRequest {
+            parent: a.clinic.name.clone(),
+            patient: patient.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .cancel_appointment(appts::CancelAppointmentRequest {
+            name: moved.name.clone(),
+            reason: "shard test".into(),
             etag: String::new(),
         })
         .await

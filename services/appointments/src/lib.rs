@@ -21,9 +21,11 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use topsmile_kit::{
+    access::{Guard, KeySource},
     clinics::ClinicDirectory,
     config::split_list,
     peers::{Replicas, ServiceTokens},
+    policy::PolicyTable,
 };
 
 pub use store::{Appointments, open as open_store};
@@ -77,6 +79,8 @@ pub async fn build(
         providers: Replicas::new("providers", &split_list(&settings.providers_upstreams))?,
     };
     let store = topsmile_kit::store::StoreChoice::from_config(&config.store);
+    let guard = Guard::new(PolicyTable::builtin()?, KeySource::identity(&identity)?)
+        .with_refusals(Arc::new(deps.clone()));
     Ok(topsmile_kit::server::Built {
         routes: api::routes(
             open_store(&store).await?,
@@ -84,6 +88,6 @@ pub async fn build(
             runtime.clock.clone(),
             &config.limits,
         ),
-        guard: topsmile_kit::access::Guard::via_identity(&identity)?,
+        guard: Arc::new(guard),
     })
 }

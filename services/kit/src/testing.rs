@@ -178,6 +178,23 @@ pub async fn assert_mongo_list_uses_index(
     label: &str,
     mut filter: mongodb::bson::Document,
 ) {
+    filter.insert("_id", mongodb::bson::doc! {"$gt": ""});
+    let sort = mongodb::bson::doc! {"_id": 1};
+    assert_mongo_find_uses_index(database, collection, label, filter, sort).await;
+}
+
+/// Asserts that MongoDB plans `find(filter).sort(sort).limit(51)` on `collection` with
+/// an index scan (on nx-27017, only that `explain` answers, as above).
+///
+/// # Panics
+/// When the plan has no index scan, naming `label` (this is a test helper).
+pub async fn assert_mongo_find_uses_index(
+    database: &mongodb::Database,
+    collection: &str,
+    label: &str,
+    filter: mongodb::bson::Document,
+    sort: mongodb::bson::Document,
+) {
     use mongodb::bson::{Bson, doc};
     fn index_scans(plan: &Bson, found: &mut Vec<String>) {
         match plan {
@@ -195,10 +212,9 @@ pub async fn assert_mongo_list_uses_index(
             _ => {}
         }
     }
-    filter.insert("_id", doc! {"$gt": ""});
     let explained = database
         .run_command(doc! {
-            "explain": {"find": collection, "filter": filter, "sort": {"_id": 1}, "limit": 51},
+            "explain": {"find": collection, "filter": filter, "sort": sort, "limit": 51},
             "verbosity": "queryPlanner",
         })
         .await

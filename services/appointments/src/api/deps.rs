@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use topsmile_kit::{
     ApiError,
-    access::{Caller, trail_clinic},
+    access::{Caller, Refusals, trail_clinic},
     clinics::{ClinicDirectory, ClinicFacts},
     names::{ClinicName, ResourceId},
     peers::{Deadline, Replicas, ServiceTokens},
@@ -32,6 +32,31 @@ pub struct Dependencies {
     pub tokens: Arc<ServiceTokens>,
     pub patients: Replicas,
     pub providers: Replicas,
+}
+
+impl Refusals for Dependencies {
+    /// A call the guard refused for its role, recorded in the caller's clinic's trail
+    /// without a resource (the request was never read): refused attempts are recorded
+    /// too.
+    fn refused<'a>(
+        &'a self,
+        path: &'a str,
+        caller: &'a Caller,
+        headers: &'a http::HeaderMap,
+        error: &'a ApiError,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let actor = Actor {
+                caller: caller.clone(),
+                bearer: String::new(),
+                trace_id: topsmile_kit::access::trace_id(headers),
+                deadline: Deadline::none(),
+            };
+            let action = path.rsplit_once('.').map_or(path, |(_, m)| m);
+            self.audit(&actor, action, "", error.reason()).await
+        })
+    }
 }
 
 /// Who called, from where in the traces, with which token and deadline.

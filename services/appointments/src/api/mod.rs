@@ -69,9 +69,14 @@ pub fn routes(
 ) -> Routes {
     let max = limits.max_message_bytes;
     Routes::new(
-        AppointmentServiceServer::new(AppointmentApi { store, deps, clock })
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
+        AppointmentServiceServer::new(AppointmentApi {
+            store,
+            deps,
+            clock,
+            max_answer_bytes: max.saturating_sub(1024),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     )
 }
 
@@ -79,6 +84,8 @@ pub struct AppointmentApi {
     store: Arc<Appointments>,
     deps: Dependencies,
     clock: Arc<dyn Clock>,
+    /// The largest answer to encode (the message limit, less room for the envelope).
+    max_answer_bytes: usize,
 }
 
 /// The patient a portal token is, if the caller is one.
@@ -776,17 +783,22 @@ impl AppointmentApi {
             slots.extend(free_slots(&question).into_iter().map(|s| (s, name.clone())));
         }
         slots.sort_by(|a, b| (a.0.start, &a.1).cmp(&(b.0.start, &b.1)));
-        slots.truncate(MAX_SLOTS);
-        Ok(pb::FindAvailableSlotsResponse {
-            slots: slots
-                .into_iter()
-                .map(|(s, provider)| pb::Slot {
-                    provider,
-                    start_time: Some(time::to_proto(s.start)),
-                    end_time: Some(time::to_proto(s.end)),
-                })
-                .collect(),
-        })
+        // The earliest slots, at most MAX_SLOTS and no more than one answer can carry.
+        let mut answer = pb::FindAvailableSlotsResponse::default();
+        let mut size = 0usize;
+        for (s, provider) in slots.into_iter().take(MAX_SLOTS) {
+            let slot = pb::Slot {
+                provider,
+                start_time: Some(time::to_proto(s.start)),
+                end_time: Some(time::to_proto(s.end)),
+            };
+            size += prost::Message::encoded_len(&slot) + 4;
+            if size > self.max_answer_bytes {
+                break;
+            }
+            answer.slots.push(slot);
+        }
+        Ok(answer)
     }
 }
 
