@@ -77,6 +77,8 @@ echo "CHECK ana=${ANA:+signed-in}"
 echo "CHECK patient=$PATIENT"
 echo "CHECK jose=${JOSE:+signed-in}"
 echo "CHECK provider=$PROVIDER"
+echo "CHECK visit=$VISIT"
+echo "CHECK maria=$MARIA"
 "#;
     let run = tokio::task::spawn_blocking(move || {
         Command::new("bash")
@@ -105,13 +107,32 @@ echo "CHECK provider=$PROVIDER"
     assert!(text.contains("CHECK provider=clinics/"), "{text}");
     // The refusals it shows are the ones it says: no token; Ana listing every clinic;
     // José listing patients; a malformed name; someone else's history; Bruno renaming
-    // himself.
+    // himself; Maria's double booking.
     assert_eq!(count("Code: Unauthenticated"), 1, "{text}");
     assert_eq!(count("Code: PermissionDenied"), 3, "{text}");
     assert_eq!(count("Code: InvalidArgument"), 1, "{text}");
     assert_eq!(count("Code: NotFound"), 1, "{text}");
+    assert_eq!(count("Code: AlreadyExists"), 1, "{text}");
     // Nothing else failed.
-    assert_eq!(count("ERROR:"), 6, "only the six refusals above: {text}");
+    assert_eq!(count("ERROR:"), 7, "only the seven refusals above: {text}");
+    // The visit went through its whole lifecycle; Maria's cancellation freed 10:00.
+    assert!(text.contains("CHECK visit=clinics/"), "{text}");
+    assert!(text.contains("CHECK maria=clinics/"), "{text}");
+    for status in [
+        "APPOINTMENT_STATUS_CONFIRMED",
+        "APPOINTMENT_STATUS_CHECKED_IN",
+        "APPOINTMENT_STATUS_IN_PROGRESS",
+        "APPOINTMENT_STATUS_COMPLETED",
+        "APPOINTMENT_STATUS_CANCELLED",
+    ] {
+        assert!(text.contains(status), "{status}: {text}");
+    }
+    assert!(
+        text.contains("\"cancellationReason\": \"called in sick\""),
+        "{text}"
+    );
+    let freed = text.matches("T13:00:00Z").count();
+    assert!(freed >= 3, "10:00 offered, booked, offered again: {text}");
     // Reflection describes the providers' contract; Bruno's conference is on his
     // calendar; the licence shows in Ana's list and Bruno's update, not in José's view.
     assert!(text.contains("service ProviderService {"), "{text}");
