@@ -3,6 +3,8 @@
 //!
 //! `topsmile dev` runs it for people; the end-to-end tests run it on port 0 for each test.
 
+pub mod seed;
+
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use secrecy::SecretString;

@@ -32,6 +32,10 @@ enum Command {
     /// 127.0.0.1:50051, the services on free loopback ports, data in the embedded store
     /// under ./.topsmile (or in MongoDB with --mongodb-uri). Ctrl-C drains and stops.
     Dev(DevArgs),
+    /// Fills a running suite with sample data through its gateway: clinics, staff,
+    /// providers with weekly hours, patients, medical histories and appointments. Safe
+    /// to run again: it adds nothing the first run made.
+    Seed(SeedArgs),
     /// Manages identity's token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -65,6 +69,27 @@ struct DevArgs {
     log_format: Option<String>,
 }
 
+#[derive(clap::Args)]
+struct SeedArgs {
+    /// The gateway of the running suite.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    gateway: String,
+    /// How much: `demo` (two small clinics) or `seed` (100 clinics, 500 staff, 200
+    /// providers, 10,000 patients and histories, 50,000 appointments).
+    #[arg(long, default_value = "demo", value_parser = ["demo", "seed"])]
+    scale: String,
+    /// The super admin to sign in as.
+    #[arg(long, env = "TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", default_value = DEV_ADMIN_EMAIL)]
+    admin_email: String,
+    /// Their password (`topsmile dev` printed it on its first start).
+    #[arg(
+        long,
+        env = "TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD",
+        hide_env_values = true
+    )]
+    admin_password: String,
+}
+
 /// The account `topsmile dev` creates when no super admin exists and none is configured.
 const DEV_ADMIN_EMAIL: &str = "admin@topsmile.local";
 
@@ -73,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Dev(DevArgs::default())) {
         Command::Dev(args) => dev(cli.config, args).await,
+        Command::Seed(args) => seed(args).await,
         Command::Keys(KeysCommand::Rotate { key_file }) => {
             let config: DevConfig = topsmile_kit::config::load(cli.config)?;
             let path = key_file.unwrap_or_else(|| config.key_file());
@@ -154,6 +180,43 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     println!("Ctrl-C drains in-flight calls and stops.");
 
     suite.run_until(shutdown::os_signal()).await
+}
+
+async fn seed(args: SeedArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let plan = if args.scale == "seed" {
+        topsmile::seed::Plan::seed()
+    } else {
+        topsmile::seed::Plan::demo()
+    };
+    let target = topsmile::seed::Target {
+        gateway: args.gateway,
+        admin_email: args.admin_email,
+        admin_password: args.admin_password,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = topsmile::seed::run(&target, &plan).await?;
+    println!(
+        "Seeded {} clinics in {:.1} s ({} calls through {}).",
+        report.clinics.len(),
+        report.elapsed_ms as f64 / 1000.0,
+        report.calls,
+        target.gateway
+    );
+    if let Some(first) = report.clinics.first() {
+        println!("  first clinic   {first}");
+    }
+    println!(
+        "  clinic admin   {} / {}",
+        report.admin_email,
+        topsmile::seed::SEED_PASSWORD
+    );
+    println!(
+        "  portal patient {} / {} (LoginPatient with the first clinic)",
+        report.patient_email,
+        topsmile::seed::SEED_PASSWORD
+    );
+    Ok(())
 }
 
 /// 20 characters from an unambiguous alphabet (about 110 bits).

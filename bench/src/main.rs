@@ -16,6 +16,8 @@
 //! cargo run --release -p topsmile-bench -- --seconds 5 --in-flight 1,64
 //! ```
 
+mod appointments;
+
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -44,8 +46,8 @@ use topsmile_proto::topsmile::{
     },
 };
 
-const ADMIN_EMAIL: &str = "bench@topsmile.local";
-const ADMIN_PASSWORD: &str = "bench password, long enough";
+pub(crate) const ADMIN_EMAIL: &str = "bench@topsmile.local";
+pub(crate) const ADMIN_PASSWORD: &str = "bench password, long enough";
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -79,6 +81,10 @@ struct Args {
     /// Only measure `working_intervals` (no suite is started).
     #[arg(long)]
     schedule_only: bool,
+    /// Only the appointments figures: the seed at its original scale, then
+    /// FindAvailableSlots, BookAppointment and a 50-way race on top of it.
+    #[arg(long)]
+    appointments_only: bool,
 }
 
 /// One measurement.
@@ -113,6 +119,11 @@ async fn main() -> anyhow::Result<()> {
 
     let token = login(gateway).await?;
     let bearer = Bearer(format!("Bearer {token}").parse()?);
+    if args.appointments_only {
+        appointments::run(gateway, &bearer, args.seconds).await?;
+        suite.stop().await?;
+        return Ok(());
+    }
     let mut client = ClinicServiceClient::with_interceptor(connect(gateway).await?, bearer.clone());
     let clinic = client
         .create_clinic(CreateClinicRequest {
@@ -574,6 +585,24 @@ async fn sign_in(
         suite.accounts.passwords.verifications() - before
     );
     Ok(())
+}
+
+/// The `p` quantile of sorted `latencies`.
+fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    latencies
+        .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+/// Midnight in São Paulo (03:00 UTC) of the Monday the seed starts its appointments on.
+fn next_monday_utc() -> jiff::Timestamp {
+    let monday = topsmile::seed::next_monday(topsmile_kit::time::now());
+    monday
+        .at(3, 0, 0, 0)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .unwrap_or_else(|_| topsmile_kit::time::now())
 }
 
 async fn connect(addr: SocketAddr) -> anyhow::Result<Channel> {
