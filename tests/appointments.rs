@@ -18,6 +18,7 @@ use support::{Authed, Bearer, ClinicStaff, Setup, TestSuite, mongo_store, patien
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use topsmile_kit::time::TestClock;
+use topsmile_proto::topsmile::patients::v1 as pb_audit;
 use topsmile_proto::{
     google::r#type::DayOfWeek,
     topsmile::{
@@ -1012,6 +1013,24 @@ async fn other_clinics_cannot_reach_a_clinics_appointments() {
             for code in [
                 code(
                     client
+                        .start_appointment(pb::StartAppointmentRequest {
+                            name: name.clone(),
+                            etag: String::new(),
+                        })
+                        .await
+                        .map(drop),
+                ),
+                code(
+                    client
+                        .complete_appointment(pb::CompleteAppointmentRequest {
+                            name: name.clone(),
+                            etag: String::new(),
+                        })
+                        .await
+                        .map(drop),
+                ),
+                code(
+                    client
                         .check_in_appointment(pb::CheckInAppointmentRequest {
                             name: name.clone(),
                             etag: String::new(),
@@ -1101,6 +1120,34 @@ async fn appointment_calls_are_in_the_clinics_audit_trail() {
         )),
         "another patient's probe is recorded: {seen:?}"
     );
+    // A search for free times is recorded when it is a patient's; a provider's free
+    // times alone are not health information.
+    find(&suite, &c.staff.staff, monday_morning(&c))
+        .await
+        .unwrap();
+    find(&suite, &c.patients[0].1, monday_morning(&c))
+        .await
+        .unwrap();
+    let searches: Vec<pb_audit::AuditEvent> = AuditServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(c.staff.admin.clone())),
+    )
+    .list_audit_events(patients::ListAuditEventsRequest {
+        parent: c.name.clone(),
+        page_size: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .audit_events
+    .into_iter()
+    .filter(|e| e.action == "AppointmentService/FindAvailableSlots")
+    .collect();
+    assert_eq!(searches.len(), 1, "{searches:?}");
+    assert_eq!(searches[0].actor, c.patients[0].0);
+    assert_eq!(searches[0].resource, c.patients[0].0);
+
     // A step the role may not take at all is refused before the handler, and recorded.
     let err = appointments_as(&suite, &c.patients[0].1)
         .await
@@ -1402,4 +1449,81 @@ async fn agree(suite: &TestSuite, case: &Case) {
             "{case:?}: {start} was not offered but booked"
         );
     }
+}
+
+/// A booking names an active patient and an active provider of the clinic; a
+/// deactivated provider takes no new bookings, and their appointments stay listed.
+#[tokio::test]
+async fn bookings_need_an_active_patient_and_provider_of_the_clinic() {
+    let (suite, _clock) = start(None).await;
+    let c = clinic(&suite, "Members", 2).await;
+    let other = clinic(&suite, "Elsewhere", 1).await;
+    let desk = c.staff.staff.clone();
+    let kept = book(&suite, &desk, booking(&c, 0, monday(9, 0), None))
+        .await
+        .unwrap();
+
+    // A patient or provider that is not of this clinic is a bad request.
+    let mut stranger = booking(&c, 0, monday(10, 0), None);
+    if let Some(a) = stranger.appointment.as_mut() {
+        a.patient = format!(
+            "{}/patients/{}",
+            c.name,
+            topsmile_kit::names::ResourceId::generate()
+        );
+    }
+    let err = book(&suite, &desk, stranger).await.unwrap_err();
+    assert_eq!(violations(&err), ["appointment.patient"], "{err:?}");
+    let mut foreign = booking(&c, 0, monday(10, 0), None);
+    if let Some(a) = foreign.appointment.as_mut() {
+        a.provider = other.provider.clone();
+    }
+    let err = book(&suite, &desk, foreign).await.unwrap_err();
+    assert_eq!(violations(&err), ["appointment.provider"], "{err:?}");
+
+    // A deactivated patient takes no new bookings.
+    PatientServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(c.staff.admin.clone())),
+    )
+    .deactivate_patient(patients::DeactivatePatientRequest {
+        name: c.patients[1].0.clone(),
+        etag: String::new(),
+    })
+    .await
+    .unwrap();
+    let err = book(&suite, &desk, booking(&c, 1, monday(10, 0), None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "PATIENT_INACTIVE", "{err:?}");
+
+    // Nor does a deactivated provider; their appointments stay, and are listed.
+    ProviderServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(c.staff.admin.clone())),
+    )
+    .deactivate_provider(providers::DeactivateProviderRequest {
+        name: c.provider.clone(),
+        etag: String::new(),
+    })
+    .await
+    .unwrap();
+    let err = book(&suite, &desk, booking(&c, 0, monday(11, 0), None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "PROVIDER_INACTIVE", "{err:?}");
+    let listed = appointments_as(&suite, &desk)
+        .await
+        .list_appointments(pb::ListAppointmentsRequest {
+            parent: c.name.clone(),
+            provider: c.provider.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .appointments;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, kept.name);
+    suite.stop().await;
 }

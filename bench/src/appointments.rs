@@ -196,26 +196,30 @@ impl Supply {
                     .name,
             );
         }
-        let made = futures::future::join_all((0..1000).map(|k| {
-            let mut client =
-                PatientServiceClient::with_interceptor(channel.clone(), bearer.clone());
-            let parent = clinic.clone();
-            async move {
-                client
-                    .create_patient(CreatePatientRequest {
-                        parent,
-                        patient: Some(Patient {
-                            given_name: "Bench".into(),
-                            family_name: format!("Patient {k}"),
-                            ..Default::default()
-                        }),
-                        request_id: String::new(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().patient.map(|p| p.name).unwrap_or_default())
-            }
-        }))
-        .await;
+        use futures::StreamExt;
+        let made: Vec<Result<String, tonic::Status>> = futures::stream::iter(0..1000)
+            .map(|k| {
+                let mut client =
+                    PatientServiceClient::with_interceptor(channel.clone(), bearer.clone());
+                let parent = clinic.clone();
+                async move {
+                    client
+                        .create_patient(CreatePatientRequest {
+                            parent,
+                            patient: Some(Patient {
+                                given_name: "Bench".into(),
+                                family_name: format!("Patient {k}"),
+                                ..Default::default()
+                            }),
+                            request_id: String::new(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().patient.map(|p| p.name).unwrap_or_default())
+                }
+            })
+            .buffered(32)
+            .collect()
+            .await;
         let patients = made.into_iter().collect::<Result<Vec<_>, _>>()?;
         // Half-hours from a week ahead, in UTC (São Paulo is three whole hours off).
         let start = crate::next_monday_utc() + SignedDuration::from_hours(24 * 7);

@@ -282,24 +282,8 @@ fn strip_internal_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Parses `grpc-timeout` (gRPC over HTTP/2: up to 8 digits and a unit H, M, S, m, u, n).
-pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
+/// The one `grpc-timeout` parser, the services' too.
+pub use topsmile_kit::peers::grpc_timeout;
 
 #[cfg(test)]
 mod tests {
@@ -311,37 +295,6 @@ mod tests {
             h.insert(*k, http::HeaderValue::from_static(v));
         }
         h
-    }
-
-    #[test]
-    fn grpc_timeouts_parse_in_every_unit() {
-        assert_eq!(
-            grpc_timeout(&headers(&[("grpc-timeout", "5S")])),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(
-            grpc_timeout(&headers(&[("grpc-timeout", "250m")])),
-            Some(Duration::from_millis(250))
-        );
-        assert_eq!(
-            grpc_timeout(&headers(&[("grpc-timeout", "2H")])),
-            Some(Duration::from_secs(7200))
-        );
-        assert_eq!(
-            grpc_timeout(&headers(&[("grpc-timeout", "10n")])),
-            Some(Duration::from_nanos(10))
-        );
-    }
-
-    #[test]
-    fn malformed_grpc_timeouts_are_ignored() {
-        for bad in ["", "S", "5", "5x", "123456789S", "-5S"] {
-            assert_eq!(
-                grpc_timeout(&headers(&[("grpc-timeout", bad)])),
-                None,
-                "{bad:?}"
-            );
-        }
     }
 
     #[test]

@@ -31,11 +31,7 @@ pub struct Deadline(Option<Instant>);
 impl Deadline {
     /// The deadline of `request` (none if it carried no `grpc-timeout`).
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
-        let timeout = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_timeout);
+        let timeout = grpc_timeout(request.metadata().as_ref());
         Self(timeout.and_then(|t| Instant::now().checked_add(t)))
     }
 
@@ -56,8 +52,10 @@ impl Deadline {
     }
 }
 
-/// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_timeout(value: &str) -> Option<Duration> {
+/// The `grpc-timeout` of a call (gRPC over HTTP/2: up to 8 digits and a unit H, M, S,
+/// m, u, n); `None` if absent or malformed.
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     if value.len() < 2 || value.len() > 9 {
         return None;
     }
@@ -227,14 +225,27 @@ impl ServiceTokens {
 mod tests {
     use super::*;
 
+    fn timeout(value: &'static str) -> Option<Duration> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", http::HeaderValue::from_static(value));
+        grpc_timeout(&headers)
+    }
+
     #[test]
     fn grpc_timeouts_are_read_in_every_unit() {
-        assert_eq!(parse_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_timeout("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse_timeout("100u"), Some(Duration::from_micros(100)));
-        assert_eq!(parse_timeout("S"), None);
-        assert_eq!(parse_timeout("123456789S"), None, "at most 8 digits");
-        assert_eq!(parse_timeout("5x"), None);
+        assert_eq!(timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(timeout("100u"), Some(Duration::from_micros(100)));
+        assert_eq!(timeout("10n"), Some(Duration::from_nanos(10)));
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_ignored() {
+        for bad in ["", "S", "5", "5x", "123456789S", "-5S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }

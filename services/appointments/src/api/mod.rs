@@ -11,7 +11,8 @@
 //!
 //! Every call is audited in the clinic's trail (appointments are health information):
 //! a read once with its outcome, a write announced (`PENDING`) before the store is
-//! touched and its outcome after.
+//! touched and its outcome after. The one exception is a search for free times that
+//! involves no patient (a provider's free times are not health information).
 
 pub mod deps;
 
@@ -691,6 +692,24 @@ impl AppointmentApi {
         Ok(next)
     }
 
+    /// A lifecycle step that is the state machine and nothing more (confirm, check in,
+    /// start, complete), recorded in the trail.
+    async fn plain_step(
+        &self,
+        actor: &Actor,
+        action_name: &str,
+        name: &str,
+        etag: &str,
+        action: Action,
+    ) -> Result<Appointment, ApiError> {
+        let result = self
+            .step(actor, action_name, name, etag, action, |_, next, _| {
+                Ok(next)
+            })
+            .await;
+        self.deps.record(actor, action_name, name, result).await
+    }
+
     async fn find(
         &self,
         actor: &Actor,
@@ -956,19 +975,11 @@ impl AppointmentService for AppointmentApi {
         req: Request<pb::ConfirmAppointmentRequest>,
     ) -> Result<Response<pb::ConfirmAppointmentResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let req = req.into_inner();
-        const ACTION: &str = "AppointmentService/ConfirmAppointment";
-        let result = self
-            .step(
-                &actor,
-                ACTION,
-                &req.name,
-                &req.etag,
-                Action::Confirm,
-                |_, next, _| Ok(next),
-            )
-            .await;
-        let done = self.deps.record(&actor, ACTION, &req.name, result).await?;
+        let r = req.get_ref();
+        let action = "AppointmentService/ConfirmAppointment";
+        let done = self
+            .plain_step(&actor, action, &r.name, &r.etag, Action::Confirm)
+            .await?;
         answer!(ConfirmAppointmentResponse, done)
     }
 
@@ -977,19 +988,11 @@ impl AppointmentService for AppointmentApi {
         req: Request<pb::CheckInAppointmentRequest>,
     ) -> Result<Response<pb::CheckInAppointmentResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let req = req.into_inner();
-        const ACTION: &str = "AppointmentService/CheckInAppointment";
-        let result = self
-            .step(
-                &actor,
-                ACTION,
-                &req.name,
-                &req.etag,
-                Action::CheckIn,
-                |_, next, _| Ok(next),
-            )
-            .await;
-        let done = self.deps.record(&actor, ACTION, &req.name, result).await?;
+        let r = req.get_ref();
+        let action = "AppointmentService/CheckInAppointment";
+        let done = self
+            .plain_step(&actor, action, &r.name, &r.etag, Action::CheckIn)
+            .await?;
         answer!(CheckInAppointmentResponse, done)
     }
 
@@ -998,19 +1001,11 @@ impl AppointmentService for AppointmentApi {
         req: Request<pb::StartAppointmentRequest>,
     ) -> Result<Response<pb::StartAppointmentResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let req = req.into_inner();
-        const ACTION: &str = "AppointmentService/StartAppointment";
-        let result = self
-            .step(
-                &actor,
-                ACTION,
-                &req.name,
-                &req.etag,
-                Action::Start,
-                |_, next, _| Ok(next),
-            )
-            .await;
-        let done = self.deps.record(&actor, ACTION, &req.name, result).await?;
+        let r = req.get_ref();
+        let action = "AppointmentService/StartAppointment";
+        let done = self
+            .plain_step(&actor, action, &r.name, &r.etag, Action::Start)
+            .await?;
         answer!(StartAppointmentResponse, done)
     }
 
@@ -1019,19 +1014,11 @@ impl AppointmentService for AppointmentApi {
         req: Request<pb::CompleteAppointmentRequest>,
     ) -> Result<Response<pb::CompleteAppointmentResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let req = req.into_inner();
-        const ACTION: &str = "AppointmentService/CompleteAppointment";
-        let result = self
-            .step(
-                &actor,
-                ACTION,
-                &req.name,
-                &req.etag,
-                Action::Complete,
-                |_, next, _| Ok(next),
-            )
-            .await;
-        let done = self.deps.record(&actor, ACTION, &req.name, result).await?;
+        let r = req.get_ref();
+        let action = "AppointmentService/CompleteAppointment";
+        let done = self
+            .plain_step(&actor, action, &r.name, &r.etag, Action::Complete)
+            .await?;
         answer!(CompleteAppointmentResponse, done)
     }
 
@@ -1098,10 +1085,15 @@ impl AppointmentService for AppointmentApi {
         let actor = Actor::of(&req)?;
         let req = req.into_inner();
         let result = self.find(&actor, &req).await;
-        let resource = if req.provider.is_empty() {
-            req.parent.clone()
+        // Free times are a provider's, not health information, unless the search is a
+        // patient's own or names one: then it is recorded like any appointment read.
+        if req.patient.is_empty() && actor.caller.role() != Role::Patient {
+            return Ok(Response::new(result?));
+        }
+        let resource = if req.patient.is_empty() {
+            actor.caller.subject().to_owned()
         } else {
-            req.provider.clone()
+            req.patient.clone()
         };
         let found = self
             .deps

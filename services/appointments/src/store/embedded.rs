@@ -114,6 +114,43 @@ fn to_record((columns, doc): Row) -> Result<Record, StoreError> {
     Record::join(columns, body)
 }
 
+/// The one record `WHERE` selects (a unique key and the clinic), from the writer:
+/// decisions read the latest state.
+async fn one(
+    db: &SqliteDb,
+    clause: &'static str,
+    key: String,
+    clinic: String,
+) -> Result<Option<Record>, StoreError> {
+    db.write(move |conn| {
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM appointments a WHERE {clause}"),
+            params![key, clinic],
+            row,
+        )
+        .optional()
+        .map_err(translate)?
+        .map(to_record)
+        .transpose()
+    })
+    .await
+}
+
+/// Every appointment a prepared query selects.
+fn appointments_of(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Appointment>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(translate)?;
+    let rows = stmt.query_map(params, row).map_err(translate)?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(to_record(r.map_err(translate)?)?.appointment);
+    }
+    Ok(out)
+}
+
 fn encode(record: &Record) -> Result<(Columns, String), StoreError> {
     let (columns, body) = record.split();
     let doc =
@@ -261,22 +298,8 @@ impl Records for EmbeddedAppointments {
         clinic: &ResourceId,
         request_key: &str,
     ) -> Result<Option<Record>, StoreError> {
-        let (clinic, key) = (clinic.to_string(), request_key.to_owned());
-        self.db
-            .write(move |conn| {
-                conn.query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM appointments a WHERE a.request_key = ?1 AND a.clinic_id = ?2"
-                    ),
-                    params![key, clinic],
-                    row,
-                )
-                .optional()
-                .map_err(translate)?
-                .map(to_record)
-                .transpose()
-            })
-            .await
+        let clause = "a.request_key = ?1 AND a.clinic_id = ?2";
+        one(&self.db, clause, request_key.to_owned(), clinic.to_string()).await
     }
 
     async fn get(
@@ -284,23 +307,8 @@ impl Records for EmbeddedAppointments {
         clinic: &ResourceId,
         id: &ResourceId,
     ) -> Result<Option<Record>, StoreError> {
-        let (clinic, id) = (clinic.to_string(), id.to_string());
-        // From the writer: decisions read the latest state.
-        self.db
-            .write(move |conn| {
-                conn.query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM appointments a WHERE a.id = ?1 AND a.clinic_id = ?2"
-                    ),
-                    params![id, clinic],
-                    row,
-                )
-                .optional()
-                .map_err(translate)?
-                .map(to_record)
-                .transpose()
-            })
-            .await
+        let clause = "a.id = ?1 AND a.clinic_id = ?2";
+        one(&self.db, clause, id.to_string(), clinic.to_string()).await
     }
 
     async fn replace(&self, next: &Record, expected: i64) -> Result<bool, StoreError> {
@@ -351,17 +359,7 @@ impl Records for EmbeddedAppointments {
     ) -> Result<Vec<Appointment>, StoreError> {
         let (sql, params) = list_sql(clinic, query, page);
         self.db
-            .read(move |conn| {
-                let mut stmt = conn.prepare_cached(&sql).map_err(translate)?;
-                let rows = stmt
-                    .query_map(rusqlite::params_from_iter(params), row)
-                    .map_err(translate)?;
-                let mut out = Vec::new();
-                for r in rows {
-                    out.push(to_record(r.map_err(translate)?)?.appointment);
-                }
-                Ok(out)
-            })
+            .read(move |conn| appointments_of(conn, &sql, rusqlite::params_from_iter(params)))
             .await
     }
 
@@ -375,18 +373,9 @@ impl Records for EmbeddedAppointments {
         let sql = holding_sql(holder);
         let (clinic, id) = (clinic.to_string(), id.to_string());
         let (from, to) = (starts.start.as_millisecond(), starts.end.as_millisecond());
+        // From the writer: booking decides on it.
         self.db
-            .write(move |conn| {
-                let mut stmt = conn.prepare_cached(&sql).map_err(translate)?;
-                let rows = stmt
-                    .query_map(params![clinic, id, from, to], row)
-                    .map_err(translate)?;
-                let mut out = Vec::new();
-                for r in rows {
-                    out.push(to_record(r.map_err(translate)?)?.appointment);
-                }
-                Ok(out)
-            })
+            .write(move |conn| appointments_of(conn, &sql, params![clinic, id, from, to]))
             .await
     }
 
