@@ -114,15 +114,16 @@ fn to_record((columns, doc): Row) -> Result<Record, StoreError> {
     Record::join(columns, body)
 }
 
-/// The one record `WHERE` selects (a unique key and the clinic), from the writer:
-/// decisions read the latest state.
+/// The one record `WHERE` selects (a unique key and the clinic). Reader connections
+/// see every committed write (WAL), which is all a decision here needs: the claims'
+/// unique key, not this read, is what keeps two bookings apart.
 async fn one(
     db: &SqliteDb,
     clause: &'static str,
     key: String,
     clinic: String,
 ) -> Result<Option<Record>, StoreError> {
-    db.write(move |conn| {
+    db.read(move |conn| {
         conn.query_row(
             &format!("SELECT {COLUMNS} FROM appointments a WHERE {clause}"),
             params![key, clinic],
@@ -373,9 +374,8 @@ impl Records for EmbeddedAppointments {
         let sql = holding_sql(holder);
         let (clinic, id) = (clinic.to_string(), id.to_string());
         let (from, to) = (starts.start.as_millisecond(), starts.end.as_millisecond());
-        // From the writer: booking decides on it.
         self.db
-            .write(move |conn| appointments_of(conn, &sql, params![clinic, id, from, to]))
+            .read(move |conn| appointments_of(conn, &sql, params![clinic, id, from, to]))
             .await
     }
 
@@ -425,7 +425,7 @@ impl Records for EmbeddedAppointments {
     ) -> Result<Vec<Claim>, StoreError> {
         let (clinic, resource) = (clinic.to_string(), resource.to_owned());
         self.db
-            .write(move |conn| {
+            .read(move |conn| {
                 let mut stmt = conn
                     .prepare_cached(
                         "SELECT clinic_id, resource, granule, appointment_id, token, prev FROM appointment_claims \
