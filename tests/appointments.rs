@@ -1527,3 +1527,49 @@ async fn bookings_need_an_active_patient_and_provider_of_the_clinic() {
     assert_eq!(listed[0].name, kept.name);
     suite.stop().await;
 }
+
+/// A search that names a patient (or is the patient's own) leaves out the times the
+/// patient is already booked at, with any provider; without a patient it does not.
+#[tokio::test]
+async fn a_search_for_a_patient_leaves_out_their_booked_times() {
+    let (suite, _clock) = start(None).await;
+    let c = clinic(&suite, "Busy patient", 1).await;
+    let bia = add_provider(
+        &suite,
+        &c.staff,
+        providers::Provider {
+            display_name: "Dr. Bia".into(),
+            working_hours: weekdays(&[(8 * 60, 12 * 60)]),
+            ..Default::default()
+        },
+    )
+    .await;
+    book(&suite, &c.staff.staff, booking(&c, 0, monday(9, 0), None))
+        .await
+        .unwrap();
+    let with_bia = |patient: &str| pb::FindAvailableSlotsRequest {
+        parent: c.name.clone(),
+        provider: bia.clone(),
+        start_time: ts(monday(8, 0)),
+        end_time: ts(monday(12, 0)),
+        patient: patient.to_owned(),
+        ..Default::default()
+    };
+    let anyone = starts(&find(&suite, &c.staff.staff, with_bia("")).await.unwrap());
+    assert!(anyone.contains(&monday(9, 0)) && anyone.contains(&monday(8, 45)));
+    for (who, token, patient) in [
+        (
+            "staff naming the patient",
+            &c.staff.staff,
+            c.patients[0].0.as_str(),
+        ),
+        ("the patient", &c.patients[0].1, ""),
+    ] {
+        let theirs = starts(&find(&suite, token, with_bia(patient)).await.unwrap());
+        for busy in [monday(8, 45), monday(9, 0), monday(9, 15)] {
+            assert!(!theirs.contains(&busy), "{who}: {busy} is offered");
+        }
+        assert!(theirs.contains(&monday(9, 30)), "{who}");
+    }
+    suite.stop().await;
+}

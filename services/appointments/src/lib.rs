@@ -91,3 +91,41 @@ pub async fn build(
         guard: Arc::new(guard),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    /// The README's rows for the appointments service: its upstreams and the service
+    /// secret come from `TOPSMILE_*` variables.
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type.
+    fn settings_come_from_the_documented_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "TOPSMILE_PATIENTS_UPSTREAMS",
+                "patients-0:50051,patients-1:50051",
+            );
+            jail.set_env("TOPSMILE_PROVIDERS_UPSTREAMS", "providers:50051");
+            jail.set_env("TOPSMILE_SERVICE_SECRET", "s3cret");
+            let settings: AppointmentSettings =
+                topsmile_kit::config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                settings.patients_upstreams,
+                "patients-0:50051,patients-1:50051"
+            );
+            assert_eq!(settings.providers_upstreams, "providers:50051");
+            let secret = settings
+                .service_secret
+                .as_ref()
+                .map(|s| s.expose_secret().to_owned());
+            assert_eq!(secret.as_deref(), Some("s3cret"));
+            assert!(
+                !format!("{settings:?}").contains("s3cret"),
+                "the secret is never printed"
+            );
+            Ok(())
+        });
+    }
+}

@@ -242,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn a_deadline_passes_on_what_is_left_and_then_refuses() {
+        let mut request = tonic::Request::new(());
+        request.metadata_mut().insert(
+            "grpc-timeout",
+            tonic::metadata::MetadataValue::from_static("200m"),
+        );
+        let deadline = Deadline::of(&request);
+        let left = deadline.remaining().unwrap().unwrap();
+        assert!(
+            left <= Duration::from_millis(200) && left > Duration::ZERO,
+            "{left:?}"
+        );
+        assert_eq!(Deadline::none().remaining().unwrap(), None);
+        assert_eq!(
+            Deadline::of(&tonic::Request::new(())).remaining().unwrap(),
+            None
+        );
+        let passed = Deadline(Instant::now().checked_sub(Duration::from_millis(1)));
+        assert!(matches!(
+            passed.remaining(),
+            Err(ApiError::DeadlineExceeded)
+        ));
+    }
+
+    #[test]
     fn malformed_grpc_timeouts_are_ignored() {
         for bad in ["", "S", "5", "5x", "123456789S", "-5S"] {
             assert_eq!(timeout(bad), None, "{bad:?}");
