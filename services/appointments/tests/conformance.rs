@@ -642,7 +642,7 @@ async fn lists_filter_by_provider_patient_range_and_status(h: &Harness) {
             ..Default::default()
         })
         .await,
-        [b.id.clone()]
+        std::slice::from_ref(&b.id)
     );
     assert_eq!(
         list(AppointmentQuery {
@@ -650,6 +650,6 @@ async fn lists_filter_by_provider_patient_range_and_status(h: &Harness) {
             ..Default::default()
         })
         .await,
-        [a.id.clone()]
+        std::slice::from_ref(&a.id)
     );
 }
