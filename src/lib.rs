@@ -392,6 +392,7 @@ mod tests {
                 ("TOPSMILE_CONNECTIONS_PER_UPSTREAM", "4"),
                 ("TOPSMILE_CONNECT_TIMEOUT_MS", "250"),
                 ("TOPSMILE_UPSTREAM_RETRY_MS", "500"),
+                ("TOPSMILE_TRUSTED_PROXIES", "10.0.0.0/8"),
             ] {
                 jail.set_env(name, value);
             }
@@ -423,6 +424,7 @@ mod tests {
             assert_eq!(config.edge.connections_per_upstream, 4);
             assert_eq!(config.edge.connect_timeout_ms, 250);
             assert_eq!(config.edge.upstream_retry_ms, 500);
+            assert_eq!(config.edge.trusted_proxies, "10.0.0.0/8");
             Ok(())
         });
     }

@@ -11,7 +11,10 @@ use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 use topsmile_kit::shutdown;
 use topsmile_proto::topsmile::{
-    identity::v1::{self as identity, clinic_service_client::ClinicServiceClient},
+    identity::v1::{
+        self as identity, auth_service_client::AuthServiceClient,
+        clinic_service_client::ClinicServiceClient, user_service_client::UserServiceClient,
+    },
     patients::v1::{
         VerifyPatientCredentialsRequest,
         patient_internal_service_client::PatientInternalServiceClient,
@@ -501,5 +504,112 @@ async fn calling_a_service_directly_behaves_like_the_gateway() {
         .await
         .unwrap();
     assert_eq!(got.into_inner().clinic.unwrap(), created);
+    suite.stop().await;
+}
+
+/// Signs in through the gateway as if forwarded by a load balancer for `client`.
+async fn login_forwarded_for(
+    suite: &TestSuite,
+    client: &'static str,
+    email: &str,
+    password: &str,
+) -> Result<(), Status> {
+    let mut request = Request::new(identity::LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    });
+    request.metadata_mut().insert(
+        "x-forwarded-for",
+        tonic::metadata::MetadataValue::from_static(client),
+    );
+    AuthServiceClient::new(suite.channel().await)
+        .login(request)
+        .await
+        .map(drop)
+}
+
+/// A user of a new clinic to guess the password of; their email.
+async fn a_user_to_guess(suite: &TestSuite, label: &str) -> String {
+    let email = format!("guessed.{label}@example.com");
+    let clinic = suite.clinic_with_staff(label).await;
+    UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(clinic.admin)))
+        .create_user(identity::CreateUserRequest {
+            parent: clinic.clinic.name.clone(),
+            user: Some(identity::User {
+                email: email.clone(),
+                display_name: "Guessed".into(),
+                role: identity::UserRole::Staff as i32,
+                ..Default::default()
+            }),
+            password: support::STAFF_PASSWORD.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    email
+}
+
+/// Behind a trusted load balancer (here: loopback), the sign-in lock counts each
+/// forwarded client apart: a guesser locks out only themself.
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_counted_apart() {
+    let suite = TestSuite::with(support::Setup {
+        trusted_proxies: "127.0.0.0/8".into(),
+        ..support::Setup::default()
+    })
+    .await;
+    let email = a_user_to_guess(&suite, "Behind").await;
+    for i in 0..6 {
+        let wrong = format!("wrong guess number {i}");
+        assert!(
+            login_forwarded_for(&suite, "198.51.100.7", &email, &wrong)
+                .await
+                .is_err()
+        );
+    }
+    let err = login_forwarded_for(&suite, "198.51.100.7", &email, support::STAFF_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "the guesser is locked out"
+    );
+    login_forwarded_for(&suite, "198.51.100.8", &email, support::STAFF_PASSWORD)
+        .await
+        .expect("another client behind the same balancer signs in");
+    suite.stop().await;
+}
+
+/// Without trusted proxies, a forwarding header is the client's own words and changes
+/// nothing: guesses from one connection are counted together whatever it claims.
+#[tokio::test]
+async fn forwarding_headers_from_untrusted_peers_are_ignored() {
+    let suite = TestSuite::start().await;
+    let email = a_user_to_guess(&suite, "Spoofer").await;
+    let claims = [
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.3",
+        "203.0.113.4",
+        "203.0.113.5",
+        "203.0.113.6",
+    ];
+    for (i, claim) in claims.into_iter().enumerate() {
+        let wrong = format!("wrong guess number {i}");
+        assert!(
+            login_forwarded_for(&suite, claim, &email, &wrong)
+                .await
+                .is_err()
+        );
+    }
+    let err = login_forwarded_for(&suite, "203.0.113.99", &email, support::STAFF_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "a new claimed address does not escape the lock"
+    );
     suite.stop().await;
 }

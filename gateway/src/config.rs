@@ -49,6 +49,9 @@ pub struct EdgeSettings {
     pub sign_in_per_minute: u32,
     /// How many of those may come in one burst.
     pub sign_in_burst: u32,
+    /// Load balancers and proxies (CIDR ranges, comma-separated) whose
+    /// `X-Forwarded-For` / `Forwarded` headers name the client; empty: none.
+    pub trusted_proxies: String,
 }
 
 impl Default for EdgeSettings {
@@ -61,6 +64,7 @@ impl Default for EdgeSettings {
             max_in_flight: 4096,
             sign_in_per_minute: 30,
             sign_in_burst: 10,
+            trusted_proxies: String::new(),
         }
     }
 }

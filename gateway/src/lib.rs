@@ -11,6 +11,7 @@
 //! not admit PERMISSION_DENIED. Sign-in methods are rate-limited per client address.
 
 pub mod config;
+pub mod forwarded;
 pub mod proxy;
 pub mod upstream;
 
@@ -93,9 +94,12 @@ impl Gateway {
                 let burst = std::num::NonZeroU32::new(config.edge.sign_in_burst).unwrap_or(rate);
                 governor::RateLimiter::keyed(governor::Quota::per_minute(rate).allow_burst(burst))
             });
+        let trusted = forwarded::TrustedProxies::parse(&config.edge.trusted_proxies)
+            .map_err(GatewayError::Config)?;
         let proxy = Proxy {
             table,
             guard,
+            trusted,
             sign_in_limiter,
             upstreams,
             local,

@@ -50,6 +50,8 @@ pub struct Proxy {
     pub(crate) local: Routes,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) max_deadline: Duration,
+    /// Whose forwarding headers name the client.
+    pub(crate) trusted: crate::forwarded::TrustedProxies,
 }
 
 impl Proxy {
@@ -73,6 +75,8 @@ impl Proxy {
         peer: IpAddr,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
+        // The client: the peer, or whom trusted proxies say they forward for.
+        let peer = self.trusted.client(peer, req.headers());
         let route = self
             .table
             .get(&path)

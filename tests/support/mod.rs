@@ -63,6 +63,8 @@ pub struct Setup {
     pub limits: ServerLimits,
     pub clock: Option<Arc<dyn Clock>>,
     pub sign_in_per_minute: u32,
+    /// The gateway's trusted proxy ranges (`TOPSMILE_TRUSTED_PROXIES`).
+    pub trusted_proxies: String,
     /// The first super admin (default: ROOT_EMAIL / ROOT_PASSWORD).
     pub bootstrap_admin: Option<(String, String)>,
 }
@@ -77,6 +79,7 @@ impl Default for Setup {
             },
             clock: None,
             sign_in_per_minute: 0,
+            trusted_proxies: String::new(),
             bootstrap_admin: None,
         }
     }
@@ -108,6 +111,7 @@ impl TestSuite {
         .unwrap();
         options.limits = setup.limits;
         options.edge.sign_in_per_minute = setup.sign_in_per_minute;
+        options.edge.trusted_proxies = setup.trusted_proxies.clone();
         // Tests change clinics and look at once: no reuse of identity's answers.
         options.clinic_facts_ttl = std::time::Duration::ZERO;
         let (email, password) = setup
