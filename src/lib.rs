@@ -393,6 +393,7 @@ mod tests {
                 ("TOPSMILE_CONNECT_TIMEOUT_MS", "250"),
                 ("TOPSMILE_UPSTREAM_RETRY_MS", "500"),
                 ("TOPSMILE_TRUSTED_PROXIES", "10.0.0.0/8"),
+                ("TOPSMILE_DNS_REFRESH_SECS", "9"),
             ] {
                 jail.set_env(name, value);
             }
@@ -425,6 +426,7 @@ mod tests {
             assert_eq!(config.edge.connect_timeout_ms, 250);
             assert_eq!(config.edge.upstream_retry_ms, 500);
             assert_eq!(config.edge.trusted_proxies, "10.0.0.0/8");
+            assert_eq!(config.edge.dns_refresh_secs, 9);
             Ok(())
         });
     }

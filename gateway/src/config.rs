@@ -52,6 +52,9 @@ pub struct EdgeSettings {
     /// Load balancers and proxies (CIDR ranges, comma-separated) whose
     /// `X-Forwarded-For` / `Forwarded` headers name the client; empty: none.
     pub trusted_proxies: String,
+    /// How often each service's replica names are resolved again, in seconds, so
+    /// replicas that come and go are followed without a restart; 0: never.
+    pub dns_refresh_secs: u64,
 }
 
 impl Default for EdgeSettings {
@@ -65,6 +68,7 @@ impl Default for EdgeSettings {
             sign_in_per_minute: 30,
             sign_in_burst: 10,
             trusted_proxies: String::new(),
+            dns_refresh_secs: 5,
         }
     }
 }

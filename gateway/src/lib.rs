@@ -52,6 +52,8 @@ pub struct Gateway {
     /// Public service names by area, for per-service health.
     services_by_area: HashMap<String, Vec<String>>,
     drain_timeout: Duration,
+    /// How often replica names are resolved again (zero: never).
+    dns_refresh: Duration,
     limits: topsmile_kit::config::ServerLimits,
 }
 
@@ -111,6 +113,7 @@ impl Gateway {
             health,
             services_by_area,
             drain_timeout: config.limits.drain_timeout(),
+            dns_refresh: Duration::from_secs(config.edge.dns_refresh_secs),
             limits: config.limits.clone(),
         })
     }
@@ -131,6 +134,13 @@ impl Gateway {
             self.services_by_area.clone(),
             shutdown.clone(),
         ));
+        let refresher = (!self.dns_refresh.is_zero()).then(|| {
+            tokio::spawn(refresh_upstreams(
+                self.proxy.clone(),
+                self.dns_refresh,
+                shutdown.clone(),
+            ))
+        });
 
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
@@ -193,6 +203,9 @@ impl Gateway {
             tracing::warn!("drain timeout reached; closing with calls still in flight");
         }
         probes.abort();
+        if let Some(refresher) = refresher {
+            refresher.abort();
+        }
         tracing::info!(?local, "gateway stopped");
         Ok(())
     }
@@ -207,24 +220,35 @@ async fn probe_upstreams(
     shutdown: Shutdown,
 ) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let mut clients: Vec<(String, Vec<HealthClient<tonic::transport::Channel>>)> = Vec::new();
-    for (area, upstream) in &proxy.upstreams {
-        let channels = upstream
-            .addresses()
-            .into_iter()
-            .filter_map(|a| tonic::transport::Endpoint::from_shared(format!("http://{a}")).ok())
-            .map(|e| HealthClient::new(e.connect_timeout(Duration::from_secs(1)).connect_lazy()))
-            .collect();
-        clients.push((area.clone(), channels));
-    }
+    // One client per replica address, made when a replica first appears (replicas come
+    // and go with DNS).
+    let mut clients: HashMap<String, HealthClient<tonic::transport::Channel>> = HashMap::new();
     loop {
         if let Some(limiter) = &proxy.sign_in_limiter {
             // Forget addresses that are back to a full allowance, so the table stays small.
             limiter.retain_recent();
         }
-        for (area, replicas) in &mut clients {
+        for (area, upstream) in &proxy.upstreams {
             let mut serving = false;
-            for client in replicas.iter_mut() {
+            for address in upstream.addresses() {
+                let client = match clients.get(&address) {
+                    Some(client) => client.clone(),
+                    None => {
+                        let Ok(endpoint) =
+                            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                        else {
+                            continue;
+                        };
+                        let client = HealthClient::new(
+                            endpoint
+                                .connect_timeout(Duration::from_secs(1))
+                                .connect_lazy(),
+                        );
+                        clients.insert(address.clone(), client.clone());
+                        client
+                    }
+                };
+                let mut client = client;
                 let check = client.check(HealthCheckRequest {
                     service: String::new(),
                 });
@@ -244,6 +268,24 @@ async fn probe_upstreams(
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
             () = shutdown.clone().wait() => return,
+        }
+    }
+}
+
+/// Resolves every upstream's names again every `every`, so replicas that come and go
+/// (a headless Service's pods) are added and dropped without a restart.
+async fn refresh_upstreams(proxy: Arc<Proxy>, every: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.clone().wait() => return,
+        }
+        for upstream in proxy.upstreams.values() {
+            upstream
+                .refresh(|name| async move {
+                    tokio::net::lookup_host(name).await.map(Iterator::collect)
+                })
+                .await;
         }
     }
 }

@@ -3,10 +3,18 @@
 //! Calls are spread round-robin over the replicas. A replica that cannot be reached is
 //! skipped for `retry_after` and the next one is tried; because a connection is chosen
 //! before the request body is touched, a call moves to another replica without loss.
+//!
+//! The configured names (`host:port`, e.g. a headless Service's `identity-pods:50051`)
+//! are resolved again every few seconds ([`Upstream::refresh`]): every address a name
+//! resolves to is a replica, so pods that come and go are added and dropped without a
+//! restart. A name that fails to resolve (or resolves to nothing) keeps its last good
+//! addresses; replicas that stay keep their connections.
 
 use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -49,10 +57,31 @@ pub struct Picked {
 }
 
 pub struct Upstream {
-    replicas: Vec<Replica>,
+    /// The configured names, as given.
+    names: Vec<String>,
+    /// The replicas now: swapped whole when a refresh changes them.
+    replicas: RwLock<Arc<Vec<Arc<Replica>>>>,
+    /// Each name's last good resolution.
+    resolved: Mutex<BTreeMap<String, Vec<String>>>,
+    connections: usize,
     next: AtomicUsize,
     connect_timeout: Duration,
     retry_after: Duration,
+}
+
+fn replica(authority: &str, connections: usize) -> Arc<Replica> {
+    Arc::new(Replica {
+        authority: authority.to_owned(),
+        slots: (0..connections.max(1))
+            .map(|_| Slot {
+                sender: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                failed_at: Mutex::new(None),
+            })
+            .collect(),
+        next_slot: AtomicUsize::new(0),
+        down_until: Mutex::new(None),
+    })
 }
 
 impl Upstream {
@@ -62,37 +91,95 @@ impl Upstream {
         connect_timeout: Duration,
         retry_after: Duration,
     ) -> Arc<Self> {
-        let replicas = addresses
-            .iter()
-            .map(|a| Replica {
-                authority: a.clone(),
-                slots: (0..connections.max(1))
-                    .map(|_| Slot {
-                        sender: Mutex::new(None),
-                        connecting: tokio::sync::Mutex::new(()),
-                        failed_at: Mutex::new(None),
-                    })
-                    .collect(),
-                next_slot: AtomicUsize::new(0),
-                down_until: Mutex::new(None),
-            })
-            .collect();
+        let replicas = addresses.iter().map(|a| replica(a, connections)).collect();
         Arc::new(Self {
-            replicas,
+            names: addresses.to_vec(),
+            replicas: RwLock::new(Arc::new(replicas)),
+            resolved: Mutex::new(BTreeMap::new()),
+            connections,
             next: AtomicUsize::new(0),
             connect_timeout,
             retry_after,
         })
     }
 
+    /// The replicas now.
+    fn current(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.replicas
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
     pub fn addresses(&self) -> Vec<String> {
-        self.replicas.iter().map(|r| r.authority.clone()).collect()
+        self.current().iter().map(|r| r.authority.clone()).collect()
+    }
+
+    /// Resolves every configured name again with `resolve` and makes the replicas every
+    /// address they resolve to. A name whose resolution fails or is empty keeps its last
+    /// good addresses (or itself, before the first success); replicas that remain keep
+    /// their connections. Returns whether the set changed.
+    pub async fn refresh<R, F>(&self, resolve: R) -> bool
+    where
+        R: Fn(String) -> F,
+        F: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+    {
+        let mut wanted: Vec<String> = Vec::new();
+        for name in &self.names {
+            let found = match resolve(name.clone()).await {
+                Ok(addresses) if !addresses.is_empty() => {
+                    let mut found: Vec<String> =
+                        addresses.iter().map(ToString::to_string).collect();
+                    found.sort();
+                    found.dedup();
+                    if let Ok(mut resolved) = self.resolved.lock() {
+                        resolved.insert(name.clone(), found.clone());
+                    }
+                    found
+                }
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::warn!(%name, error = %e, "replica name did not resolve: keeping the last good set");
+                    }
+                    self.resolved
+                        .lock()
+                        .ok()
+                        .and_then(|r| r.get(name).cloned())
+                        .unwrap_or_else(|| vec![name.clone()])
+                }
+            };
+            wanted.extend(found);
+        }
+        wanted.sort();
+        wanted.dedup();
+        let current = self.current();
+        let mut now: Vec<String> = current.iter().map(|r| r.authority.clone()).collect();
+        now.sort();
+        if now == wanted {
+            return false;
+        }
+        let next: Vec<Arc<Replica>> = wanted
+            .iter()
+            .map(|authority| {
+                current
+                    .iter()
+                    .find(|r| &r.authority == authority)
+                    .cloned()
+                    .unwrap_or_else(|| replica(authority, self.connections))
+            })
+            .collect();
+        tracing::info!(before = ?now, after = ?wanted, "replicas changed");
+        if let Ok(mut replicas) = self.replicas.write() {
+            *replicas = Arc::new(next);
+        }
+        true
     }
 
     /// A connection to the next healthy replica. Replicas marked down are tried only
     /// when every replica is down, so a recovered one is found again.
     pub async fn pick(&self) -> Result<Picked, UpstreamError> {
-        let n = self.replicas.len();
+        let replicas = self.current();
+        let n = replicas.len();
         if n == 0 {
             return Err(UpstreamError::NoReplicas);
         }
@@ -100,7 +187,7 @@ impl Upstream {
         let mut last_error = String::new();
         for pass in 0..2 {
             for i in 0..n {
-                let replica = &self.replicas[(start + i) % n];
+                let replica = &replicas[(start + i) % n];
                 if pass == 0 && replica.is_down() {
                     continue;
                 }
@@ -124,7 +211,7 @@ impl Upstream {
 
     /// Reports that a call over `authority` failed at the transport level.
     pub fn report_failure(&self, authority: &str) {
-        if let Some(r) = self.replicas.iter().find(|r| r.authority == authority) {
+        if let Some(r) = self.current().iter().find(|r| r.authority == authority) {
             r.mark_down(self.retry_after);
         }
     }
@@ -226,4 +313,89 @@ async fn connect(authority: &str) -> Result<SendRequest<Incoming>, String> {
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(
+        addresses: &[&str],
+    ) -> impl Fn(String) -> std::future::Ready<std::io::Result<Vec<SocketAddr>>> {
+        let addresses: Vec<SocketAddr> = addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        move |_name| std::future::ready(Ok(addresses.clone()))
+    }
+
+    fn failing(_name: String) -> std::future::Ready<std::io::Result<Vec<SocketAddr>>> {
+        std::future::ready(Err(std::io::Error::other("SERVFAIL")))
+    }
+
+    fn upstream(names: &[&str]) -> Arc<Upstream> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        Upstream::new(&names, 1, Duration::from_secs(1), Duration::from_secs(1))
+    }
+
+    #[tokio::test]
+    async fn replicas_follow_their_names_and_keep_the_last_good_set() {
+        let up = upstream(&["identity-pods:50051"]);
+        assert_eq!(
+            up.addresses(),
+            ["identity-pods:50051"],
+            "unresolved at first"
+        );
+        assert!(up.refresh(answer(&["10.0.0.1:50051"])).await);
+        assert_eq!(up.addresses(), ["10.0.0.1:50051"]);
+        let first = up.current()[0].clone();
+
+        // A pod is added: the one already there keeps its replica (and connections).
+        assert!(
+            up.refresh(answer(&["10.0.0.2:50051", "10.0.0.1:50051"]))
+                .await
+        );
+        assert_eq!(up.addresses(), ["10.0.0.1:50051", "10.0.0.2:50051"]);
+        assert!(Arc::ptr_eq(&up.current()[0], &first));
+
+        // DNS fails, or answers nothing: the last good set stays.
+        assert!(!up.refresh(failing).await);
+        assert!(!up.refresh(answer(&[])).await);
+        assert_eq!(up.addresses(), ["10.0.0.1:50051", "10.0.0.2:50051"]);
+
+        // A pod is gone.
+        assert!(up.refresh(answer(&["10.0.0.2:50051"])).await);
+        assert_eq!(up.addresses(), ["10.0.0.2:50051"]);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_never_resolved_stays_as_written() {
+        let up = upstream(&["10.0.0.9:50051", "later-pods:50051"]);
+        assert!(!up.refresh(failing).await);
+        assert_eq!(up.addresses(), ["10.0.0.9:50051", "later-pods:50051"]);
+    }
+
+    /// Calls go to the replicas a refresh finds: a real server that appears in the
+    /// answers is picked, and one that left is not.
+    #[tokio::test]
+    async fn calls_go_to_the_replicas_the_names_resolve_to() {
+        let mut servers = Vec::new();
+        for _ in 0..2 {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (_, health) = tonic_health::server::health_reporter();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            servers.push(addr.to_string());
+        }
+        let up = upstream(&["replicas.invalid:50051"]);
+        assert!(up.refresh(answer(&[&servers[0]])).await);
+        for _ in 0..3 {
+            assert_eq!(up.pick().await.unwrap().authority, servers[0]);
+        }
+        assert!(up.refresh(answer(&[&servers[1]])).await);
+        for _ in 0..3 {
+            assert_eq!(up.pick().await.unwrap().authority, servers[1]);
+        }
+    }
 }
