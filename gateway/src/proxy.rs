@@ -292,14 +292,7 @@ pub use topsmile_kit::peers::grpc_timeout;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, http::HeaderValue::from_static(v));
-        }
-        h
-    }
+    use crate::forwarded::tests::headers;
 
     #[test]
     fn client_sent_internal_headers_are_stripped() {
