@@ -182,10 +182,10 @@ impl KeyRing {
             path: path.to_path_buf(),
             reason,
         };
-        if let Some(dir) = path.parent() {
-            if !dir.as_os_str().is_empty() {
-                crate::files::private_dir(dir).map_err(|e| err(e.to_string()))?;
-            }
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            crate::files::private_dir(dir).map_err(|e| err(e.to_string()))?;
         }
         let text = serde_json::to_string_pretty(&self.keys).map_err(|e| err(e.to_string()))?;
         let tmp = path.with_extension("tmp");
@@ -370,10 +370,10 @@ impl TokenVerifier {
     /// Verifies a token: from the cache if it was verified before and has not expired,
     /// otherwise by signature and claims.
     pub fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        if let Some(claims) = self.verified.get(token) {
-            if claims.exp > now_secs() {
-                return Ok(claims);
-            }
+        if let Some(claims) = self.verified.get(token)
+            && claims.exp > now_secs()
+        {
+            return Ok(claims);
         }
         let kid = Self::kid_of(token)?;
         let claims = {

@@ -49,7 +49,7 @@ pub fn check_policy(field: &str, value: &str) -> Result<(), crate::FieldViolatio
         return refuse("must not contain control characters");
     }
     let repeated = (1..=4).any(|period| {
-        chars.len() % period == 0
+        chars.len().is_multiple_of(period)
             && chars
                 .iter()
                 .enumerate()
