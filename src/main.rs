@@ -50,6 +50,12 @@ enum KeysCommand {
         /// The key file [env: TOPSMILE_KEY_FILE] [default: <data dir>/signing-keys.json].
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Seconds between publishing the new key and signing with it. Every identity
+        /// replica and every verifier must have the new key before any replica signs
+        /// with it: on one machine 10 s is plenty; in Kubernetes, where a changed Secret
+        /// reaches the pods within a minute or two, use 300.
+        #[arg(long, default_value_t = 10)]
+        sign_after: u64,
     },
 }
 
@@ -99,11 +105,18 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Dev(DevArgs::default())) {
         Command::Dev(args) => dev(cli.config, args).await,
         Command::Seed(args) => seed(args).await,
-        Command::Keys(KeysCommand::Rotate { key_file }) => {
+        Command::Keys(KeysCommand::Rotate {
+            key_file,
+            sign_after,
+        }) => {
             let config: DevConfig = topsmile_kit::config::load(cli.config)?;
             let path = key_file.unwrap_or_else(|| config.key_file());
-            let kid = topsmile_kit::auth::KeyRing::rotate(&path)?;
-            println!("new signing key {kid} in {}", path.display());
+            let delay = std::time::Duration::from_secs(sign_after);
+            let kid = topsmile_kit::auth::KeyRing::rotate_after(&path, delay)?;
+            println!(
+                "new signing key {kid} in {}: published now, signing in {sign_after} s",
+                path.display()
+            );
             Ok(())
         }
     }
