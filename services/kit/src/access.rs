@@ -383,6 +383,39 @@ pub fn trace_id(headers: &http::HeaderMap) -> String {
         .to_owned()
 }
 
+/// Everything a handler needs to know about the call it serves: who called (the
+/// caller the guard admitted), their own token (to ask another service on their behalf
+/// with no more rights than they have), where they called from, how to find the call
+/// in the traces, and when it must be answered.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub caller: Caller,
+    /// The caller's own bearer token (empty if none).
+    pub bearer: String,
+    /// The client's address (see [`client_address`]).
+    pub client: String,
+    /// The W3C trace id of the call's `traceparent` (empty if none).
+    pub trace_id: String,
+    pub deadline: crate::peers::Deadline,
+}
+
+impl Actor {
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, ApiError> {
+        Ok(Self {
+            caller: Caller::of(request)?,
+            bearer: bearer_of(request),
+            client: client_address(request),
+            trace_id: trace_id(request.metadata().as_ref()),
+            deadline: crate::peers::Deadline::of(request),
+        })
+    }
+
+    /// Whether the caller is a patient (portal token).
+    pub fn is_patient(&self) -> bool {
+        self.caller.role() == Role::Patient
+    }
+}
+
 /// The caller's own bearer token (empty if none), for a service that asks another on
 /// the caller's behalf with no more rights than the caller has.
 pub fn bearer_of<T>(request: &tonic::Request<T>) -> String {

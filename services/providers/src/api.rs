@@ -11,7 +11,7 @@
 use tonic::{Request, Response, Status, server::NamedService, service::Routes};
 use topsmile_kit::{
     ApiError, FieldViolation,
-    access::Caller,
+    access::{Actor, Caller},
     clinics::ClinicDirectory,
     config::ServerLimits,
     mask::UpdatePaths,
@@ -177,25 +177,6 @@ pub struct ProviderApi {
     clinics: ClinicDirectory,
     /// About the most bytes of providers one list page holds (one always fits).
     page_bytes: usize,
-}
-
-/// Who called, and the token to ask identity with on their behalf.
-struct Actor {
-    caller: Caller,
-    bearer: String,
-}
-
-impl Actor {
-    fn of<T>(req: &Request<T>) -> Result<Self, ApiError> {
-        Ok(Self {
-            caller: Caller::of(req)?,
-            bearer: topsmile_kit::access::bearer_of(req),
-        })
-    }
-
-    fn is_patient(&self) -> bool {
-        self.caller.role() == Role::Patient
-    }
 }
 
 impl ProviderApi {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use topsmile_kit::{
     ApiError,
-    access::{Caller, Refusals, trail_clinic},
+    access::{Actor, Caller, Refusals, trail_clinic},
     clinics::{ClinicDirectory, ClinicFacts},
     names::{ClinicName, ResourceId},
     peers::{Deadline, Replicas, ServiceTokens},
@@ -50,30 +50,12 @@ impl Refusals for Dependencies {
             let actor = Actor {
                 caller: caller.clone(),
                 bearer: String::new(),
+                client: String::new(),
                 trace_id: topsmile_kit::access::trace_id(headers),
                 deadline: Deadline::none(),
             };
             let action = path.rsplit_once('.').map_or(path, |(_, m)| m);
             self.audit(&actor, action, "", error.reason()).await
-        })
-    }
-}
-
-/// Who called, from where in the traces, with which token and deadline.
-pub struct Actor {
-    pub caller: Caller,
-    pub bearer: String,
-    pub trace_id: String,
-    pub deadline: Deadline,
-}
-
-impl Actor {
-    pub fn of<T>(req: &tonic::Request<T>) -> Result<Self, ApiError> {
-        Ok(Self {
-            caller: Caller::of(req)?,
-            bearer: topsmile_kit::access::bearer_of(req),
-            trace_id: topsmile_kit::access::trace_id(req.metadata().as_ref()),
-            deadline: Deadline::of(req),
         })
     }
 }

@@ -30,12 +30,9 @@ use topsmile_kit::{
     time::{self, Clock},
     validate,
 };
-use topsmile_proto::topsmile::{
-    appointments::v1::{
-        self as pb,
-        appointment_service_server::{AppointmentService, AppointmentServiceServer},
-    },
-    auth::v1::Role,
+use topsmile_proto::topsmile::appointments::v1::{
+    self as pb,
+    appointment_service_server::{AppointmentService, AppointmentServiceServer},
 };
 use topsmile_providers::{
     api::Bookable,
@@ -49,7 +46,8 @@ use crate::{
     },
     store::{AppointmentQuery, Appointments, Holder, page_key},
 };
-pub use deps::{Actor, Dependencies};
+pub use deps::Dependencies;
+use topsmile_kit::access::Actor;
 
 /// The gRPC services mounted by [`routes`].
 pub const SERVED: &[&str] = &[AppointmentServiceServer::<AppointmentApi>::NAME];
@@ -91,7 +89,7 @@ pub struct AppointmentApi {
 
 /// The patient a portal token is, if the caller is one.
 fn patient_self(actor: &Actor) -> Option<ResourceId> {
-    (actor.caller.role() == Role::Patient)
+    (actor.is_patient())
         .then(|| ClinicScopedName::parse("caller", "patients", actor.caller.subject()).ok())
         .flatten()
         .map(|n| n.id)
@@ -187,7 +185,7 @@ fn zone_of(facts: &ClinicFacts) -> Result<TimeZone, ApiError> {
 
 fn limits(actor: &Actor, facts: &ClinicFacts) -> Limits {
     let rules = facts.booking;
-    if actor.caller.role() == Role::Patient {
+    if actor.is_patient() {
         Limits {
             notice_secs: rules.minimum_notice_secs,
             horizon_secs: rules.booking_horizon_secs,
@@ -282,9 +280,7 @@ impl AppointmentApi {
             .await?
             .filter(|a| a.clinic == name.clinic)
             .ok_or(ApiError::NotFound("appointment"))?;
-        if actor.caller.role() == Role::Patient
-            && patient_self(actor) != Some(found.patient.clone())
-        {
+        if actor.is_patient() && patient_self(actor) != Some(found.patient.clone()) {
             return Err(ApiError::NotFound("appointment"));
         }
         Ok(found)
@@ -429,7 +425,7 @@ impl AppointmentApi {
         let (Some(patient), Some(provider_id), Some(start)) = (patient, provider_id, start) else {
             return Err(ApiError::invalid("appointment", "is required"));
         };
-        if actor.caller.role() == Role::Patient && patient_self(actor).as_ref() != Some(&patient) {
+        if actor.is_patient() && patient_self(actor).as_ref() != Some(&patient) {
             // Patients book for themselves only.
             return Err(ApiError::PermissionDenied);
         }
@@ -537,7 +533,7 @@ impl AppointmentApi {
         if !v.is_empty() {
             return Err(ApiError::Invalid(v));
         }
-        if actor.caller.role() == Role::Patient {
+        if actor.is_patient() {
             let me = patient_self(actor).ok_or(ApiError::PermissionDenied)?;
             if patient.as_ref().is_some_and(|p| p != &me) {
                 return Err(ApiError::PermissionDenied);
@@ -563,16 +559,16 @@ impl AppointmentApi {
     }
 
     /// A patient may change their appointment only until the clinic's cut-off before
-    /// it starts.
-    async fn require_patient_may_change(
+    /// it starts (`facts`, the clinic's rules, asked once by the caller).
+    fn require_patient_may_change(
         &self,
         actor: &Actor,
         current: &Appointment,
+        facts: &ClinicFacts,
     ) -> Result<(), ApiError> {
-        if actor.caller.role() != Role::Patient {
+        if !actor.is_patient() {
             return Ok(());
         }
-        let facts = self.deps.clinic(actor, &current.clinic).await?;
         let cutoff = current
             .start
             .checked_sub(SignedDuration::from_secs(
@@ -616,8 +612,8 @@ impl AppointmentApi {
         current
             .after(Action::Reschedule, self.now())
             .map_err(wrong_state)?;
-        self.require_patient_may_change(actor, &current).await?;
         let facts = self.deps.clinic(actor, &current.clinic).await?;
+        self.require_patient_may_change(actor, &current, &facts)?;
         Self::require_open(&facts, actor)?;
         let provider = self
             .provider(actor, &current.clinic, &current.provider)
@@ -680,8 +676,9 @@ impl AppointmentApi {
         let now = self.now();
         let next = current.after(action, now).map_err(wrong_state)?;
         let next = change(&current, next, now)?;
-        if matches!(action, Action::Cancel) {
-            self.require_patient_may_change(actor, &current).await?;
+        if action.has_patient_cutoff() && actor.is_patient() {
+            let facts = self.deps.clinic(actor, &current.clinic).await?;
+            self.require_patient_may_change(actor, &current, &facts)?;
         }
         self.deps
             .audit(actor, action_name, &current.name(), "PENDING")
@@ -745,7 +742,7 @@ impl AppointmentApi {
         let (Some(start), Some(end)) = (start, end) else {
             return Err(ApiError::invalid("start_time", "is required"));
         };
-        if actor.caller.role() == Role::Patient {
+        if actor.is_patient() {
             let me = patient_self(actor).ok_or(ApiError::PermissionDenied)?;
             if patient.as_ref().is_some_and(|p| p != &me) {
                 return Err(ApiError::PermissionDenied);
@@ -1088,7 +1085,7 @@ impl AppointmentService for AppointmentApi {
         let result = self.find(&actor, &req).await;
         // Free times are a provider's, not health information, unless the search is a
         // patient's own or names one: then it is recorded like any appointment read.
-        if req.patient.is_empty() && actor.caller.role() != Role::Patient {
+        if req.patient.is_empty() && !actor.is_patient() {
             return Ok(Response::new(result?));
         }
         let resource = if req.patient.is_empty() {

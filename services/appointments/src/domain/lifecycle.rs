@@ -26,6 +26,14 @@ pub enum Action {
     Reschedule,
 }
 
+impl Action {
+    /// Whether a patient may take this step only until the clinic's change cut-off
+    /// before the start (cancelling and moving; confirming is always welcome).
+    pub fn has_patient_cutoff(self) -> bool {
+        matches!(self, Self::Cancel | Self::Reschedule)
+    }
+}
+
 impl Status {
     pub const ALL: [Status; 7] = [
         Status::Scheduled,

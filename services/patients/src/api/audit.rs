@@ -33,27 +33,7 @@ pub struct ServiceEvent<'a> {
 }
 
 /// Who called, from where, and how to find the call in the traces.
-pub struct Actor {
-    pub caller: Caller,
-    pub trace_id: String,
-    /// The client's address (see `topsmile_kit::access::client_address`).
-    pub client: String,
-    /// The caller's own bearer token, passed along when this service asks identity
-    /// about the caller's clinic.
-    pub bearer: String,
-}
-
-impl Actor {
-    /// The caller the guard admitted, and the trace id of the call's `traceparent`.
-    pub fn of<T>(req: &tonic::Request<T>) -> Result<Self, ApiError> {
-        Ok(Self {
-            caller: Caller::of(req)?,
-            trace_id: trace_id(req.metadata().as_ref()),
-            client: topsmile_kit::access::client_address(req),
-            bearer: topsmile_kit::access::bearer_of(req),
-        })
-    }
-}
+pub use topsmile_kit::access::Actor;
 
 /// The longest resource name an event keeps, in characters. A longer one (never a
 /// real name: ours are under 150) is cut and marked, so one request cannot make an
