@@ -31,6 +31,9 @@ use topsmile_kit::{
 pub struct DevConfig {
     pub listen: SocketAddr,
     pub log_format: LogFormat,
+    /// Admin address serving every server's Prometheus metrics at `/metrics` (off when
+    /// unset).
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(flatten)]
     pub store: StoreConfig,
     #[serde(flatten)]
@@ -46,6 +49,7 @@ impl Default for DevConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             log_format: LogFormat::Pretty,
+            metrics_listen: None,
             store: StoreConfig::default(),
             limits: ServerLimits::default(),
             identity: IdentitySettings::default(),
@@ -82,6 +86,8 @@ pub struct SuiteOptions {
     /// Lock and refresh-token expiry time (tests move it).
     pub clock: Arc<dyn Clock>,
     pub passwords: Passwords,
+    /// Where every server's Prometheus metrics are served (`None`: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl SuiteOptions {
@@ -102,6 +108,7 @@ impl SuiteOptions {
             clinic_facts_ttl: topsmile_kit::clinics::CACHE_FOR,
             clock: Arc::new(SystemClock),
             passwords: Passwords::for_this_machine()?,
+            metrics_listen: None,
         })
     }
 }
@@ -111,6 +118,8 @@ pub struct Suite {
     pub gateway: SocketAddr,
     /// Each service's own address, by area (`identity`, `patients`, ...).
     pub services: BTreeMap<&'static str, SocketAddr>,
+    /// Where the metrics are served, if they are.
+    pub metrics: Option<SocketAddr>,
     /// Identity's sign-in core (tests count password checks and create accounts).
     pub accounts: Arc<Accounts>,
     /// How the appointments service was built here, for extra replicas of it.
@@ -261,10 +270,17 @@ impl Suite {
             Ok(())
         });
         tasks.push(("gateway", tokio::spawn(serve)));
+        let metrics = match options.metrics_listen {
+            Some(addr) => {
+                Some(topsmile_kit::calls::spawn_metrics(addr, trigger.subscribe()).await?)
+            }
+            None => None,
+        };
 
         Ok(Self {
             gateway: gateway_addr,
             services,
+            metrics,
             accounts: identity_service.accounts.clone(),
             appointments: (service_config, appointment_settings, runtime),
             trigger,

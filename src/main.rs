@@ -140,7 +140,7 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
             LogFormat::Pretty
         };
     }
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.log_format, "topsmile");
     tracing::debug!(?config, "topsmile dev configuration");
 
     let store = StoreChoice::from_config(&config.store);
@@ -149,6 +149,7 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     options.key_file = config.key_file();
     options.limits = config.limits.clone();
     options.edge = config.edge.clone();
+    options.metrics_listen = config.metrics_listen;
     options.bootstrap_admin = config
         .identity
         .bootstrap_admin_email
@@ -176,6 +177,15 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     for (area, addr) in &suite.services {
         println!("  {area:<13} {addr}");
     }
+    if let Some(metrics) = suite.metrics {
+        println!("  {:<13} http://{metrics}/metrics", "metrics");
+    }
+    if telemetry.exports_traces() {
+        println!(
+            "  {:<13} exported over OTLP (OTEL_EXPORTER_OTLP_ENDPOINT)",
+            "traces"
+        );
+    }
     println!();
     match generated {
         Some(password) => {
@@ -192,7 +202,9 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     println!("Try:  grpcurl -plaintext {} list", suite.gateway);
     println!("Ctrl-C drains in-flight calls and stops.");
 
-    suite.run_until(shutdown::os_signal()).await
+    let ran = suite.run_until(shutdown::os_signal()).await;
+    telemetry.shutdown();
+    ran
 }
 
 async fn seed(args: SeedArgs) -> anyhow::Result<()> {

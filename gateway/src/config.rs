@@ -20,6 +20,8 @@ pub struct GatewayConfig {
     pub providers_upstreams: String,
     /// Replicas of the appointments service.
     pub appointments_upstreams: String,
+    /// Admin address serving Prometheus metrics at `/metrics` (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(flatten)]
     pub edge: EdgeSettings,
     #[serde(flatten)]
@@ -96,6 +98,7 @@ impl Default for GatewayConfig {
             patients_upstreams: "127.0.0.1:50062".into(),
             providers_upstreams: "127.0.0.1:50063".into(),
             appointments_upstreams: "127.0.0.1:50064".into(),
+            metrics_listen: None,
             edge: EdgeSettings::default(),
             limits: ServerLimits::default(),
         }

@@ -22,7 +22,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use topsmile_kit::{
@@ -105,7 +105,7 @@ impl Gateway {
             sign_in_limiter,
             upstreams,
             local,
-            in_flight: Arc::new(Semaphore::new(config.edge.max_in_flight)),
+            calls: topsmile_kit::calls::Calls::new("gateway", config.edge.max_in_flight),
             max_deadline: config.edge.max_deadline(),
         };
         Ok(Self {

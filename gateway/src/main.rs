@@ -6,7 +6,7 @@ use topsmile_kit::{server, shutdown, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config: GatewayConfig = topsmile_kit::config::load(None)?;
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.log_format, "topsmile-gateway");
     tracing::info!(?config, "starting topsmile-gateway");
     let gateway = Gateway::new(&config)?;
     let listener = server::bind(config.listen).await?;
@@ -15,6 +15,12 @@ async fn main() -> anyhow::Result<()> {
         shutdown::os_signal().await;
         trigger.fire();
     });
-    gateway.serve(listener, stop).await?;
+    if let Some(addr) = config.metrics_listen {
+        let bound = topsmile_kit::calls::spawn_metrics(addr, stop.clone()).await?;
+        tracing::info!(%bound, "metrics at /metrics");
+    }
+    let served = gateway.serve(listener, stop).await;
+    telemetry.shutdown();
+    served?;
     Ok(())
 }

@@ -21,10 +21,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
 use http_body::Frame;
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, body::Body, service::Routes};
 use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::upstream::Upstream;
 
@@ -48,7 +48,8 @@ pub struct Proxy {
     pub(crate) upstreams: HashMap<String, Arc<Upstream>>,
     /// Health and reflection, served by the gateway itself.
     pub(crate) local: Routes,
-    pub(crate) in_flight: Arc<Semaphore>,
+    /// Admission, spans and metrics of every API call.
+    pub(crate) calls: topsmile_kit::calls::Calls,
     pub(crate) max_deadline: Duration,
     /// Whose forwarding headers name the client.
     pub(crate) trusted: crate::forwarded::TrustedProxies,
@@ -57,16 +58,24 @@ pub struct Proxy {
 impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let path = req.uri().path();
-        if path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.") {
+        if topsmile_kit::calls::is_infrastructure(path) {
             return match self.local.clone().oneshot(req).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
         }
-        match self.forward(req, peer).await {
+        // Load shedding: past the in-flight bound, answer at once instead of queueing.
+        // The call counts until its response's last frame.
+        let call = match self.calls.admit(path, req.headers()) {
+            Ok(call) => call,
+            Err(shed) => return shed.into_response(),
+        };
+        let span = call.span().clone();
+        let response = match self.forward(req, peer).instrument(span).await {
             Ok(response) => response,
             Err(e) => tonic::Status::from(e).into_http(),
-        }
+        };
+        call.follow(response)
     }
 
     async fn forward(
@@ -97,17 +106,9 @@ impl Proxy {
         let upstream = self.upstreams.get(&route.area).ok_or_else(|| {
             ApiError::Unavailable(format!("no upstream configured for {}", route.area))
         })?;
-        // Load shedding: past the in-flight limit, answer at once instead of queueing. The
-        // permit travels with the response body: a call counts until its last frame.
-        let permit =
-            self.in_flight
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| ApiError::Overloaded {
-                    retry_after: Duration::from_millis(100),
-                })?;
-
         strip_internal_headers(req.headers_mut());
+        // The service's span is a child of this call's (the current span).
+        topsmile_kit::telemetry::inject(req.headers_mut());
         // The services key the sign-in lock on the client's address.
         req.headers_mut().insert(
             topsmile_kit::access::CLIENT_ADDRESS_HEADER,
@@ -120,9 +121,7 @@ impl Proxy {
         // response body to its last frame.
         let ends = tokio::time::Instant::now() + deadline;
         match tokio::time::timeout_at(ends, send(upstream, req)).await {
-            Ok(Ok(response)) => {
-                Ok(response.map(|body| Body::new(Relayed::new(body, permit, ends))))
-            }
+            Ok(Ok(response)) => Ok(response.map(|body| Body::new(Relayed::new(body, ends)))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::DeadlineExceeded),
         }
@@ -181,23 +180,21 @@ fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
 
 /// A response body on its way back to the client.
 ///
-/// It holds the call's in-flight permit until the last frame, ends the body with
+/// It ends the body with
 /// DEADLINE_EXCEEDED trailers when the call's deadline passes first, and turns a failure
 /// of the upstream body into `grpc-status` trailers: a client then reads a gRPC status,
 /// not a broken HTTP/2 stream that it would take for "retry" (linkerd2-proxy's
 /// `grpc_rescue`).
 struct Relayed {
     inner: Incoming,
-    permit: Option<OwnedSemaphorePermit>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
 impl Relayed {
-    fn new(inner: Incoming, permit: OwnedSemaphorePermit, ends: tokio::time::Instant) -> Self {
+    fn new(inner: Incoming, ends: tokio::time::Instant) -> Self {
         Self {
             inner,
-            permit: Some(permit),
             deadline: Box::pin(tokio::time::sleep_until(ends)),
             done: false,
         }
@@ -205,7 +202,6 @@ impl Relayed {
 
     fn finish(&mut self) {
         self.done = true;
-        self.permit = None;
     }
 }
 

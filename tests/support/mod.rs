@@ -67,6 +67,8 @@ pub struct Setup {
     pub trusted_proxies: String,
     /// The first super admin (default: ROOT_EMAIL / ROOT_PASSWORD).
     pub bootstrap_admin: Option<(String, String)>,
+    /// Serve Prometheus metrics on a free loopback port (`suite.metrics`).
+    pub metrics: bool,
 }
 
 impl Default for Setup {
@@ -81,6 +83,7 @@ impl Default for Setup {
             sign_in_per_minute: 0,
             trusted_proxies: String::new(),
             bootstrap_admin: None,
+            metrics: false,
         }
     }
 }
@@ -112,6 +115,9 @@ impl TestSuite {
         options.limits = setup.limits;
         options.edge.sign_in_per_minute = setup.sign_in_per_minute;
         options.edge.trusted_proxies = setup.trusted_proxies.clone();
+        if setup.metrics {
+            options.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        }
         // Tests change clinics and look at once: no reuse of identity's answers.
         options.clinic_facts_ttl = std::time::Duration::ZERO;
         let (email, password) = setup

@@ -50,6 +50,8 @@ impl PatientDirectory {
             channel.clone(),
             move |mut req: tonic::Request<()>| {
                 req.metadata_mut().insert("authorization", bearer.clone());
+                // Patients' span is a child of this sign-in's.
+                topsmile_kit::telemetry::inject_metadata(req.metadata_mut());
                 Ok(req)
             },
         ))

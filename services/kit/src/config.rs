@@ -67,7 +67,8 @@ impl Default for StoreConfig {
 pub struct ServerLimits {
     /// Largest message a server decodes or encodes, in bytes.
     pub max_message_bytes: usize,
-    /// Requests handled at once by one server; more wait their turn.
+    /// API calls one server runs at once, across all its connections; more are shed at
+    /// once with RESOURCE_EXHAUSTED and a retry hint.
     pub concurrency_limit: usize,
     /// HTTP/2 keepalive ping interval, in seconds.
     pub keepalive_interval_secs: u64,
@@ -115,6 +116,8 @@ pub struct ServiceConfig {
     /// How long, in seconds, identity's answers about a clinic (active? time zone?) are
     /// reused: a deactivation or a new time zone reaches every replica within this.
     pub clinic_cache_secs: u64,
+    /// Admin address serving Prometheus metrics at `/metrics` (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
     #[serde(flatten)]
     pub store: StoreConfig,
     #[serde(flatten)]
@@ -189,6 +192,7 @@ impl Default for ServiceConfig {
             log_format: crate::telemetry::LogFormat::Json,
             identity_upstreams: "127.0.0.1:50061".to_owned(),
             clinic_cache_secs: crate::clinics::CACHE_FOR.as_secs(),
+            metrics_listen: None,
             store: StoreConfig::default(),
             limits: ServerLimits::default(),
         }

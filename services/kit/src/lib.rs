@@ -8,6 +8,7 @@
 pub mod access;
 pub mod address;
 pub mod auth;
+pub mod calls;
 pub mod clinics;
 pub mod config;
 pub mod error;

@@ -124,6 +124,8 @@ impl Replicas {
             if let Some(left) = deadline.remaining()? {
                 request.set_timeout(left);
             }
+            // The callee's span is a child of this call's.
+            crate::telemetry::inject_metadata(request.metadata_mut());
             match call(channel.clone(), request).await {
                 Ok(answer) => return Ok(answer.into_inner()),
                 Err(status) => match status.code() {

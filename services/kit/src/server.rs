@@ -3,7 +3,9 @@
 //!
 //! - `grpc.health.v1` (overall and per service) and server reflection (v1 and v1alpha, so
 //!   every `grpcurl` version can `list` and `describe`);
-//! - a global concurrency limit, a default deadline, TCP_NODELAY and HTTP/2 keepalive;
+//! - [`crate::calls`] around every API call: a bound on calls in flight (the rest are
+//!   shed at once), a span that continues the caller's trace, Prometheus series;
+//! - a default deadline, TCP_NODELAY and HTTP/2 keepalive;
 //! - a graceful drain: on shutdown every service reports NOT_SERVING, the listener stops
 //!   accepting, in-flight calls finish (bounded by `drain_timeout`), then `serve` returns.
 
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use crate::{
     access::{Guard, GuardLayer},
+    calls::{Calls, CallsLayer},
     config::ServerLimits,
     shutdown::Shutdown,
 };
@@ -140,6 +143,7 @@ pub async fn serve(
     });
 
     let names: Vec<&'static str> = names.to_vec();
+    let names_served = names.clone();
     let drain = limits.drain_timeout();
     let signal = {
         let shutdown = shutdown.clone();
@@ -161,9 +165,10 @@ pub async fn serve(
         .timeout(DEFAULT_DEADLINE)
         .http2_keepalive_interval(Some(limits.keepalive_interval()))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+        .layer(CallsLayer(Arc::new(Calls::new(
+            component_of(&names_served),
             limits.concurrency_limit,
-        ))
+        ))))
         .layer(GuardLayer(guard))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal);
@@ -177,6 +182,15 @@ pub async fn serve(
     }
     tracing::info!(?local, "server stopped");
     Ok(())
+}
+
+/// The component a server is, from the services it serves: `topsmile.identity.v1.X`
+/// is `identity`.
+pub fn component_of(names: &[&'static str]) -> &'static str {
+    names
+        .first()
+        .and_then(|name| name.split('.').nth(1))
+        .unwrap_or("service")
 }
 
 /// Makes a call to a method this server does not serve answer UNIMPLEMENTED with a
@@ -235,9 +249,10 @@ where
     Fut: std::future::Future<Output = Result<Built, BoxError>>,
 {
     let config: crate::config::ServiceConfig = crate::config::load(None)?;
-    crate::telemetry::init(config.log_format);
+    let telemetry = crate::telemetry::init(config.log_format, binary);
     tracing::info!(?config, "starting {binary}");
     let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
     let limits = config.limits.clone();
     let runtime = Runtime {
         clinic_facts_ttl: Duration::from_secs(config.clinic_cache_secs),
@@ -250,6 +265,12 @@ where
         crate::shutdown::os_signal().await;
         trigger.fire();
     });
-    serve(listener, routes, names, &limits, guard, stop).await?;
+    if let Some(addr) = metrics_listen {
+        let bound = crate::calls::spawn_metrics(addr, stop.clone()).await?;
+        tracing::info!(%bound, "metrics at /metrics");
+    }
+    let served = serve(listener, routes, names, &limits, guard, stop).await;
+    telemetry.shutdown();
+    served?;
     Ok(())
 }
