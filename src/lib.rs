@@ -88,6 +88,9 @@ pub struct SuiteOptions {
     pub passwords: Passwords,
     /// Where every server's Prometheus metrics are served (`None`: nowhere).
     pub metrics_listen: Option<SocketAddr>,
+    /// Replicas of each service (at least one), all behind the gateway, as a cluster
+    /// would run them: one store, each replica its own server.
+    pub replicas: usize,
 }
 
 impl SuiteOptions {
@@ -109,6 +112,7 @@ impl SuiteOptions {
             clock: Arc::new(SystemClock),
             passwords: Passwords::for_this_machine()?,
             metrics_listen: None,
+            replicas: 1,
         })
     }
 }
@@ -116,8 +120,11 @@ impl SuiteOptions {
 /// A running suite. Dropping it (or [`Suite::stop`]) drains every server.
 pub struct Suite {
     pub gateway: SocketAddr,
-    /// Each service's own address, by area (`identity`, `patients`, ...).
+    /// Each service's own address (its first replica's), by area (`identity`,
+    /// `patients`, ...).
     pub services: BTreeMap<&'static str, SocketAddr>,
+    /// Every replica of each service, by area, in start order.
+    pub replicas: BTreeMap<&'static str, Vec<Replica>>,
     /// Where the metrics are served, if they are.
     pub metrics: Option<SocketAddr>,
     /// Identity's sign-in core (tests count password checks and create accounts).
@@ -132,6 +139,20 @@ pub struct Suite {
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
 }
 
+/// One running replica of a service.
+pub struct Replica {
+    pub addr: SocketAddr,
+    stop: Arc<Trigger>,
+}
+
+impl Replica {
+    /// Starts its drain, as SIGTERM does to a pod: NOT_SERVING, serving on for the
+    /// drain delay, then GOAWAY and the calls in flight finish.
+    pub fn stop(&self) {
+        self.stop.fire();
+    }
+}
+
 type ServeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 impl Suite {
@@ -144,15 +165,26 @@ impl Suite {
 
         // Bind every listener first: the services need identity's address for its keys.
         let mut listeners = Vec::new();
+        let mut replica_addresses: BTreeMap<&'static str, Vec<SocketAddr>> = BTreeMap::new();
         for area in ["identity", "patients", "providers", "appointments"] {
-            let listener = server::bind(loopback).await?;
-            services.insert(area, listener.local_addr()?);
-            listeners.push(listener);
+            for _ in 0..options.replicas.max(1) {
+                let listener = server::bind(loopback).await?;
+                let addr = listener.local_addr()?;
+                services.entry(area).or_insert(addr);
+                replica_addresses.entry(area).or_default().push(addr);
+                listeners.push((area, listener));
+            }
         }
+        // Every replica of `area`, comma-separated, as a service or the gateway is told.
         let address = |area: &str| {
-            services
+            replica_addresses
                 .get(area)
-                .map(ToString::to_string)
+                .map(|all| {
+                    all.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default()
         };
         let (identity_address, patients_address) = (address("identity"), address("patients"));
@@ -196,60 +228,61 @@ impl Suite {
             patients_upstreams: patients_address,
             providers_upstreams: address("providers"),
         };
-        let identity_service = topsmile_identity::build(&config, &identity_settings, &runtime)
-            .await
-            .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
-        let built = |r: Result<Built, topsmile_kit::server::BoxError>, area: &str| {
-            r.map_err(|e| anyhow::anyhow!("{area}: {e}"))
-        };
-        let mounted = [
-            (
-                "identity",
-                identity_service.built(&limits),
-                topsmile_identity::SERVICE_NAMES,
-            ),
-            (
-                "patients",
-                built(
-                    topsmile_patients::build(&config, &runtime).await,
-                    "patients",
-                )?,
-                topsmile_patients::SERVICE_NAMES,
-            ),
-            (
-                "providers",
-                built(
-                    topsmile_providers::build(&config, &runtime).await,
-                    "providers",
-                )?,
-                topsmile_providers::SERVICE_NAMES,
-            ),
-            (
-                "appointments",
-                built(
-                    topsmile_appointments::build(&config, &appointment_settings, &runtime).await,
-                    "appointments",
-                )?,
-                topsmile_appointments::SERVICE_NAMES,
-            ),
-        ];
-        for ((area, Built { routes, guard }, names), listener) in mounted.into_iter().zip(listeners)
-        {
-            let stop = trigger.subscribe();
+        let mut accounts = None;
+        let mut replicas: BTreeMap<&'static str, Vec<Replica>> = BTreeMap::new();
+        for (area, listener) in listeners {
+            let failed = |e: topsmile_kit::server::BoxError| anyhow::anyhow!("{area}: {e}");
+            let (Built { routes, guard }, names) = match area {
+                "identity" => {
+                    let identity = topsmile_identity::build(&config, &identity_settings, &runtime)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("identity: {e}"))?;
+                    accounts.get_or_insert_with(|| identity.accounts.clone());
+                    (identity.built(&limits), topsmile_identity::SERVICE_NAMES)
+                }
+                "patients" => (
+                    topsmile_patients::build(&config, &runtime)
+                        .await
+                        .map_err(failed)?,
+                    topsmile_patients::SERVICE_NAMES,
+                ),
+                "providers" => (
+                    topsmile_providers::build(&config, &runtime)
+                        .await
+                        .map_err(failed)?,
+                    topsmile_providers::SERVICE_NAMES,
+                ),
+                _ => (
+                    topsmile_appointments::build(&config, &appointment_settings, &runtime)
+                        .await
+                        .map_err(failed)?,
+                    topsmile_appointments::SERVICE_NAMES,
+                ),
+            };
+            let addr = listener.local_addr()?;
+            // Each replica stops on its own trigger, which the suite's fires too.
+            let (own, stop) = shutdown::channel();
+            let own = Arc::new(own);
+            let suite_stop = trigger.subscribe();
+            let forward = own.clone();
+            tokio::spawn(async move {
+                suite_stop.wait().await;
+                forward.fire();
+            });
             let limits = limits.clone();
             let serve: ServeFuture = Box::pin(async move {
                 server::serve(listener, routes, names, &limits, guard, stop).await?;
                 Ok(())
             });
             tasks.push((area, tokio::spawn(serve)));
+            replicas
+                .entry(area)
+                .or_default()
+                .push(Replica { addr, stop: own });
         }
+        let accounts = accounts.ok_or_else(|| anyhow::anyhow!("identity did not start"))?;
 
-        let addr = |area: &str| {
-            services
-                .get(area)
-                .map(ToString::to_string)
-                .unwrap_or_default()
-        };
+        let addr = address;
         let service_config = config;
         let config = GatewayConfig {
             listen: options.gateway_listen,
@@ -280,8 +313,9 @@ impl Suite {
         Ok(Self {
             gateway: gateway_addr,
             services,
+            replicas,
             metrics,
-            accounts: identity_service.accounts.clone(),
+            accounts,
             appointments: (service_config, appointment_settings, runtime),
             trigger,
             tasks,
@@ -410,6 +444,9 @@ mod tests {
                 ("TOPSMILE_UPSTREAM_RETRY_MS", "500"),
                 ("TOPSMILE_TRUSTED_PROXIES", "10.0.0.0/8"),
                 ("TOPSMILE_DNS_REFRESH_SECS", "9"),
+                ("TOPSMILE_DRAIN_DELAY_MS", "1500"),
+                ("TOPSMILE_HEALTH_CHECK_MS", "250"),
+                ("TOPSMILE_METRICS_LISTEN", "127.0.0.1:9464"),
             ] {
                 jail.set_env(name, value);
             }
@@ -443,6 +480,12 @@ mod tests {
             assert_eq!(config.edge.upstream_retry_ms, 500);
             assert_eq!(config.edge.trusted_proxies, "10.0.0.0/8");
             assert_eq!(config.edge.dns_refresh_secs, 9);
+            assert_eq!(config.limits.drain_delay_ms, 1500);
+            assert_eq!(config.edge.health_check_ms, 250);
+            assert_eq!(
+                config.metrics_listen,
+                Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+            );
             Ok(())
         });
     }

@@ -43,6 +43,9 @@ pub struct EdgeSettings {
     /// The longest deadline the gateway grants; a longer or missing `grpc-timeout` is
     /// capped to this.
     pub max_deadline_secs: u64,
+    /// How often, in milliseconds, each replica's health is checked: a replica that
+    /// turns NOT_SERVING (draining) stops getting new calls within this.
+    pub health_check_ms: u64,
     /// Calls in flight through the gateway at once; more are shed with
     /// RESOURCE_EXHAUSTED and a retry hint.
     pub max_in_flight: usize,
@@ -66,6 +69,7 @@ impl Default for EdgeSettings {
             connect_timeout_ms: 1000,
             upstream_retry_ms: 1000,
             max_deadline_secs: 30,
+            health_check_ms: 1000,
             max_in_flight: 4096,
             sign_in_per_minute: 30,
             sign_in_burst: 10,

@@ -52,8 +52,11 @@ pub struct Gateway {
     /// Public service names by area, for per-service health.
     services_by_area: HashMap<String, Vec<String>>,
     drain_timeout: Duration,
+    drain_delay: Duration,
     /// How often replica names are resolved again (zero: never).
     dns_refresh: Duration,
+    /// How often each replica's health is checked.
+    health_check_every: Duration,
     limits: topsmile_kit::config::ServerLimits,
 }
 
@@ -107,19 +110,37 @@ impl Gateway {
             local,
             calls: topsmile_kit::calls::Calls::new("gateway", config.edge.max_in_flight),
             max_deadline: config.edge.max_deadline(),
+            max_message_bytes: config.limits.max_message_bytes,
         };
         Ok(Self {
             proxy: Arc::new(proxy),
             health,
             services_by_area,
             drain_timeout: config.limits.drain_timeout(),
+            drain_delay: config.limits.drain_delay(),
             dns_refresh: Duration::from_secs(config.edge.dns_refresh_secs),
+            health_check_every: Duration::from_millis(config.edge.health_check_ms.max(50)),
             limits: config.limits.clone(),
         })
     }
 
-    /// Serves until `shutdown` fires, then reports NOT_SERVING, stops accepting and
-    /// lets in-flight calls finish (bounded by the drain timeout).
+    /// Reports NOT_SERVING, overall and for every public service.
+    async fn report_not_serving(&self) {
+        self.health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for names in self.services_by_area.values() {
+            for name in names {
+                self.health
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves until `shutdown` fires, then reports NOT_SERVING, goes on serving for the
+    /// drain delay, stops accepting and lets in-flight calls finish (bounded by the
+    /// drain timeout).
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -132,6 +153,7 @@ impl Gateway {
             self.proxy.clone(),
             self.health.clone(),
             self.services_by_area.clone(),
+            self.health_check_every,
             shutdown.clone(),
         ));
         let refresher = (!self.dns_refresh.is_zero()).then(|| {
@@ -153,20 +175,7 @@ impl Gateway {
             .adaptive_window(true);
         let graceful = GracefulShutdown::new();
         let local = listener.local_addr().ok();
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                () = shutdown.clone().wait() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        let serve_connection = |stream: tokio::net::TcpStream, peer: std::net::SocketAddr| {
             let _ = stream.set_nodelay(true);
             let proxy = self.proxy.clone();
             let service = service_fn(move |req| {
@@ -179,22 +188,36 @@ impl Gateway {
                     tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             });
-        }
-
-        tracing::info!(
-            ?local,
-            "gateway draining: NOT_SERVING, finishing in-flight calls"
-        );
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        for names in self.services_by_area.values() {
-            for name in names {
-                self.health
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
+        };
+        // Serves until shutdown, then (NOT_SERVING) for the drain delay more.
+        let mut draining: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let accepted = match draining.as_mut() {
+                None => tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = shutdown.clone().wait() => {
+                        self.report_not_serving().await;
+                        tracing::info!(?local, delay = ?self.drain_delay, "gateway draining: NOT_SERVING, still serving while callers move away");
+                        draining = Some(Box::pin(tokio::time::sleep(self.drain_delay)));
+                        continue;
+                    }
+                },
+                Some(delay) => tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = delay => break,
+                },
+            };
+            match accepted {
+                Ok((stream, peer)) => serve_connection(stream, peer),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
+
+        tracing::info!(?local, "gateway draining: finishing in-flight calls");
         drop(listener);
         if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
             .await
@@ -211,12 +234,14 @@ impl Gateway {
     }
 }
 
-/// Keeps per-service health current: a public service is SERVING while at least one
-/// replica of its owner answers its own health check.
+/// Keeps health current: each replica's (a replica that is not SERVING is passed over
+/// while another is), and per public service (SERVING while at least one replica of
+/// its owner is).
 async fn probe_upstreams(
     proxy: Arc<Proxy>,
     health: HealthReporter,
     services_by_area: HashMap<String, Vec<String>>,
+    every: Duration,
     shutdown: Shutdown,
 ) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -252,9 +277,14 @@ async fn probe_upstreams(
                 let check = client.check(HealthCheckRequest {
                     service: String::new(),
                 });
-                if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(1), check).await {
-                    serving |= answer.into_inner().status == ServingStatus::Serving as i32;
-                }
+                let replica_serving = matches!(
+                    tokio::time::timeout(Duration::from_secs(1), check).await,
+                    Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32
+                );
+                // A draining replica says NOT_SERVING while it still serves: calls move
+                // to the others before it stops accepting them.
+                upstream.set_serving(&address, replica_serving);
+                serving |= replica_serving;
             }
             let status = if serving {
                 ServingStatus::Serving
@@ -266,7 +296,7 @@ async fn probe_upstreams(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = tokio::time::sleep(every) => {}
             () = shutdown.clone().wait() => return,
         }
     }

@@ -26,7 +26,7 @@ use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::upstream::Upstream;
+use crate::upstream::{OutBody, Upstream};
 
 /// Headers only TopSmile components may set; a client's copies are removed.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-topsmile-";
@@ -51,6 +51,8 @@ pub struct Proxy {
     /// Admission, spans and metrics of every API call.
     pub(crate) calls: topsmile_kit::calls::Calls,
     pub(crate) max_deadline: Duration,
+    /// The largest request message read (the services' own limit).
+    pub(crate) max_message_bytes: usize,
     /// Whose forwarding headers name the client.
     pub(crate) trusted: crate::forwarded::TrustedProxies,
 }
@@ -117,10 +119,15 @@ impl Proxy {
         );
         let deadline =
             grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
-        // The deadline covers choosing and connecting to a replica, the call, and the
-        // response body to its last frame.
+        // The deadline covers reading the request, choosing and connecting to a replica,
+        // the call, and the response body to its last frame.
         let ends = tokio::time::Instant::now() + deadline;
-        match tokio::time::timeout_at(ends, send(upstream, req)).await {
+        let (parts, body) = req.into_parts();
+        let exchange = async {
+            let message = read_message(body, self.max_message_bytes).await?;
+            send(upstream, &parts, message, ends).await
+        };
+        match tokio::time::timeout_at(ends, exchange).await {
             Ok(Ok(response)) => Ok(response.map(|body| Body::new(Relayed::new(body, ends)))),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ApiError::DeadlineExceeded),
@@ -128,42 +135,116 @@ impl Proxy {
     }
 }
 
-/// Sends `req` to a replica of `upstream`.
+/// The request's body (one length-prefixed gRPC message: every method is unary), read
+/// whole so it can go to another replica if the first never starts the call.
+async fn read_message(body: Incoming, max_message_bytes: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    // The message and its 5-byte prefix (compressed flag, length).
+    let max_body = max_message_bytes.saturating_add(5);
+    match http_body_util::Limited::new(body, max_body).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge {
+            limit: max_message_bytes,
+        }),
+        // The client reset its own stream or went away.
+        Err(_) => Err(ApiError::Cancelled),
+    }
+}
+
+/// Sends the call (`parts` and `message`) to a replica of `upstream`, and to another
+/// when a replica turned it away without starting it: its connection was not ready,
+/// it refused the stream, or its GOAWAY said it would not process it. A call a replica
+/// may have started is never sent twice.
 ///
-/// UNAVAILABLE (worth retrying) only when no replica could be reached, the connection
-/// died, or the replica refused the stream before starting it; any other failure of the
-/// exchange is INTERNAL, because retrying a call the service rejected cannot help.
+/// UNAVAILABLE (worth retrying) when no replica could be reached, the connection died
+/// during the call, or every replica turned it away; any other failure of the exchange
+/// is INTERNAL, because retrying a call the service rejected cannot help.
 async fn send(
     upstream: &Upstream,
-    mut req: Request<Incoming>,
+    parts: &http::request::Parts,
+    message: Bytes,
+    ends: tokio::time::Instant,
 ) -> Result<Response<Incoming>, ApiError> {
-    let picked = upstream
-        .pick()
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let path_and_query = req.uri().path_and_query().cloned();
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = picked.authority.parse().ok();
-    parts.path_and_query = path_and_query;
-    *req.uri_mut() =
-        Uri::from_parts(parts).map_err(|e| ApiError::Internal(format!("upstream uri: {e}")))?;
-
-    let mut sender = picked.sender;
-    sender.send_request(req).await.map_err(|e| {
-        // A dead connection is the replica's problem; a reset stream is this call's.
-        if sender.is_closed() {
-            upstream.report_failure(&picked.authority);
-            return ApiError::Unavailable(format!("{}: {e}", picked.authority));
-        }
-        match h2_reason(&e) {
-            Some(h2::Reason::REFUSED_STREAM) => {
-                ApiError::Unavailable(format!("{} refused the stream", picked.authority))
+    let mut turned_away: Vec<String> = Vec::new();
+    loop {
+        let picked = match upstream.pick(&turned_away).await {
+            Ok(picked) => picked,
+            Err(e) if turned_away.is_empty() => return Err(ApiError::Unavailable(e.to_string())),
+            Err(_) => {
+                return Err(ApiError::Unavailable(format!(
+                    "every replica turned the call away ({})",
+                    turned_away.join(", ")
+                )));
             }
-            _ if e.is_canceled() => ApiError::Unavailable(format!("{}: {e}", picked.authority)),
-            _ => ApiError::Internal(format!("{} failed the call: {e}", picked.authority)),
+        };
+        let req = outgoing(parts, &picked.authority, message.clone(), ends)?;
+        let mut sender = picked.sender;
+        match sender.try_send_request(req).await {
+            Ok(response) => return Ok(response),
+            Err(failed) => {
+                let started = failed.message().is_none();
+                let e = failed.into_error();
+                if sender.is_closed() {
+                    upstream.report_failure(&picked.authority);
+                }
+                if !started || never_processed(&e) {
+                    tracing::debug!(replica = %picked.authority, error = %e, "replica turned the call away; trying another");
+                    turned_away.push(picked.authority);
+                    continue;
+                }
+                return Err(if sender.is_closed() || e.is_canceled() {
+                    ApiError::Unavailable(format!("{}: {e}", picked.authority))
+                } else {
+                    ApiError::Internal(format!("{} failed the call: {e}", picked.authority))
+                });
+            }
         }
-    })
+    }
+}
+
+/// The request as it goes to `authority`: the client's headers (minus what the edge
+/// removed), what is left of the deadline, and the message.
+fn outgoing(
+    parts: &http::request::Parts,
+    authority: &str,
+    message: Bytes,
+    ends: tokio::time::Instant,
+) -> Result<Request<OutBody>, ApiError> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = authority.parse().ok();
+    uri.path_and_query = parts.uri.path_and_query().cloned();
+    let mut req = Request::new(OutBody::new(message));
+    *req.method_mut() = parts.method.clone();
+    *req.version_mut() = parts.version;
+    *req.uri_mut() =
+        Uri::from_parts(uri).map_err(|e| ApiError::Internal(format!("upstream uri: {e}")))?;
+    *req.headers_mut() = parts.headers.clone();
+    // The service gets what is left of the call's deadline, not what the client asked.
+    let left = ends.saturating_duration_since(tokio::time::Instant::now());
+    req.headers_mut().insert(
+        "grpc-timeout",
+        HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
+            .to_str()
+            .ok()
+            .and_then(|ms| HeaderValue::from_str(&format!("{ms}m")).ok())
+            .ok_or_else(|| ApiError::Internal("grpc-timeout header".into()))?,
+    );
+    Ok(req)
+}
+
+/// Whether HTTP/2 says the replica did not process the stream: REFUSED_STREAM, or a
+/// stream past the last one its GOAWAY accepted (RFC 9113, 8.7).
+fn never_processed(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote());
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The HTTP/2 error code behind a hyper error, if there is one.

@@ -15,14 +15,18 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use hyper::{body::Incoming, client::conn::http2::SendRequest};
+use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+/// What the gateway sends a replica: the call's request message, held whole so that a
+/// call a replica never started can be sent to another (every method is unary).
+pub type OutBody = http_body_util::Full<bytes::Bytes>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -34,7 +38,7 @@ pub enum UpstreamError {
 
 /// One connection slot: a live HTTP/2 connection or none yet.
 struct Slot {
-    sender: Mutex<Option<SendRequest<Incoming>>>,
+    sender: Mutex<Option<SendRequest<OutBody>>>,
     /// Serialises reconnects, so a burst of calls opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
     /// When the last connect attempt through this slot failed: calls that waited for
@@ -47,13 +51,16 @@ struct Replica {
     slots: Vec<Slot>,
     next_slot: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
+    /// Its last health check said NOT_SERVING (it is draining, or failing): not picked
+    /// while another replica serves.
+    not_serving: AtomicBool,
 }
 
 /// A chosen connection: the replica's authority (for the request URI) and a handle that
 /// sends one request over the shared connection.
 pub struct Picked {
     pub authority: String,
-    pub sender: SendRequest<Incoming>,
+    pub sender: SendRequest<OutBody>,
 }
 
 pub struct Upstream {
@@ -81,6 +88,7 @@ fn replica(authority: &str, connections: usize) -> Arc<Replica> {
             .collect(),
         next_slot: AtomicUsize::new(0),
         down_until: Mutex::new(None),
+        not_serving: AtomicBool::new(false),
     })
 }
 
@@ -175,9 +183,21 @@ impl Upstream {
         true
     }
 
-    /// A connection to the next healthy replica. Replicas marked down are tried only
-    /// when every replica is down, so a recovered one is found again.
-    pub async fn pick(&self) -> Result<Picked, UpstreamError> {
+    /// Records a replica's health check: a replica that is not serving (draining, or
+    /// not answering its checks) is passed over while another one serves.
+    pub fn set_serving(&self, authority: &str, serving: bool) {
+        if let Some(r) = self.current().iter().find(|r| r.authority == authority) {
+            let was_serving = !r.not_serving.swap(!serving, Ordering::Relaxed);
+            if was_serving != serving {
+                tracing::info!(replica = %authority, serving, "replica health changed");
+            }
+        }
+    }
+
+    /// A connection to the next healthy replica, other than those in `avoid` (replicas
+    /// that already turned this call away). Replicas marked down or not serving are
+    /// tried only when no other is left, so a recovered one is found again.
+    pub async fn pick(&self, avoid: &[String]) -> Result<Picked, UpstreamError> {
         let replicas = self.current();
         let n = replicas.len();
         if n == 0 {
@@ -188,7 +208,10 @@ impl Upstream {
         for pass in 0..2 {
             for i in 0..n {
                 let replica = &replicas[(start + i) % n];
-                if pass == 0 && replica.is_down() {
+                if avoid.contains(&replica.authority)
+                    || (pass == 0
+                        && (replica.is_down() || replica.not_serving.load(Ordering::Relaxed)))
+                {
                     continue;
                 }
                 match self.connection(replica).await {
@@ -216,7 +239,7 @@ impl Upstream {
         }
     }
 
-    async fn connection(&self, replica: &Replica) -> Result<SendRequest<Incoming>, String> {
+    async fn connection(&self, replica: &Replica) -> Result<SendRequest<OutBody>, String> {
         let slot =
             &replica.slots[replica.next_slot.fetch_add(1, Ordering::Relaxed) % replica.slots.len()];
         if let Some(sender) = slot.cached() {
@@ -260,7 +283,7 @@ impl Slot {
             .is_some_and(|at| at >= since)
     }
 
-    fn cached(&self) -> Option<SendRequest<Incoming>> {
+    fn cached(&self) -> Option<SendRequest<OutBody>> {
         let cached = self.sender.lock().ok()?;
         cached.as_ref().filter(|s| !s.is_closed()).cloned()
     }
@@ -293,7 +316,7 @@ impl Replica {
     }
 }
 
-async fn connect(authority: &str) -> Result<SendRequest<Incoming>, String> {
+async fn connect(authority: &str) -> Result<SendRequest<OutBody>, String> {
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
@@ -391,11 +414,11 @@ mod tests {
         let up = upstream(&["replicas.invalid:50051"]);
         assert!(up.refresh(answer(&[&servers[0]])).await);
         for _ in 0..3 {
-            assert_eq!(up.pick().await.unwrap().authority, servers[0]);
+            assert_eq!(up.pick(&[]).await.unwrap().authority, servers[0]);
         }
         assert!(up.refresh(answer(&[&servers[1]])).await);
         for _ in 0..3 {
-            assert_eq!(up.pick().await.unwrap().authority, servers[1]);
+            assert_eq!(up.pick(&[]).await.unwrap().authority, servers[1]);
         }
     }
 }

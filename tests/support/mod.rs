@@ -69,6 +69,10 @@ pub struct Setup {
     pub bootstrap_admin: Option<(String, String)>,
     /// Serve Prometheus metrics on a free loopback port (`suite.metrics`).
     pub metrics: bool,
+    /// Replicas of each service behind the gateway.
+    pub replicas: usize,
+    /// How often the gateway checks each replica's health.
+    pub health_check_ms: u64,
 }
 
 impl Default for Setup {
@@ -84,6 +88,8 @@ impl Default for Setup {
             trusted_proxies: String::new(),
             bootstrap_admin: None,
             metrics: false,
+            replicas: 1,
+            health_check_ms: 1000,
         }
     }
 }
@@ -115,6 +121,8 @@ impl TestSuite {
         options.limits = setup.limits;
         options.edge.sign_in_per_minute = setup.sign_in_per_minute;
         options.edge.trusted_proxies = setup.trusted_proxies.clone();
+        options.replicas = setup.replicas;
+        options.edge.health_check_ms = setup.health_check_ms;
         if setup.metrics {
             options.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         }

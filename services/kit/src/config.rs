@@ -76,6 +76,10 @@ pub struct ServerLimits {
     pub keepalive_timeout_secs: u64,
     /// How long a graceful drain waits for in-flight calls on shutdown.
     pub drain_timeout_secs: u64,
+    /// On shutdown, how long, in milliseconds, a server goes on serving after it turns
+    /// NOT_SERVING, so callers (the gateway's health checks, Kubernetes' readiness)
+    /// move their calls elsewhere before it stops accepting them.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerLimits {
@@ -86,6 +90,7 @@ impl Default for ServerLimits {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             drain_timeout_secs: 20,
+            drain_delay_ms: 0,
         }
     }
 }
@@ -99,6 +104,9 @@ impl ServerLimits {
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_millis(self.drain_delay_ms)
     }
 }
 

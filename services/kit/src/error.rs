@@ -73,6 +73,13 @@ pub enum ApiError {
     /// RESOURCE_EXHAUSTED: too many calls; retry after the hinted delay.
     #[error("too many requests, retry later")]
     Overloaded { retry_after: Duration },
+    /// OUT_OF_RANGE: a request message larger than the server decodes (tonic's own code
+    /// for it, so the answer is the same through the gateway and directly).
+    #[error("the request message is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// CANCELLED: the client cancelled the call (or went away) before it was sent on.
+    #[error("the client cancelled the call")]
+    Cancelled,
     /// DEADLINE_EXCEEDED: the call's deadline passed before an answer came.
     #[error("deadline exceeded")]
     DeadlineExceeded,
@@ -119,6 +126,8 @@ impl ApiError {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Unimplemented(_) => "NOT_IMPLEMENTED",
             Self::Overloaded { .. } => "OVERLOADED",
+            Self::TooLarge { .. } => "MESSAGE_TOO_LARGE",
+            Self::Cancelled => "CANCELLED",
             Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
@@ -200,6 +209,8 @@ impl From<ApiError> for Status {
                 details.set_retry_info(Some(*retry_after));
                 (Code::ResourceExhausted, e.to_string())
             }
+            ApiError::TooLarge { .. } => (Code::OutOfRange, e.to_string()),
+            ApiError::Cancelled => (Code::Cancelled, e.to_string()),
             ApiError::DeadlineExceeded => (Code::DeadlineExceeded, e.to_string()),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "dependency unavailable");

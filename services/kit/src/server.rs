@@ -6,8 +6,9 @@
 //! - [`crate::calls`] around every API call: a bound on calls in flight (the rest are
 //!   shed at once), a span that continues the caller's trace, Prometheus series;
 //! - a default deadline, TCP_NODELAY and HTTP/2 keepalive;
-//! - a graceful drain: on shutdown every service reports NOT_SERVING, the listener stops
-//!   accepting, in-flight calls finish (bounded by `drain_timeout`), then `serve` returns.
+//! - a graceful drain: on shutdown every service reports NOT_SERVING and goes on serving
+//!   for `drain_delay` (callers move away meanwhile), then sends GOAWAY and stops
+//!   accepting; in-flight calls finish (bounded by `drain_timeout`), then `serve` returns.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -145,6 +146,7 @@ pub async fn serve(
     let names: Vec<&'static str> = names.to_vec();
     let names_served = names.clone();
     let drain = limits.drain_timeout();
+    let delay = limits.drain_delay();
     let signal = {
         let shutdown = shutdown.clone();
         async move {
@@ -157,7 +159,16 @@ pub async fn serve(
                     .set_service_status(*name, ServingStatus::NotServing)
                     .await;
             }
-            tracing::info!(?local, "draining: NOT_SERVING, finishing in-flight calls");
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?local,
+                    ?delay,
+                    "draining: NOT_SERVING, still serving while callers move away"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            // From here the server sends GOAWAY and accepts no new connections.
+            tracing::info!(?local, "draining: finishing in-flight calls");
         }
     };
 
@@ -176,7 +187,7 @@ pub async fn serve(
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
-        () = async { shutdown.wait().await; tokio::time::sleep(drain).await } => {
+        () = async { shutdown.wait().await; tokio::time::sleep(delay + drain).await } => {
             tracing::warn!(?local, "drain timeout reached; closing with calls still in flight");
         }
     }

@@ -33,6 +33,9 @@ pub struct MongoStore {
     pub list_reads: SelectionCriteria,
 }
 
+/// How long an operation waits for a usable MongoDB server unless the URI says.
+pub const SERVER_SELECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects with TopSmile's settings. Writes are acknowledged by a majority of the
 /// replica set, so an acknowledged write survives a primary fail-over.
 pub async fn connect(
@@ -45,6 +48,13 @@ pub async fn connect(
         .await
         .map_err(|e| StoreError::unavailable(format!("invalid MongoDB URI or DNS: {}", e.kind)))?;
     options.app_name = Some(app_name.to_owned());
+    // With the store out of reach, a call waits this long for it, then answers
+    // UNAVAILABLE (well inside a call's deadline) instead of the driver's 30 s. A
+    // replica-set election usually ends within it. The URI's serverSelectionTimeoutMS
+    // wins.
+    options
+        .server_selection_timeout
+        .get_or_insert(SERVER_SELECTION_TIMEOUT);
     options.write_concern = Some(WriteConcern::majority());
     options.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
     options.command_event_handler = Some(mongodb::event::EventHandler::callback(
