@@ -91,6 +91,9 @@ pub struct SuiteOptions {
     /// Replicas of each service (at least one), all behind the gateway, as a cluster
     /// would run them: one store, each replica its own server.
     pub replicas: usize,
+    /// Replicas that run elsewhere (other processes), by area: the gateway and the
+    /// services call them like the suite's own.
+    pub outside_replicas: BTreeMap<&'static str, Vec<SocketAddr>>,
 }
 
 impl SuiteOptions {
@@ -113,6 +116,7 @@ impl SuiteOptions {
             passwords: Passwords::for_this_machine()?,
             metrics_listen: None,
             replicas: 1,
+            outside_replicas: BTreeMap::new(),
         })
     }
 }
@@ -174,6 +178,12 @@ impl Suite {
                 replica_addresses.entry(area).or_default().push(addr);
                 listeners.push((area, listener));
             }
+        }
+        for (area, outside) in &options.outside_replicas {
+            replica_addresses
+                .entry(*area)
+                .or_default()
+                .extend(outside.iter().copied());
         }
         // Every replica of `area`, comma-separated, as a service or the gateway is told.
         let address = |area: &str| {

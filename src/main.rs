@@ -39,6 +39,23 @@ enum Command {
     /// Manages identity's token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Runs one service (or the gateway) on its own, configured by `TOPSMILE_*`
+    /// variables exactly like its own binary (`topsmile-patients`, ...): one replica of
+    /// a deployment.
+    Serve {
+        #[arg(value_enum)]
+        service: Role,
+    },
+}
+
+/// What `topsmile serve` runs.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Gateway,
+    Identity,
+    Patients,
+    Providers,
+    Appointments,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +122,16 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Dev(DevArgs::default())) {
         Command::Dev(args) => dev(cli.config, args).await,
         Command::Seed(args) => seed(args).await,
+        Command::Serve { service } => {
+            let served = match service {
+                Role::Gateway => return topsmile_gateway::run_process().await,
+                Role::Identity => topsmile_identity::run_process().await,
+                Role::Patients => topsmile_patients::run_process().await,
+                Role::Providers => topsmile_providers::run_process().await,
+                Role::Appointments => topsmile_appointments::run_process().await,
+            };
+            served.map_err(|e| anyhow::anyhow!(e))
+        }
         Command::Keys(KeysCommand::Rotate {
             key_file,
             sign_after,

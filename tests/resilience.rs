@@ -16,14 +16,17 @@ use tokio::sync::Mutex;
 use topsmile_kit::{config::ServerLimits, store::StoreChoice};
 use topsmile_proto::topsmile::patients::v1 as pb;
 
-/// What a load run saw: calls answered, and every failure.
+/// What a load run saw: calls answered, patients created (by request id), and every
+/// failure (with the request id of a failed create).
 #[derive(Default)]
 struct Tally {
     ok: AtomicUsize,
-    failures: Mutex<Vec<String>>,
+    created: Mutex<Vec<(String, String)>>,
+    failures: Mutex<Vec<(Option<String>, tonic::Status)>>,
 }
 
-/// Reads and writes patients through the gateway from `workers` clients until `stop`.
+/// Reads and writes patients through the gateway from `workers` clients until `stop`:
+/// each creates a patient (with a request id, so a retry is safe) and reads it back.
 fn steady_load(
     channel: tonic::transport::Channel,
     token: String,
@@ -43,32 +46,23 @@ fn steady_load(
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
+                    let request_id = format!("load-{worker}-{n}");
                     let created = client
-                        .create_patient(pb::CreatePatientRequest {
-                            parent: clinic.clone(),
-                            patient: Some(pb::Patient {
-                                given_name: format!("Load {worker}"),
-                                family_name: format!("Patient {n}"),
-                                ..Default::default()
-                            }),
-                            request_id: format!("load-{worker}-{n}"),
-                        })
+                        .create_patient(new_patient(&clinic, &request_id))
                         .await;
                     let name = match created {
                         Ok(answer) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
-                            answer
+                            let name = answer
                                 .into_inner()
                                 .patient
                                 .map(|p| p.name)
-                                .unwrap_or_default()
+                                .unwrap_or_default();
+                            tally.created.lock().await.push((request_id, name.clone()));
+                            name
                         }
                         Err(status) => {
-                            tally
-                                .failures
-                                .lock()
-                                .await
-                                .push(format!("create: {status:?}"));
+                            tally.failures.lock().await.push((Some(request_id), status));
                             continue;
                         }
                     };
@@ -76,12 +70,24 @@ fn steady_load(
                         Ok(_) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(status) => tally.failures.lock().await.push(format!("get: {status:?}")),
+                        Err(status) => tally.failures.lock().await.push((None, status)),
                     }
                 }
             })
         })
         .collect()
+}
+
+fn new_patient(clinic: &str, request_id: &str) -> pb::CreatePatientRequest {
+    pb::CreatePatientRequest {
+        parent: clinic.to_owned(),
+        patient: Some(pb::Patient {
+            given_name: "Load".into(),
+            family_name: request_id.to_owned(),
+            ..Default::default()
+        }),
+        request_id: request_id.to_owned(),
+    }
 }
 
 async fn a_drained_replica_fails_no_call(store: Option<StoreChoice>) {
@@ -161,7 +167,7 @@ async fn a_drained_replica_fails_no_call(store: Option<StoreChoice>) {
         "{} of {} calls failed while a replica drained: {:?}",
         failures.len(),
         failures.len() + tally.ok.load(Ordering::Relaxed),
-        &failures[..failures.len().min(5)]
+        failures.iter().take(5).map(|(_, s)| s).collect::<Vec<_>>()
     );
     assert!(
         tally.ok.load(Ordering::Relaxed) > before,
@@ -381,4 +387,274 @@ async fn a_store_outage_is_unavailable_within_the_deadline_and_loses_no_acknowle
     assert_eq!(listed.len(), 6, "five before the outage, one retried after");
     assert!(listed.iter().any(|p| p.name == retried.name));
     suite.stop().await;
+}
+
+/// A replica in a process of its own (`topsmile serve <area>`, as a pod runs it), so
+/// the test can kill it outright.
+struct ChildReplica {
+    area: &'static str,
+    addr: std::net::SocketAddr,
+    metrics: std::net::SocketAddr,
+    env: Vec<(&'static str, String)>,
+    process: Option<std::process::Child>,
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl ChildReplica {
+    fn new(area: &'static str, env: Vec<(&'static str, String)>) -> Self {
+        Self {
+            area,
+            addr: free_port(),
+            metrics: free_port(),
+            env,
+            process: None,
+        }
+    }
+
+    /// Starts it (again, on the same address) and waits until it serves.
+    async fn start(&mut self) {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"));
+        command
+            .args(["serve", self.area])
+            .env_remove("TOPSMILE_TEST_MONGODB_URI")
+            .env("TOPSMILE_LISTEN", self.addr.to_string())
+            .env("TOPSMILE_METRICS_LISTEN", self.metrics.to_string())
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null());
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        self.process = Some(command.spawn().expect("topsmile serve starts"));
+        for _ in 0..300 {
+            if let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+            {
+                let serving = tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .map(|r| r.into_inner().status);
+                if serving.ok()
+                    == Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the {} replica did not start", self.area);
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// How many calls of `method` it has served since it started (its own metrics).
+    async fn served(&self, method: &str) -> f64 {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(self.metrics).await else {
+            return 0.0;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text).await;
+        let series = format!(
+            "topsmile_grpc_requests_total{{component=\"{}\",method=\"{method}\"}} ",
+            self.area
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for ChildReplica {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const CREATE_PATIENT: &str = "/topsmile.patients.v1.PatientService/CreatePatient";
+
+async fn killed_replica(store: StoreChoice) {
+    let store_env: Vec<(&'static str, String)> = match &store {
+        StoreChoice::Embedded { data_dir } => {
+            vec![("TOPSMILE_DATA_DIR", data_dir.display().to_string())]
+        }
+        StoreChoice::Mongo { uri, database, .. } => vec![
+            (
+                "TOPSMILE_MONGODB_URI",
+                secrecy::ExposeSecret::expose_secret(uri).to_owned(),
+            ),
+            ("TOPSMILE_MONGODB_DATABASE", database.clone()),
+        ],
+    };
+    let mut child = ChildReplica::new("patients", store_env);
+    let suite = TestSuite::with(Setup {
+        store: Some(store),
+        health_check_ms: 100,
+        outside_replicas: [("patients", vec![child.addr])].into(),
+        ..Setup::default()
+    })
+    .await;
+    child.env.extend([
+        (
+            "TOPSMILE_IDENTITY_UPSTREAMS",
+            suite.suite.services["identity"].to_string(),
+        ),
+        ("TOPSMILE_CLINIC_CACHE_SECS", "0".to_owned()),
+    ]);
+    child.start().await;
+    let staff = suite.clinic_with_staff("Killed").await;
+
+    const WORKERS: usize = 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let load = steady_load(
+        suite.channel().await,
+        staff.admin.clone(),
+        staff.clinic.name.clone(),
+        WORKERS,
+        stop.clone(),
+        tally.clone(),
+    );
+    for _ in 0..100 {
+        if child.served(CREATE_PATIENT).await > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        child.served(CREATE_PATIENT).await > 0.0,
+        "the child replica gets calls"
+    );
+
+    child.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after_kill = tally.ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        tally.ok.load(Ordering::Relaxed) > after_kill,
+        "calls go on without the dead replica"
+    );
+
+    // It comes back on its address: the gateway picks it again.
+    child.start().await;
+    for _ in 0..100 {
+        if child.served(CREATE_PATIENT).await > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        child.served(CREATE_PATIENT).await > 0.0,
+        "the gateway sends calls to the replica again once it is back"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for worker in load {
+        worker.await.unwrap();
+    }
+
+    // Only the calls in flight to it failed (each worker has one call at a time), and
+    // only with UNAVAILABLE.
+    let failures = std::mem::take(&mut *tally.failures.lock().await);
+    assert!(
+        failures.len() <= WORKERS,
+        "{} calls failed: more than were in flight to the killed replica: {:?}",
+        failures.len(),
+        failures.iter().take(5).map(|(_, s)| s).collect::<Vec<_>>()
+    );
+    for (_, status) in &failures {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
+    // The client retries its failed creates with the same request ids: each either was
+    // written (the first result comes back) or is written now, never twice; a create
+    // that succeeded, retried, returns its first patient.
+    let mut patients = pb::patient_service_client::PatientServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(staff.admin.clone())),
+    );
+    let mut created: std::collections::BTreeMap<String, String> =
+        tally.created.lock().await.iter().cloned().collect();
+    for (request_id, _) in &failures {
+        if let Some(request_id) = request_id {
+            let retried = patients
+                .create_patient(new_patient(&staff.clinic.name, request_id))
+                .await
+                .unwrap()
+                .into_inner()
+                .patient
+                .unwrap();
+            created.insert(request_id.clone(), retried.name);
+        }
+    }
+    if let Some((request_id, name)) = created.iter().next() {
+        let again = patients
+            .create_patient(new_patient(&staff.clinic.name, request_id))
+            .await
+            .unwrap()
+            .into_inner()
+            .patient
+            .unwrap();
+        assert_eq!(
+            &again.name, name,
+            "a retried create returns the first patient"
+        );
+    }
+    // Nothing half-written, nothing twice: the clinic has exactly these patients.
+    let mut listed = std::collections::BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = patients
+            .list_patients(pb::ListPatientsRequest {
+                parent: staff.clinic.name.clone(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.patients.into_iter().map(|p| p.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let expected: std::collections::BTreeSet<String> = created.into_values().collect();
+    assert_eq!(listed, expected);
+    child.kill();
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_costs_only_its_calls_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_replica(StoreChoice::Embedded {
+        data_dir: dir.path().to_path_buf(),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_costs_only_its_calls_in_flight_on_mongodb() {
+    if let Some(store) = mongo_store("killed_replica_on_mongodb") {
+        killed_replica(store).await;
+    }
 }

@@ -192,10 +192,12 @@ async fn send(
                     turned_away.push(picked.authority);
                     continue;
                 }
-                return Err(if sender.is_closed() || e.is_canceled() {
-                    ApiError::Unavailable(format!("{}: {e}", picked.authority))
-                } else {
-                    ApiError::Internal(format!("{} failed the call: {e}", picked.authority))
+                return Err(match transport_code(&e) {
+                    Code::Internal => {
+                        ApiError::Internal(format!("{} failed the call: {e}", picked.authority))
+                    }
+                    Code::Cancelled => ApiError::Cancelled,
+                    _ => ApiError::Unavailable(format!("{}: {e}", picked.authority)),
                 });
             }
         }
@@ -233,30 +235,41 @@ fn outgoing(
     Ok(req)
 }
 
-/// Whether HTTP/2 says the replica did not process the stream: REFUSED_STREAM, or a
-/// stream past the last one its GOAWAY accepted (RFC 9113, 8.7).
-fn never_processed(e: &hyper::Error) -> bool {
+/// The HTTP/2 error behind a hyper error, if there is one.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote());
-        }
-        source = err.source();
-    }
-    false
-}
-
-/// The HTTP/2 error code behind a hyper error, if there is one.
-fn h2_reason(e: &hyper::Error) -> Option<h2::Reason> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason();
+            return Some(h2);
         }
         source = err.source();
     }
     None
+}
+
+/// Whether HTTP/2 says the replica did not process the stream: REFUSED_STREAM, or a
+/// stream past the last one its GOAWAY accepted (RFC 9113, 8.7).
+fn never_processed(e: &hyper::Error) -> bool {
+    h2_error(e).is_some_and(|h2| {
+        h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote())
+    })
+}
+
+/// The gRPC code of a call the transport failed after it was sent (gRPC's mapping of
+/// HTTP/2 errors): the connection lost (I/O, GOAWAY, closed) is UNAVAILABLE; a stream
+/// the replica reset is INTERNAL, unless its code says otherwise.
+fn transport_code(e: &hyper::Error) -> Code {
+    match h2_error(e) {
+        Some(h2) if h2.is_io() || h2.is_go_away() => Code::Unavailable,
+        Some(h2) => match h2.reason() {
+            Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+            Some(h2::Reason::CANCEL) => Code::Cancelled,
+            Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+            Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+            _ => Code::Internal,
+        },
+        None => Code::Unavailable,
+    }
 }
 
 /// A response body on its way back to the client.
@@ -316,13 +329,11 @@ impl http_body::Body for Relayed {
             Poll::Ready(Some(Err(e))) => {
                 self.finish();
                 // The call was under way: it may have run, so no RetryInfo either way.
-                let (code, message) = if h2_reason(&e).is_none() || e.is_closed() {
-                    (
-                        Code::Unavailable,
-                        "the service's connection closed during the call",
-                    )
+                let code = transport_code(&e);
+                let message = if code == Code::Unavailable {
+                    "the service's connection closed during the call"
                 } else {
-                    (Code::Internal, "the service failed during the call")
+                    "the service failed during the call"
                 };
                 tracing::warn!(error = %e, "upstream body failed mid-call");
                 Poll::Ready(Some(Ok(Frame::trailers(status_trailers(code, message)))))

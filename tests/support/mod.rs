@@ -73,6 +73,8 @@ pub struct Setup {
     pub replicas: usize,
     /// How often the gateway checks each replica's health.
     pub health_check_ms: u64,
+    /// Replicas in other processes, by area.
+    pub outside_replicas: std::collections::BTreeMap<&'static str, Vec<SocketAddr>>,
 }
 
 impl Default for Setup {
@@ -90,6 +92,7 @@ impl Default for Setup {
             metrics: false,
             replicas: 1,
             health_check_ms: 1000,
+            outside_replicas: Default::default(),
         }
     }
 }
@@ -122,6 +125,7 @@ impl TestSuite {
         options.edge.sign_in_per_minute = setup.sign_in_per_minute;
         options.edge.trusted_proxies = setup.trusted_proxies.clone();
         options.replicas = setup.replicas;
+        options.outside_replicas = setup.outside_replicas.clone();
         options.edge.health_check_ms = setup.health_check_ms;
         if setup.metrics {
             options.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));

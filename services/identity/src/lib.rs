@@ -167,3 +167,18 @@ pub async fn build(
     identity.bootstrap(settings).await?;
     Ok(identity)
 }
+
+/// The whole service as its own process (what `topsmile-identity` and `topsmile serve identity`
+/// run): configuration from `TOPSMILE_*`, serve until SIGTERM, drain.
+pub async fn run_process() -> Result<(), topsmile_kit::server::BoxError> {
+    topsmile_kit::server::run_service(
+        "topsmile-identity",
+        SERVICE_NAMES,
+        |config, runtime| async move {
+            let settings: IdentitySettings = topsmile_kit::config::load(None)?;
+            let identity = build(&config, &settings, &runtime).await?;
+            Ok(identity.built(&config.limits))
+        },
+    )
+    .await
+}

@@ -40,3 +40,14 @@ pub async fn build(
         guard,
     })
 }
+
+/// The whole service as its own process (what `topsmile-patients` and `topsmile serve patients`
+/// run): configuration from `TOPSMILE_*`, serve until SIGTERM, drain.
+pub async fn run_process() -> Result<(), topsmile_kit::server::BoxError> {
+    topsmile_kit::server::run_service(
+        "topsmile-patients",
+        SERVICE_NAMES,
+        |config, runtime| async move { build(&config, &runtime).await },
+    )
+    .await
+}

@@ -2,10 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), topsmile_kit::server::BoxError> {
-    topsmile_kit::server::run_service(
-        "topsmile-patients",
-        topsmile_patients::SERVICE_NAMES,
-        |config, runtime| async move { topsmile_patients::build(&config, &runtime).await },
-    )
-    .await
+    topsmile_patients::run_process().await
 }

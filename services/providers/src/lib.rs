@@ -49,3 +49,14 @@ pub async fn build(
         guard: topsmile_kit::access::Guard::via_identity(&identity)?,
     })
 }
+
+/// The whole service as its own process (what `topsmile-providers` and `topsmile serve providers`
+/// run): configuration from `TOPSMILE_*`, serve until SIGTERM, drain.
+pub async fn run_process() -> Result<(), topsmile_kit::server::BoxError> {
+    topsmile_kit::server::run_service(
+        "topsmile-providers",
+        SERVICE_NAMES,
+        |config, runtime| async move { build(&config, &runtime).await },
+    )
+    .await
+}

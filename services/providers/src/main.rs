@@ -2,10 +2,5 @@
 
 #[tokio::main]
 async fn main() -> Result<(), topsmile_kit::server::BoxError> {
-    topsmile_kit::server::run_service(
-        "topsmile-providers",
-        topsmile_providers::SERVICE_NAMES,
-        |config, runtime| async move { topsmile_providers::build(&config, &runtime).await },
-    )
-    .await
+    topsmile_providers::run_process().await
 }
