@@ -92,6 +92,20 @@ pub async fn build(
     })
 }
 
+/// The whole service as its own process (what `topsmile-appointments` and `topsmile serve appointments`
+/// run): configuration from `TOPSMILE_*`, serve until SIGTERM, drain.
+pub async fn run_process() -> Result<(), topsmile_kit::server::BoxError> {
+    topsmile_kit::server::run_service(
+        "topsmile-appointments",
+        SERVICE_NAMES,
+        |config, runtime| async move {
+            let settings: AppointmentSettings = topsmile_kit::config::load(None)?;
+            build(&config, &settings, &runtime).await
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,18 +142,4 @@ mod tests {
             Ok(())
         });
     }
-}
-
-/// The whole service as its own process (what `topsmile-appointments` and `topsmile serve appointments`
-/// run): configuration from `TOPSMILE_*`, serve until SIGTERM, drain.
-pub async fn run_process() -> Result<(), topsmile_kit::server::BoxError> {
-    topsmile_kit::server::run_service(
-        "topsmile-appointments",
-        SERVICE_NAMES,
-        |config, runtime| async move {
-            let settings: AppointmentSettings = topsmile_kit::config::load(None)?;
-            build(&config, &settings, &runtime).await
-        },
-    )
-    .await
 }
