@@ -511,50 +511,10 @@ async fn a_malformed_request_body_is_invalid_argument() {
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/topsmile.identity.v1.ClinicService/GetClinic",
     );
-    let err = grpc.unary(req, path, RawCodec).await.unwrap_err();
+    let err = grpc.unary(req, path, support::RawCodec).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(!err.message().contains("DecodeError"), "{}", err.message());
     suite.stop().await;
-}
-
-/// Sends bytes as they are and reads nothing back.
-#[derive(Default)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = bytes::Bytes;
-    type Decode = ();
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = bytes::Bytes;
-    type Error = Status;
-    fn encode(
-        &mut self,
-        item: bytes::Bytes,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = ();
-    type Error = Status;
-    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        let n = bytes::Buf::remaining(src);
-        bytes::Buf::advance(src, n);
-        Ok(Some(()))
-    }
 }
 
 #[tokio::test]
