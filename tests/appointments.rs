@@ -924,6 +924,79 @@ async fn a_booking_with_a_dependency_down_is_unavailable_and_writes_nothing() {
     suite.stop().await;
 }
 
+/// A stand-in for the patients service that records the `grpc-timeout` of every call
+/// it gets and answers UNAVAILABLE.
+#[derive(Clone, Default)]
+struct DeadlineRecorder(std::sync::Arc<std::sync::Mutex<Vec<Option<std::time::Duration>>>>);
+
+impl tonic::server::NamedService for DeadlineRecorder {
+    const NAME: &'static str = "topsmile.patients.v1.PatientInternalService";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for DeadlineRecorder {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push(topsmile_kit::peers::grpc_timeout(request.headers()));
+        }
+        std::future::ready(Ok(Status::unavailable("recorder").into_http()))
+    }
+}
+
+/// A service calling another hands on what is left of its own deadline, never more.
+#[tokio::test]
+async fn a_call_to_another_service_gets_what_is_left_of_the_callers_deadline() {
+    let (mut suite, _clock) = start(None).await;
+    let c = clinic(&suite, "Deadlines", 1).await;
+    let recorder = DeadlineRecorder::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let patients = listener.local_addr().unwrap();
+    let serving = recorder.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::new(serving))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+    });
+    let replica = suite
+        .suite
+        .start_appointments_replica(Some(topsmile_appointments::AppointmentSettings {
+            service_secret: suite.suite.service_secret(),
+            patients_upstreams: patients.to_string(),
+            providers_upstreams: suite.suite.services["providers"].to_string(),
+        }))
+        .await
+        .unwrap();
+    let mut client = AppointmentServiceClient::with_interceptor(
+        support::connect(replica).await,
+        Bearer(Some(c.staff.staff.clone())),
+    );
+    let mut request = tonic::Request::new(booking(&c, 0, monday(9, 0), None));
+    request.set_timeout(std::time::Duration::from_millis(4000));
+    let err = client.book_appointment(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let seen = recorder.0.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the patients stand-in was called");
+    for timeout in seen {
+        let timeout = timeout.expect("the call to patients carries a deadline");
+        assert!(
+            timeout <= std::time::Duration::from_millis(4000),
+            "patients was given {timeout:?}, more than the 4 s the caller had"
+        );
+    }
+    suite.stop().await;
+}
+
 /// Every method, aimed by each role of clinic A at clinic B: PERMISSION_DENIED,
 /// through the gateway and straight at the service; B's appointment unchanged.
 #[tokio::test]

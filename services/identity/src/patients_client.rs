@@ -50,8 +50,11 @@ impl PatientDirectory {
             channel.clone(),
             move |mut req: tonic::Request<()>| {
                 req.metadata_mut().insert("authorization", bearer.clone());
-                // Patients' span is a child of this sign-in's.
-                topsmile_kit::telemetry::inject_metadata(req.metadata_mut());
+                // What is left of the sign-in's deadline, and its trace.
+                topsmile_kit::peers::on_behalf_of_the_call(
+                    &mut req,
+                    topsmile_kit::peers::Deadline::none(),
+                )?;
                 Ok(req)
             },
         ))

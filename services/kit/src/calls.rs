@@ -420,13 +420,19 @@ where
             Err(shed) => return Box::pin(async move { Ok(shed.into_response()) }),
         };
         let span = call.span().clone();
+        // The call's deadline, which calls it makes to other services inherit.
+        let deadline = std::time::Instant::now().checked_add(
+            crate::peers::grpc_timeout(request.headers())
+                .unwrap_or(crate::server::DEFAULT_DEADLINE)
+                .min(crate::server::DEFAULT_DEADLINE),
+        );
         Box::pin(
-            async move {
+            crate::peers::within_deadline(deadline, async move {
                 match inner.call(request).await {
                     Ok(response) => Ok(call.follow(response)),
                     Err(e) => Err(e),
                 }
-            }
+            })
             .instrument(span),
         )
     }

@@ -28,7 +28,35 @@ use crate::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline(Option<Instant>);
 
+tokio::task_local! {
+    /// The deadline of the call this task is serving, set by [`crate::calls`] for the
+    /// handler's whole future.
+    static CALL_DEADLINE: Option<Instant>;
+}
+
+/// Runs `future` (a call's handling) with `deadline` as the call's deadline: every
+/// call it makes to another service gets at most what is left of it.
+pub async fn within_deadline<F: std::future::Future>(
+    deadline: Option<Instant>,
+    future: F,
+) -> F::Output {
+    CALL_DEADLINE.scope(deadline, future).await
+}
+
 impl Deadline {
+    /// The deadline of the call being served by this task (none outside a call).
+    pub fn current() -> Self {
+        Self(CALL_DEADLINE.try_with(|d| *d).ok().flatten())
+    }
+
+    /// Whichever of the two comes first.
+    pub fn earliest(self, other: Self) -> Self {
+        Self(match (self.0, other.0) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
     /// The deadline of `request` (none if it carried no `grpc-timeout`).
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
         let timeout = grpc_timeout(request.metadata().as_ref());
@@ -113,6 +141,8 @@ impl Replicas {
                     .map_err(|_| ApiError::Unauthenticated)
             })
             .transpose()?;
+        // Never past the deadline of the call being served, whatever the caller passed.
+        let deadline = deadline.earliest(Deadline::current());
         let mut last = ApiError::Unavailable(format!("no {} replica", self.what));
         for channel in &self.channels {
             let mut request = tonic::Request::new(());
@@ -121,11 +151,7 @@ impl Replicas {
                     .metadata_mut()
                     .insert("authorization", value.clone());
             }
-            if let Some(left) = deadline.remaining()? {
-                request.set_timeout(left);
-            }
-            // The callee's span is a child of this call's.
-            crate::telemetry::inject_metadata(request.metadata_mut());
+            on_behalf_of_the_call(&mut request, deadline)?;
             match call(channel.clone(), request).await {
                 Ok(answer) => return Ok(answer.into_inner()),
                 Err(status) => match status.code() {
@@ -158,6 +184,21 @@ impl Replicas {
         }
         Err(last)
     }
+}
+
+/// Stamps a request to another service with what the call being served hands on:
+/// what is left of its deadline (or of `deadline`, if earlier) as `grpc-timeout`, and
+/// its trace context (the callee's span is a child of this call's).
+/// DEADLINE_EXCEEDED when nothing is left.
+pub fn on_behalf_of_the_call<T>(
+    request: &mut tonic::Request<T>,
+    deadline: Deadline,
+) -> Result<(), ApiError> {
+    if let Some(left) = deadline.earliest(Deadline::current()).remaining()? {
+        request.set_timeout(left);
+    }
+    crate::telemetry::inject_metadata(request.metadata_mut());
+    Ok(())
 }
 
 /// How long before its expiry a service token is replaced.
