@@ -13,6 +13,7 @@ pub mod clinics;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod group_commit;
 pub mod lockout;
 pub mod mask;
 pub mod names;

@@ -475,9 +475,9 @@ async fn audit_events_are_listed_by_clinic_resource_and_actor(
         event("c1", "u1", "clinics/c1/patients/p2", "OK"),
         event("c2", "u1", "clinics/c2/patients/p9", "OK"),
     ];
-    for e in &events {
-        s.audit.append(e).await.unwrap();
-    }
+    // One event alone, then the rest in one group-commit write.
+    s.audit.append(&events[0]).await.unwrap();
+    s.audit.append_all(events[1..].to_vec()).await.unwrap();
     let all = s
         .audit
         .list("c1", &AuditQuery::default(), &page(100))

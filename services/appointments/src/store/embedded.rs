@@ -123,12 +123,12 @@ async fn one(
     key: String,
     clinic: String,
 ) -> Result<Option<Record>, StoreError> {
-    db.read(move |conn| {
-        conn.query_row(
-            &format!("SELECT {COLUMNS} FROM appointments a WHERE {clause}"),
-            params![key, clinic],
-            row,
-        )
+    db.read_point(move |conn| {
+        conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM appointments a WHERE {clause}"
+        ))
+        .map_err(translate)?
+        .query_row(params![key, clinic], row)
         .optional()
         .map_err(translate)?
         .map(to_record)

@@ -167,16 +167,14 @@ impl ClinicStore for EmbeddedIdentity {
     async fn get(&self, id: &ResourceId) -> Result<Option<Clinic>, StoreError> {
         let id = id.as_str().to_owned();
         self.db
-            .read(move |conn| {
-                conn.query_row(
-                    &format!("SELECT {COLUMNS} FROM clinics WHERE id = ?1"),
-                    params![id],
-                    from_row,
-                )
-                .optional()
-                .map_err(translate)?
-                .map(to_clinic)
-                .transpose()
+            .read_point(move |conn| {
+                conn.prepare_cached(&format!("SELECT {COLUMNS} FROM clinics WHERE id = ?1"))
+                    .map_err(translate)?
+                    .query_row(params![id], from_row)
+                    .optional()
+                    .map_err(translate)?
+                    .map(to_clinic)
+                    .transpose()
             })
             .await
     }
@@ -305,12 +303,12 @@ impl UserStore for EmbeddedIdentity {
     async fn get(&self, clinic: &str, id: &ResourceId) -> Result<Option<User>, StoreError> {
         let (clinic, id) = (clinic.to_owned(), id.as_str().to_owned());
         self.db
-            .read(move |conn| {
-                conn.query_row(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE clinic_id = ?1 AND id = ?2"),
-                    params![clinic, id],
-                    user_row,
-                )
+            .read_point(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE clinic_id = ?1 AND id = ?2"
+                ))
+                .map_err(translate)?
+                .query_row(params![clinic, id], user_row)
                 .optional()
                 .map_err(translate)?
                 .map(to_user)
@@ -322,12 +320,12 @@ impl UserStore for EmbeddedIdentity {
     async fn get_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         let email = email.to_owned();
         self.db
-            .read(move |conn| {
-                conn.query_row(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"),
-                    params![email],
-                    user_row,
-                )
+            .read_point(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE email = ?1"
+                ))
+                .map_err(translate)?
+                .query_row(params![email], user_row)
                 .optional()
                 .map_err(translate)?
                 .map(to_user)

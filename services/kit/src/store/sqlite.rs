@@ -126,6 +126,26 @@ impl SqliteDb {
     }
 
     /// Runs `f` on one of the reader connections, on the blocking pool.
+    /// A read that takes microseconds (one row by its key), run right here when a
+    /// reader connection is free at once: for such a read the hand-off to the blocking
+    /// pool (a queue, a thread wake-up and back) costs more than the read. When every
+    /// reader is busy it goes to the pool like any [`read`](Self::read). Never for a
+    /// scan or a search: those would hold this async worker for milliseconds.
+    pub async fn read_point<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = &self.inner.readers;
+        let first = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..readers.len() {
+            if let Ok(conn) = readers[(first + i) % readers.len()].try_lock() {
+                return f(&conn);
+            }
+        }
+        self.read(f).await
+    }
+
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -12,13 +12,19 @@ use topsmile_kit::{
 };
 use topsmile_proto::topsmile::patients::v1::{self as pb, audit_service_server::AuditService};
 
+use topsmile_kit::group_commit::GroupCommit;
+
 use crate::store::{AuditEvent, AuditLog, AuditQuery};
 
-/// Writes audit events.
+/// Writes audit events: each call's event is durable before the call answers, and the
+/// events of calls arriving together share one write ([`GroupCommit`]).
 #[derive(Clone)]
 pub struct Trail {
-    log: Arc<dyn AuditLog>,
+    commit: GroupCommit<AuditEvent>,
 }
+
+/// The most events one write takes.
+const MAX_EVENTS_PER_WRITE: usize = 256;
 
 /// An event another service records (identity's sign-ins and unlocks).
 pub struct ServiceEvent<'a> {
@@ -56,8 +62,14 @@ pub fn recorded_resource(resource: &str) -> String {
 }
 
 impl Trail {
+    /// Starts the trail's writer (on the current Tokio runtime).
     pub fn new(log: Arc<dyn AuditLog>) -> Self {
-        Self { log }
+        Self {
+            commit: GroupCommit::start(MAX_EVENTS_PER_WRITE, move |events| {
+                let log = log.clone();
+                async move { log.append_all(events).await }
+            }),
+        }
     }
 
     /// Records the outcome of one call on `resource` (in the clinic the name is in, or
@@ -109,7 +121,7 @@ impl Trail {
             time: time::now(),
             trace_id: bounded(event.trace_id),
         };
-        self.log.append(&record).await.map_err(|e| {
+        self.commit.submit(record).await.map_err(|e| {
             tracing::error!(error = %e, "audit event of another service not written");
             ApiError::Unavailable("the audit trail is unavailable".into())
         })
@@ -135,8 +147,9 @@ impl Trail {
             time: time::now(),
             trace_id: trace_id.to_owned(),
         };
-        self.log.append(&event).await.map_err(|e| {
-            tracing::error!(error = %e, action, resource = %event.resource, "audit event not written: call refused");
+        let recorded = event.resource.clone();
+        self.commit.submit(event).await.map_err(|e| {
+            tracing::error!(error = %e, action, resource = %recorded, "audit event not written: call refused");
             ApiError::Unavailable("the audit trail is unavailable".into())
         })
     }

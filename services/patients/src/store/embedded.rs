@@ -342,14 +342,12 @@ impl PatientStore for EmbeddedPatients {
     ) -> Result<Option<Patient>, StoreError> {
         let (clinic, id) = (clinic.to_string(), id.to_string());
         self.db
-            .read(move |conn| {
-                conn.query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.id = ?2"
-                    ),
-                    params![clinic, id],
-                    patient_row,
-                )
+            .read_point(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM patients p WHERE p.clinic_id = ?1 AND p.id = ?2"
+                ))
+                .map_err(translate)?
+                .query_row(params![clinic, id], patient_row)
                 .optional()
                 .map_err(translate)?
                 .map(to_patient)
@@ -428,27 +426,45 @@ struct AuditDoc {
     trace_id: String,
 }
 
+fn audit_doc(e: &AuditEvent) -> Result<String, StoreError> {
+    serde_json::to_string(&AuditDoc {
+        actor_role: e.actor_role.clone(),
+        actor_kind: e.actor_kind.clone(),
+        action: e.action.clone(),
+        outcome: e.outcome.clone(),
+        time_ms: time::to_millis(e.time),
+        trace_id: e.trace_id.clone(),
+    })
+    .map_err(|err| StoreError::backend(format!("encode audit event: {err}")))
+}
+
 #[async_trait]
 impl AuditLog for EmbeddedPatients {
     async fn append(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        let e = event.clone();
-        let doc = serde_json::to_string(&AuditDoc {
-            actor_role: e.actor_role.clone(),
-            actor_kind: e.actor_kind.clone(),
-            action: e.action.clone(),
-            outcome: e.outcome.clone(),
-            time_ms: time::to_millis(e.time),
-            trace_id: e.trace_id.clone(),
-        })
-        .map_err(|err| StoreError::backend(format!("encode audit event: {err}")))?;
+        self.append_all(vec![event.clone()]).await
+    }
+
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        let rows = events
+            .into_iter()
+            .map(|e| audit_doc(&e).map(|doc| (e, doc)))
+            .collect::<Result<Vec<_>, _>>()?;
         self.db
             .write(move |conn| {
-                conn.execute(
-                    "INSERT INTO audit_events (id, clinic_id, actor, resource, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![e.id.as_str(), e.clinic, e.actor, e.resource, doc],
-                )
-                .map_err(translate)?;
-                Ok(())
+                let tx = conn.transaction().map_err(translate)?;
+                {
+                    let mut insert = tx
+                        .prepare_cached(
+                            "INSERT INTO audit_events (id, clinic_id, actor, resource, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .map_err(translate)?;
+                    for (e, doc) in &rows {
+                        insert
+                            .execute(params![e.id.as_str(), e.clinic, e.actor, e.resource, doc])
+                            .map_err(translate)?;
+                    }
+                }
+                tx.commit().map_err(translate)
             })
             .await
     }

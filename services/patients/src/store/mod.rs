@@ -131,6 +131,10 @@ pub trait AuditLog: Send + Sync + 'static {
     /// Appends one event, durably (majority write on MongoDB) before the call answers.
     async fn append(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
+    /// Appends events in one durable write (one transaction; one majority-acknowledged
+    /// `insert_many`): the group commit of events of calls arriving together.
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
+
     /// Events of `clinic` in time order after `page.after`.
     async fn list(
         &self,

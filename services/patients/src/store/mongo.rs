@@ -372,22 +372,37 @@ impl PatientStore for MongoPatients {
     }
 }
 
+fn audit_document(e: &AuditEvent) -> Document {
+    doc! {
+        "_id": e.id.as_str(),
+        "clinicId": &e.clinic,
+        "actor": &e.actor,
+        "actorRole": &e.actor_role,
+        "actorKind": &e.actor_kind,
+        "action": &e.action,
+        "resource": &e.resource,
+        "outcome": &e.outcome,
+        "time": to_bson_time(e.time),
+        "traceId": &e.trace_id,
+    }
+}
+
 #[async_trait]
 impl AuditLog for MongoPatients {
     async fn append(&self, e: &AuditEvent) -> Result<(), StoreError> {
         self.audit
-            .insert_one(doc! {
-                "_id": e.id.as_str(),
-                "clinicId": &e.clinic,
-                "actor": &e.actor,
-                "actorRole": &e.actor_role,
-                "actorKind": &e.actor_kind,
-                "action": &e.action,
-                "resource": &e.resource,
-                "outcome": &e.outcome,
-                "time": to_bson_time(e.time),
-                "traceId": &e.trace_id,
-            })
+            .insert_one(audit_document(e))
+            .await
+            .map_err(translate)?;
+        Ok(())
+    }
+
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.audit
+            .insert_many(events.iter().map(audit_document))
             .await
             .map_err(translate)?;
         Ok(())

@@ -206,14 +206,12 @@ impl ProviderStore for EmbeddedProviders {
     ) -> Result<Option<Provider>, StoreError> {
         let (clinic, id) = (clinic.to_string(), id.to_string());
         self.db
-            .read(move |conn| {
-                conn.query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM providers p WHERE p.clinic_id = ?1 AND p.id = ?2"
-                    ),
-                    params![clinic, id],
-                    provider_row,
-                )
+            .read_point(move |conn| {
+                conn.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM providers p WHERE p.clinic_id = ?1 AND p.id = ?2"
+                ))
+                .map_err(translate)?
+                .query_row(params![clinic, id], provider_row)
                 .optional()
                 .map_err(translate)?
                 .map(to_provider)
