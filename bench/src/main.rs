@@ -1,11 +1,15 @@
 //! `topsmile-bench`: the load generator. Every figure TopSmile quotes comes from here.
 //!
-//! One run starts the suite in this process (embedded store in a temporary directory),
+//! One run starts the suite in this process (embedded store in a temporary directory)
+//! and a bare tonic server beside it (the yardstick every throughput is a share of),
 //! signs in as the super admin, creates a clinic, then drives an authenticated
 //! `GetClinic` at a fixed number of calls in flight, alternately straight at the
 //! identity service and through the gateway, and prints throughput, p50 and p99 for each
 //! and the ratios between them; then the same for `GetPatient` after seeding 10,000
-//! patients into one clinic, and name searches over them. Then the costs of
+//! patients into one clinic; twice GetClinic's saturating load, open loop (what is
+//! shed, what the admitted calls wait); the memory of `topsmile dev` and of each
+//! `topsmile serve <service>` in processes of their own (the `topsmile` binary next to
+//! this one); name searches. Then the costs of
 //! authentication: the per-call token
 //! check with a warm cache beside one full EdDSA verification, and sign-in latency under
 //! 16 concurrent logins beside the time of one password hash. Everything compared is
@@ -139,8 +143,6 @@ async fn main() -> anyhow::Result<()> {
         .clinic
         .context("create answered no clinic")?;
 
-    let idle_suite = resident_mib(None);
-    let peak = PeakMemory::start();
     // The yardstick: every throughput below is also given as a share of it.
     let echo = best_of(&args, &bearer, echo_server().await?, &Target::Echo, 64).await?;
     println!(
@@ -159,18 +161,64 @@ async fn main() -> anyhow::Result<()> {
     let get_patient = Target::GetPatient(names[names.len() / 2].clone());
     let patient_figures =
         compare(&args, &bearer, patients, gateway, &get_patient, "patients").await?;
-    let loaded_suite = peak.peak_mib();
-    drop(peak);
+    // Twice the load GetClinic saturates at, arriving whatever the answers.
+    let saturating = clinic_figures
+        .iter()
+        .map(|(_, d, _)| d.rps)
+        .fold(0.0, f64::max);
+    let served_before = topsmile_kit::calls::encode_metrics();
+    let overload = open_loop(
+        direct,
+        &bearer,
+        &get_clinic,
+        2.0 * saturating,
+        args.connections,
+        Duration::from_secs(args.seconds),
+    )
+    .await?;
+    println!(
+        "Overload, GetClinic direct at 2× its saturating rate: offered {:.0}/s, admitted {:.0}/s, shed {} (RESOURCE_EXHAUSTED), other errors {}, hung {}, admitted p99 {:.1} ms",
+        overload.offered,
+        overload.admitted,
+        overload.shed,
+        overload.other_errors,
+        overload.hung,
+        overload.admitted_p99.as_secs_f64() * 1e3
+    );
+    for sample in &overload.error_samples {
+        println!("  e.g. {sample} (the load generator's own client, on the same 2 cores)");
+    }
+    let served_p99 = histogram_p99(
+        &served_before,
+        &topsmile_kit::calls::encode_metrics(),
+        "identity",
+        "/topsmile.identity.v1.ClinicService/GetClinic",
+    );
+    if let Some(p99) = served_p99 {
+        println!(
+            "  as identity saw it (its latency histogram, arrival to last frame): admitted p99 <= {:.1} ms",
+            p99 * 1e3
+        );
+    }
     println!();
     let binaries = idle_binaries(&suite).await?;
-    summary(
-        &echo,
-        &clinic_figures,
-        &patient_figures,
+    let (idle_suite, loaded_suite) = match all_in_one_memory(&args).await {
+        Ok(figures) => figures,
+        Err(e) => {
+            println!("(the all-in-one suite's memory: skipped, {e})");
+            (None, None)
+        }
+    };
+    summary(&Measured {
+        echo: &echo,
+        clinic: &clinic_figures,
+        patient: &patient_figures,
+        overload: &overload,
+        served_p99,
         idle_suite,
         loaded_suite,
-        &binaries,
-    );
+        binaries: &binaries,
+    });
     println!();
     name_search(patients, &bearer, &clinic.name).await?;
     println!();
@@ -183,14 +231,29 @@ async fn main() -> anyhow::Result<()> {
 
 /// Every figure the resilience-and-speed issue asks for, as a ratio to the bare
 /// server where it is a throughput, with its target beside it.
-fn summary(
-    echo: &Figures,
-    clinic: &[(usize, Figures, Figures)],
-    patient: &[(usize, Figures, Figures)],
+/// Everything one run measured that has a target.
+struct Measured<'a> {
+    echo: &'a Figures,
+    clinic: &'a [(usize, Figures, Figures)],
+    patient: &'a [(usize, Figures, Figures)],
+    overload: &'a Overload,
+    served_p99: Option<f64>,
     idle_suite: Option<f64>,
-    loaded_suite: f64,
-    binaries: &[(&str, Option<f64>)],
-) {
+    loaded_suite: Option<f64>,
+    binaries: &'a [(&'static str, Option<f64>)],
+}
+
+fn summary(m: &Measured<'_>) {
+    let Measured {
+        echo,
+        clinic,
+        patient,
+        overload,
+        served_p99,
+        idle_suite,
+        loaded_suite,
+        binaries,
+    } = *m;
     let at = |figures: &[(usize, Figures, Figures)], n: usize| {
         figures
             .iter()
@@ -240,19 +303,39 @@ fn summary(
             verdict(r >= 0.35)
         );
     }
+    let p99 = overload.admitted_p99.as_secs_f64() * 1e3;
+    println!(
+        "{:<52} {:>8.1}ms {:>10} {:>7}",
+        "overload (2× saturating): admitted p99, at the client",
+        p99,
+        "< 100ms",
+        verdict(p99 < 100.0 && overload.hung == 0)
+    );
+    if let Some(served) = served_p99 {
+        let served = served * 1e3;
+        println!(
+            "{:<52} {:>7.1}ms {:>10} {:>7}",
+            "overload (2× saturating): admitted p99, at the server",
+            served,
+            "< 100ms",
+            verdict(served < 100.0 && overload.hung == 0)
+        );
+    }
     if let Some(idle) = idle_suite {
         println!(
             "{:<52} {:>8.0}MB {:>10}",
-            "all-in-one suite resident, idle", idle, ""
+            "topsmile dev (all-in-one), idle", idle, ""
         );
     }
-    println!(
-        "{:<52} {:>8.0}MB {:>10} {:>7}",
-        "all-in-one suite resident, peak under load",
-        loaded_suite,
-        "<= 150MB",
-        verdict(loaded_suite <= 150.0)
-    );
+    if let Some(loaded) = loaded_suite {
+        println!(
+            "{:<52} {:>8.0}MB {:>10} {:>7}",
+            "topsmile dev (all-in-one), peak under load",
+            loaded,
+            "<= 150MB",
+            verdict(loaded <= 150.0)
+        );
+    }
     for (role, mib) in binaries {
         match mib {
             Some(mib) => println!(
@@ -438,6 +521,132 @@ async fn echo_server() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// What an open-loop overload run saw.
+struct Overload {
+    /// The first few answers other than OK and RESOURCE_EXHAUSTED.
+    error_samples: Vec<String>,
+    offered: f64,
+    admitted: f64,
+    shed: usize,
+    other_errors: usize,
+    hung: usize,
+    admitted_p99: Duration,
+}
+
+/// Calls `target` at `addr` at a fixed arrival rate (`rate` per second, whatever the
+/// answers) for `duration`: what a server does when more comes than it can take.
+async fn open_loop(
+    addr: SocketAddr,
+    bearer: &Bearer,
+    target: &Target,
+    rate: f64,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Overload> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(connect(addr).await?);
+    }
+    let target = std::sync::Arc::new(match target {
+        Target::GetClinic(n) => Target::GetClinic(n.clone()),
+        Target::GetPatient(n) => Target::GetPatient(n.clone()),
+        Target::Echo => Target::Echo,
+    });
+    // Arrivals in ticks of 1 ms, each tick sending its share.
+    let per_tick = rate / 1000.0;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut owed = 0.0;
+    let mut calls = Vec::new();
+    let mut sent = 0usize;
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        owed += per_tick;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            let channel = channels[sent % channels.len()].clone();
+            sent += 1;
+            let (target, bearer) = (target.clone(), bearer.clone());
+            calls.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let outcome =
+                    tokio::time::timeout(Duration::from_secs(10), target.call(&channel, &bearer))
+                        .await;
+                (t.elapsed(), outcome)
+            }));
+        }
+    }
+    let offered = sent as f64 / started.elapsed().as_secs_f64();
+    let (mut latencies, mut shed, mut other_errors, mut hung) = (Vec::new(), 0, 0, 0);
+    let mut error_samples: Vec<String> = Vec::new();
+    for call in calls {
+        match call.await? {
+            (elapsed, Ok(Ok(()))) => latencies.push(elapsed),
+            (_, Ok(Err(status))) if status.code() == tonic::Code::ResourceExhausted => shed += 1,
+            (_, Ok(Err(status))) => {
+                other_errors += 1;
+                let sample = format!("{:?}: {}", status.code(), status.message());
+                if error_samples.len() < 3 && !error_samples.contains(&sample) {
+                    error_samples.push(sample);
+                }
+            }
+            (_, Err(_)) => hung += 1,
+        }
+    }
+    latencies.sort_unstable();
+    Ok(Overload {
+        error_samples,
+        offered,
+        admitted: latencies.len() as f64 / duration.as_secs_f64(),
+        shed,
+        other_errors,
+        hung,
+        admitted_p99: percentile(&latencies, 0.99),
+    })
+}
+
+/// The p99 of the calls `component` served of `method` between two scrapes of this
+/// process's metrics, as the upper bound of the histogram bucket it falls in (seconds).
+fn histogram_p99(before: &str, after: &str, component: &str, method: &str) -> Option<f64> {
+    // `..._bucket{le="0.0001",component="identity",method="/..."} 12`
+    let labels = format!("component=\"{component}\",method=\"{method}\"}} ");
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("topsmile_grpc_duration_seconds_bucket{le=\""))
+            .filter_map(|rest| {
+                let (le, rest) = rest.split_once("\",")?;
+                let count = rest.strip_prefix(labels.as_str())?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (before, after) = (buckets(before), buckets(after));
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, c)| *c);
+            (*le, n - was)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta
+        .iter()
+        .find(|(_, cumulative)| *cumulative >= 0.99 * total)
+        .map(|(le, _)| *le)
+}
+
 /// Resident memory of this process (`None`) or of `pid`, in MiB (Linux).
 fn resident_mib(pid: Option<u32>) -> Option<f64> {
     let path = pid.map_or("/proc/self/status".to_owned(), |p| {
@@ -455,36 +664,84 @@ fn resident_mib(pid: Option<u32>) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Samples this process's resident memory until dropped; the peak.
-struct PeakMemory {
-    peak_kib: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PeakMemory {
-    fn start() -> Self {
-        let peak_kib = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let peak = peak_kib.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                if let Some(mib) = resident_mib(None) {
-                    peak.fetch_max((mib * 1024.0) as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+/// The all-in-one suite (`topsmile dev`, next to this binary) in a process of its own:
+/// its resident memory idle, and at its peak while GetPatient runs at 64 calls in flight
+/// through its gateway. In MiB.
+async fn all_in_one_memory(args: &Args) -> anyhow::Result<(Option<f64>, Option<f64>)> {
+    let topsmile = std::env::current_exe()?.with_file_name("topsmile");
+    anyhow::ensure!(topsmile.exists(), "{} is not built", topsmile.display());
+    let dir = tempfile::tempdir()?;
+    let gateway = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut child = std::process::Command::new(&topsmile)
+        .args(["dev", "--listen", &gateway.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", ADMIN_EMAIL)
+        .env("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("TOPSMILE_SIGN_IN_PER_MINUTE", "0")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let measured = async {
+        let mut token = None;
+        for _ in 0..100 {
+            if let Ok(t) = login(gateway).await {
+                token = Some(t);
+                break;
             }
-        });
-        Self { peak_kib, task }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let token = token.context("topsmile dev did not start")?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle = resident_mib(Some(pid));
+        let bearer = Bearer(format!("Bearer {token}").parse()?);
+        let channel = connect(gateway).await?;
+        let clinic = ClinicServiceClient::with_interceptor(channel.clone(), bearer.clone())
+            .create_clinic(CreateClinicRequest {
+                clinic: Some(Clinic {
+                    display_name: "Memory Clinic".into(),
+                    time_zone: "America/Sao_Paulo".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await?
+            .into_inner()
+            .clinic
+            .context("no clinic")?;
+        let names = seed_patients(gateway, &bearer, &clinic.name, 1_000).await?;
+        let target = Target::GetPatient(names[names.len() / 2].clone());
+        let peak_during = async {
+            let mut peak: f64 = 0.0;
+            let load = drive(
+                gateway,
+                &bearer,
+                &target,
+                64,
+                args.connections,
+                Duration::from_secs(args.seconds),
+            );
+            tokio::pin!(load);
+            loop {
+                tokio::select! {
+                    done = &mut load => { done?; break; }
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {
+                        if let Some(mib) = resident_mib(Some(pid)) {
+                            peak = peak.max(mib);
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(peak)
+        };
+        let peak = peak_during.await?;
+        anyhow::Ok((idle, Some(peak)))
     }
-
-    fn peak_mib(&self) -> f64 {
-        self.peak_kib.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
-    }
-}
-
-impl Drop for PeakMemory {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    measured
 }
 
 /// Each service binary on its own (`topsmile serve <service>`, next to this binary),
