@@ -116,25 +116,17 @@ async fn one_portal_sign_in_is_one_trace_through_gateway_identity_and_patients()
 
     let suite = TestSuite::with(Setup::default()).await;
     let staff = suite.clinic_with_staff("Traced").await;
-    let patient = patients::patient_service_client::PatientServiceClient::with_interceptor(
-        suite.channel().await,
-        Bearer(Some(staff.admin.clone())),
-    )
-    .create_patient(patients::CreatePatientRequest {
-        parent: staff.clinic.name.clone(),
-        patient: Some(patients::Patient {
+    let patient = support::create_patient(
+        &suite,
+        &staff,
+        patients::Patient {
             given_name: "Ana".into(),
             family_name: "Traced".into(),
             email: "ana.traced@example.com".into(),
             ..Default::default()
-        }),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .patient
-    .unwrap();
+        },
+    )
+    .await;
     patients::patient_service_client::PatientServiceClient::with_interceptor(
         suite.channel().await,
         Bearer(Some(staff.admin.clone())),

@@ -461,6 +461,17 @@ impl ChildReplica {
         }
     }
 
+    /// Whether it serves a call of `method` within five seconds.
+    async fn serves_soon(&self, method: &str) -> bool {
+        for _ in 0..100 {
+            if self.served(method).await > 0.0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// How many calls of `method` it has served since it started (its own metrics).
     async fn served(&self, method: &str) -> f64 {
         let Ok(mut stream) = tokio::net::TcpStream::connect(self.metrics).await else {
@@ -533,14 +544,8 @@ async fn killed_replica(store: StoreChoice) {
         stop.clone(),
         tally.clone(),
     );
-    for _ in 0..100 {
-        if child.served(CREATE_PATIENT).await > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(
-        child.served(CREATE_PATIENT).await > 0.0,
+        child.serves_soon(CREATE_PATIENT).await,
         "the child replica gets calls"
     );
 
@@ -555,14 +560,8 @@ async fn killed_replica(store: StoreChoice) {
 
     // It comes back on its address: the gateway picks it again.
     child.start().await;
-    for _ in 0..100 {
-        if child.served(CREATE_PATIENT).await > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert!(
-        child.served(CREATE_PATIENT).await > 0.0,
+        child.serves_soon(CREATE_PATIENT).await,
         "the gateway sends calls to the replica again once it is back"
     );
     stop.store(true, Ordering::Relaxed);

@@ -355,6 +355,7 @@ fn summary(m: &Measured<'_>) {
 }
 
 /// What a measurement calls.
+#[derive(Clone)]
 enum Target {
     GetClinic(String),
     GetPatient(String),
@@ -543,15 +544,8 @@ async fn open_loop(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Overload> {
-    let mut channels = Vec::new();
-    for _ in 0..connections.max(1) {
-        channels.push(connect(addr).await?);
-    }
-    let target = std::sync::Arc::new(match target {
-        Target::GetClinic(n) => Target::GetClinic(n.clone()),
-        Target::GetPatient(n) => Target::GetPatient(n.clone()),
-        Target::Echo => Target::Echo,
-    });
+    let channels = channels(addr, connections).await?;
+    let target = std::sync::Arc::new(target.clone());
     // Arrivals in ticks of 1 ms, each tick sending its share.
     let per_tick = rate / 1000.0;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -645,6 +639,15 @@ fn histogram_p99(before: &str, after: &str, component: &str, method: &str) -> Op
         .iter()
         .find(|(_, cumulative)| *cumulative >= 0.99 * total)
         .map(|(le, _)| *le)
+}
+
+/// `connections` HTTP/2 connections to `addr`, for a load generator to spread calls over.
+async fn channels(addr: SocketAddr, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..connections.max(1) {
+        channels.push(connect(addr).await?);
+    }
+    Ok(channels)
 }
 
 /// Resident memory of this process (`None`) or of `pid`, in MiB (Linux).
@@ -1174,15 +1177,8 @@ async fn drive(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Figures> {
-    let mut channels = Vec::new();
-    for _ in 0..connections.max(1) {
-        channels.push(connect(addr).await?);
-    }
-    let target = std::sync::Arc::new(match target {
-        Target::GetClinic(n) => Target::GetClinic(n.clone()),
-        Target::GetPatient(n) => Target::GetPatient(n.clone()),
-        Target::Echo => Target::Echo,
-    });
+    let channels = channels(addr, connections).await?;
+    let target = std::sync::Arc::new(target.clone());
     let start = Instant::now();
     let deadline = start + duration;
     let workers: Vec<_> = (0..in_flight)

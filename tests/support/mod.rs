@@ -416,24 +416,20 @@ pub async fn set_slot_step(suite: &TestSuite, staff: &ClinicStaff, minutes: i64)
         .unwrap();
 }
 
-/// A new patient of `staff`'s clinic, and a portal token for them.
-pub async fn a_patient(
+/// `patient`, created in `staff`'s clinic by its admin through the gateway.
+pub async fn create_patient(
     suite: &TestSuite,
     staff: &ClinicStaff,
-    family_name: &str,
-) -> (String, String) {
+    patient: topsmile_proto::topsmile::patients::v1::Patient,
+) -> topsmile_proto::topsmile::patients::v1::Patient {
     use topsmile_proto::topsmile::patients::v1 as patients;
-    let name = patients::patient_service_client::PatientServiceClient::with_interceptor(
+    patients::patient_service_client::PatientServiceClient::with_interceptor(
         suite.channel().await,
         Bearer(Some(staff.admin.clone())),
     )
     .create_patient(patients::CreatePatientRequest {
         parent: staff.clinic.name.clone(),
-        patient: Some(patients::Patient {
-            given_name: "Pat".into(),
-            family_name: family_name.into(),
-            ..Default::default()
-        }),
+        patient: Some(patient),
         request_id: String::new(),
     })
     .await
@@ -441,6 +437,24 @@ pub async fn a_patient(
     .into_inner()
     .patient
     .unwrap()
+}
+
+/// A new patient of `staff`'s clinic, and a portal token for them.
+pub async fn a_patient(
+    suite: &TestSuite,
+    staff: &ClinicStaff,
+    family_name: &str,
+) -> (String, String) {
+    let name = create_patient(
+        suite,
+        staff,
+        topsmile_proto::topsmile::patients::v1::Patient {
+            given_name: "Pat".into(),
+            family_name: family_name.into(),
+            ..Default::default()
+        },
+    )
+    .await
     .name;
     let clinic_id = staff.clinic.name.trim_start_matches("clinics/").to_owned();
     let token = patient_token(suite, &clinic_id, &name);
