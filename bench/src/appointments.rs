@@ -27,7 +27,6 @@ use topsmile_proto::{
             Appointment, BookAppointmentRequest, FindAvailableSlotsRequest,
             appointment_service_client::AppointmentServiceClient,
         },
-        identity::v1::{Clinic, CreateClinicRequest, clinic_service_client::ClinicServiceClient},
         patients::v1::{
             CreatePatientRequest, Patient, patient_service_client::PatientServiceClient,
         },
@@ -144,19 +143,8 @@ impl Supply {
         bearer: &Bearer,
         label: &str,
     ) -> anyhow::Result<Self> {
-        let clinic = ClinicServiceClient::with_interceptor(channel.clone(), bearer.clone())
-            .create_clinic(CreateClinicRequest {
-                clinic: Some(Clinic {
-                    display_name: format!("Bench bookings {label}"),
-                    time_zone: "America/Sao_Paulo".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            })
+        let clinic = crate::create_clinic(channel, bearer, &format!("Bench bookings {label}"))
             .await?
-            .into_inner()
-            .clinic
-            .context("no clinic")?
             .name;
         let always: Vec<WorkingDay> = [
             DayOfWeek::Monday,

@@ -128,20 +128,7 @@ async fn main() -> anyhow::Result<()> {
         suite.stop().await?;
         return Ok(());
     }
-    let mut client = ClinicServiceClient::with_interceptor(connect(gateway).await?, bearer.clone());
-    let clinic = client
-        .create_clinic(CreateClinicRequest {
-            clinic: Some(Clinic {
-                display_name: "Bench Clinic".into(),
-                time_zone: "America/Sao_Paulo".into(),
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        })
-        .await?
-        .into_inner()
-        .clinic
-        .context("create answered no clinic")?;
+    let clinic = create_clinic(&connect(gateway).await?, &bearer, "Bench Clinic").await?;
 
     // The yardstick: every throughput below is also given as a share of it.
     let echo = best_of(&args, &bearer, echo_server().await?, &Target::Echo, 64).await?;
@@ -352,6 +339,27 @@ fn summary(m: &Measured<'_>) {
             ),
         }
     }
+}
+
+/// A new clinic in São Paulo, created by the bench's super admin.
+pub(crate) async fn create_clinic(
+    channel: &Channel,
+    bearer: &Bearer,
+    display_name: &str,
+) -> anyhow::Result<Clinic> {
+    ClinicServiceClient::with_interceptor(channel.clone(), bearer.clone())
+        .create_clinic(CreateClinicRequest {
+            clinic: Some(Clinic {
+                display_name: display_name.into(),
+                time_zone: "America/Sao_Paulo".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await?
+        .into_inner()
+        .clinic
+        .context("create answered no clinic")
 }
 
 /// What a measurement calls.
@@ -699,20 +707,7 @@ async fn all_in_one_memory(args: &Args) -> anyhow::Result<(Option<f64>, Option<f
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = resident_mib(Some(pid));
         let bearer = Bearer(format!("Bearer {token}").parse()?);
-        let channel = connect(gateway).await?;
-        let clinic = ClinicServiceClient::with_interceptor(channel.clone(), bearer.clone())
-            .create_clinic(CreateClinicRequest {
-                clinic: Some(Clinic {
-                    display_name: "Memory Clinic".into(),
-                    time_zone: "America/Sao_Paulo".into(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            })
-            .await?
-            .into_inner()
-            .clinic
-            .context("no clinic")?;
+        let clinic = create_clinic(&connect(gateway).await?, &bearer, "Memory Clinic").await?;
         let names = seed_patients(gateway, &bearer, &clinic.name, 1_000).await?;
         let target = Target::GetPatient(names[names.len() / 2].clone());
         let peak_during = async {
