@@ -335,10 +335,11 @@ fn fuzz_every_public_method(store: Option<StoreChoice>, cases: u32) {
     if let Err(e) = outcome {
         panic!("{e}");
     }
-    // The requests got past the door: handlers answered, some calls succeeded.
+    // The requests got past the door: handlers judged them, and some succeeded (dozens
+    // per run; which other verdicts appear varies with the random inputs).
     let seen = seen.into_inner().unwrap_or_default();
     eprintln!("answers: {seen:?}");
-    for code in ["Ok", "InvalidArgument", "NotFound"] {
+    for code in ["Ok", "InvalidArgument"] {
         assert!(
             seen.get(code).is_some_and(|n| *n > 0),
             "no {code} among {seen:?}"
