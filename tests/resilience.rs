@@ -589,28 +589,25 @@ async fn killed_replica(store: StoreChoice) {
         suite.channel().await,
         Bearer(Some(staff.admin.clone())),
     );
-    let mut created: std::collections::BTreeMap<String, String> =
-        tally.created.lock().await.iter().cloned().collect();
-    for (request_id, _) in &failures {
-        if let Some(request_id) = request_id {
-            let retried = patients
-                .create_patient(new_patient(&staff.clinic.name, request_id))
-                .await
-                .unwrap()
-                .into_inner()
-                .patient
-                .unwrap();
-            created.insert(request_id.clone(), retried.name);
-        }
-    }
-    if let Some((request_id, name)) = created.iter().next() {
-        let again = patients
+    let mut retry = async |request_id: &str| {
+        patients
             .create_patient(new_patient(&staff.clinic.name, request_id))
             .await
             .unwrap()
             .into_inner()
             .patient
-            .unwrap();
+            .unwrap()
+    };
+    let mut created: std::collections::BTreeMap<String, String> =
+        tally.created.lock().await.iter().cloned().collect();
+    for (request_id, _) in &failures {
+        if let Some(request_id) = request_id {
+            let retried = retry(request_id).await;
+            created.insert(request_id.clone(), retried.name);
+        }
+    }
+    if let Some((request_id, name)) = created.iter().next() {
+        let again = retry(request_id).await;
         assert_eq!(
             &again.name, name,
             "a retried create returns the first patient"

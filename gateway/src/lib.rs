@@ -323,23 +323,14 @@ async fn refresh_upstreams(proxy: Arc<Proxy>, every: Duration, shutdown: Shutdow
 /// The gateway as its own process (what `topsmile-gateway` and `topsmile serve gateway`
 /// run): configuration from `TOPSMILE_*`, serve until SIGTERM, drain.
 pub async fn run_process() -> anyhow::Result<()> {
-    use topsmile_kit::{server, shutdown, telemetry};
     let config: GatewayConfig = topsmile_kit::config::load(None)?;
-    let telemetry = telemetry::init(config.log_format, "topsmile-gateway");
+    let telemetry = topsmile_kit::telemetry::init(config.log_format, "topsmile-gateway");
     tracing::info!(?config, "starting topsmile-gateway");
     let gateway = Gateway::new(&config)?;
-    let listener = server::bind(config.listen).await?;
-    let (trigger, stop) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        trigger.fire();
-    });
-    if let Some(addr) = config.metrics_listen {
-        let bound = topsmile_kit::calls::spawn_metrics(addr, stop.clone()).await?;
-        tracing::info!(%bound, "metrics at /metrics");
-    }
-    let served = gateway.serve(listener, stop).await;
-    telemetry.shutdown();
-    served?;
-    Ok(())
+    let listener = topsmile_kit::server::bind(config.listen).await?;
+    topsmile_kit::server::until_terminated(telemetry, config.metrics_listen, |stop| {
+        gateway.serve(listener, stop)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
 }

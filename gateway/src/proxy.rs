@@ -1,11 +1,11 @@
 //! The edge: one HTTP/2 request in, the same request out to the owning service.
 //!
-//! Messages are never decoded. HTTP/2 DATA frames and trailers are handed on as they
-//! arrive (hyper on both sides), which keeps the added latency to a few tens of
-//! microseconds and works for streaming methods as well as unary ones. What the gateway
-//! reads is the path (to route), the `grpc-timeout` header (to bound the call) and the
-//! `x-topsmile-*` headers (to drop them: those are set by TopSmile itself, never by a
-//! client).
+//! Messages are never decoded. The request message (every method is unary) is read
+//! whole before it is sent, so a call a replica turned away unstarted can go to another;
+//! the response's DATA frames and trailers are handed on as they arrive (hyper on both
+//! sides). What the gateway reads is the path (to route), the `grpc-timeout` header (to
+//! bound the call, and to hand the service what is left of it) and the `x-topsmile-*`
+//! headers (to drop them: those are set by TopSmile itself, never by a client).
 
 use std::{
     collections::HashMap,
@@ -226,11 +226,7 @@ fn outgoing(
     let left = ends.saturating_duration_since(tokio::time::Instant::now());
     req.headers_mut().insert(
         "grpc-timeout",
-        HeaderValue::from(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
-            .to_str()
-            .ok()
-            .and_then(|ms| HeaderValue::from_str(&format!("{ms}m")).ok())
-            .ok_or_else(|| ApiError::Internal("grpc-timeout header".into()))?,
+        topsmile_kit::peers::grpc_timeout_value(left),
     );
     Ok(req)
 }

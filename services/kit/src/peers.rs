@@ -100,6 +100,22 @@ pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     })
 }
 
+/// `grpc-timeout` for `left` (at least a millisecond), in the coarsest unit that keeps
+/// it within the protocol's 8 digits: what [`grpc_timeout`] reads back.
+pub fn grpc_timeout_value(left: Duration) -> http::HeaderValue {
+    let ms = left.as_millis().max(1);
+    let (n, unit) = if ms <= 99_999_999 {
+        (ms, 'm')
+    } else if left.as_secs() <= 99_999_999 {
+        (u128::from(left.as_secs()), 'S')
+    } else {
+        (u128::from(left.as_secs() / 3600).min(99_999_999), 'H')
+    };
+    // Digits and a letter are always a valid header value.
+    http::HeaderValue::from_str(&format!("{n}{unit}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("1m"))
+}
+
 /// The replicas of one service, each over a lazily connected channel.
 #[derive(Clone)]
 pub struct Replicas {
@@ -298,6 +314,20 @@ mod tests {
             "{left:?}"
         );
         assert_eq!(Deadline::none().remaining().unwrap(), None);
+        for left in [
+            Duration::ZERO,
+            Duration::from_millis(1500),
+            Duration::from_secs(200_000),
+            Duration::from_secs(u64::MAX / 2),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-timeout", grpc_timeout_value(left));
+            let read = grpc_timeout(&headers).expect("a valid grpc-timeout");
+            assert!(
+                read <= left.max(Duration::from_millis(1)),
+                "{left:?} -> {read:?}"
+            );
+        }
         assert_eq!(
             Deadline::of(&tonic::Request::new(())).remaining().unwrap(),
             None

@@ -271,6 +271,25 @@ where
     };
     let Built { routes, guard } = make(config, runtime).await?;
     let listener = bind(listen).await?;
+    until_terminated(telemetry, metrics_listen, |stop| {
+        serve(listener, routes, names, &limits, guard, stop)
+    })
+    .await
+}
+
+/// The end of every TopSmile process's `main`: metrics on the admin port if one is
+/// configured, `serve` until Ctrl-C or SIGTERM (it gets the shutdown signal and drains),
+/// then the spans still queued are sent.
+pub async fn until_terminated<F, Fut, E>(
+    telemetry: crate::telemetry::Telemetry,
+    metrics_listen: Option<SocketAddr>,
+    serve: F,
+) -> Result<(), BoxError>
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
     let (trigger, stop) = crate::shutdown::channel();
     tokio::spawn(async move {
         crate::shutdown::os_signal().await;
@@ -280,8 +299,7 @@ where
         let bound = crate::calls::spawn_metrics(addr, stop.clone()).await?;
         tracing::info!(%bound, "metrics at /metrics");
     }
-    let served = serve(listener, routes, names, &limits, guard, stop).await;
+    let served = serve(stop).await;
     telemetry.shutdown();
-    served?;
-    Ok(())
+    served.map_err(Into::into)
 }
