@@ -613,3 +613,95 @@ async fn forwarding_headers_from_untrusted_peers_are_ignored() {
     );
     suite.stop().await;
 }
+
+/// A unary request sent frame by frame over raw HTTP/2, as a client that has not yet
+/// ended its side: the gRPC length prefix says when the message is whole.
+fn grpc_frame(message: &impl prost::Message) -> Vec<u8> {
+    let encoded = message.encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(encoded.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    framed
+}
+
+/// The gateway forwards a call as soon as its message is complete (the proxy's promise:
+/// it does not wait for the frame that ends the client's side), whatever frames the
+/// message came in; and it refuses a message declared larger than the limit from its
+/// prefix alone, without waiting for the rest.
+#[tokio::test]
+async fn a_call_goes_on_once_its_message_is_whole_and_an_oversize_one_is_refused_by_its_prefix() {
+    use bytes::Bytes;
+    let suite = TestSuite::start().await;
+    let token = suite.root_token().await;
+    let clinic = create(&mut suite.clinics().await, "Frame by frame").await;
+    let gateway = suite.suite.gateway;
+    let tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let get_clinic = || {
+        http::Request::builder()
+            .method("POST")
+            .uri(format!(
+                "http://{gateway}/topsmile.identity.v1.ClinicService/GetClinic"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+    };
+
+    // The message in two frames, a pause between them, and no END_STREAM at all.
+    let message = grpc_frame(&identity::GetClinicRequest {
+        name: clinic.name.clone(),
+    });
+    let mut client = client.ready().await.unwrap();
+    let (response, mut request_body) = client.send_request(get_clinic(), false).unwrap();
+    let (head, tail) = message.split_at(3);
+    request_body
+        .send_data(Bytes::copy_from_slice(head), false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    request_body
+        .send_data(Bytes::copy_from_slice(tail), false)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered while the client's side is still open")
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let mut body = response.into_body();
+    let mut answer = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        answer.extend_from_slice(&chunk);
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .unwrap()
+        .expect("grpc-status trailers");
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    let answer: identity::GetClinicResponse =
+        prost::Message::decode(answer.get(5..).expect("a length-prefixed message")).unwrap();
+    assert_eq!(answer.clinic.map(|c| c.name), Some(clinic.name.clone()));
+
+    // A prefix declaring 256 MiB: refused at once, the body never sent.
+    let mut client = client.ready().await.unwrap();
+    let (response, mut request_body) = client.send_request(get_clinic(), false).unwrap();
+    request_body
+        .send_data(Bytes::from_static(&[0, 0x10, 0, 0, 0]), false)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("refused without the rest of the message")
+        .unwrap();
+    assert_eq!(
+        response.headers()["grpc-status"],
+        (Code::OutOfRange as i32).to_string().as_str(),
+        "{:?}",
+        response.headers()
+    );
+    suite.stop().await;
+}

@@ -6,11 +6,11 @@
 //! `GetClinic` at a fixed number of calls in flight, alternately straight at the
 //! identity service and through the gateway, and prints throughput, p50 and p99 for each
 //! and the ratios between them; then the same for `GetPatient` after seeding 10,000
-//! patients into one clinic; twice GetClinic's saturating load, open loop (what is
-//! shed, what the admitted calls wait); the memory of `topsmile dev` and of each
-//! `topsmile serve <service>` in processes of their own (the `topsmile` binary next to
-//! this one); name searches. Then the costs of
-//! authentication: the per-call token
+//! patients into one clinic; twice GetClinic's saturating load, open loop, at an
+//! identity replica in a process of its own (what is shed, what the admitted calls
+//! wait); the memory of `topsmile dev` and of each `topsmile serve <service>` in
+//! processes of their own (those need the `topsmile` binary next to this one); name
+//! searches. Then the costs of authentication: the per-call token
 //! check with a warm cache beside one full EdDSA verification, and sign-in latency under
 //! 16 concurrent logins beside the time of one password hash. Everything compared is
 //! measured in the same run on the same machine, so the ratios hold even where absolute
@@ -85,6 +85,10 @@ struct Args {
     /// Only measure `working_intervals` (no suite is started).
     #[arg(long)]
     schedule_only: bool,
+    /// Only the overload figure (an identity replica in its own process at twice its
+    /// saturating rate).
+    #[arg(long)]
+    overload_only: bool,
     /// Only the appointments figures: the seed at its original scale, then
     /// FindAvailableSlots, BookAppointment and a 50-way race on top of it.
     #[arg(long)]
@@ -129,6 +133,12 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let clinic = create_clinic(&connect(gateway).await?, &bearer, "Bench Clinic").await?;
+    let get_clinic = Target::GetClinic(clinic.name.clone());
+    if args.overload_only {
+        overload_on_its_own(&args, &suite, dir.path(), &key_file, &bearer, &get_clinic).await?;
+        suite.stop().await?;
+        return Ok(());
+    }
 
     // The yardstick: every throughput below is also given as a share of it.
     let echo = best_of(&args, &bearer, echo_server().await?, &Target::Echo, 64).await?;
@@ -138,7 +148,6 @@ async fn main() -> anyhow::Result<()> {
         echo.p50.as_micros()
     );
     println!();
-    let get_clinic = Target::GetClinic(clinic.name.clone());
     let clinic_figures = compare(&args, &bearer, direct, gateway, &get_clinic, "identity").await?;
 
     // Patients: 10,000 in one clinic, then GetPatient both ways and name searches.
@@ -148,45 +157,11 @@ async fn main() -> anyhow::Result<()> {
     let get_patient = Target::GetPatient(names[names.len() / 2].clone());
     let patient_figures =
         compare(&args, &bearer, patients, gateway, &get_patient, "patients").await?;
-    // Twice the load GetClinic saturates at, arriving whatever the answers.
-    let saturating = clinic_figures
-        .iter()
-        .map(|(_, d, _)| d.rps)
-        .fold(0.0, f64::max);
-    let served_before = topsmile_kit::calls::encode_metrics();
-    let overload = open_loop(
-        direct,
-        &bearer,
-        &get_clinic,
-        2.0 * saturating,
-        args.connections,
-        Duration::from_secs(args.seconds),
-    )
-    .await?;
-    println!(
-        "Overload, GetClinic direct at 2× its saturating rate: offered {:.0}/s, admitted {:.0}/s, shed {} (RESOURCE_EXHAUSTED), other errors {}, hung {}, admitted p99 {:.1} ms",
-        overload.offered,
-        overload.admitted,
-        overload.shed,
-        overload.other_errors,
-        overload.hung,
-        overload.admitted_p99.as_secs_f64() * 1e3
-    );
-    for sample in &overload.error_samples {
-        println!("  e.g. {sample} (the load generator's own client, on the same 2 cores)");
-    }
-    let served_p99 = histogram_p99(
-        &served_before,
-        &topsmile_kit::calls::encode_metrics(),
-        "identity",
-        "/topsmile.identity.v1.ClinicService/GetClinic",
-    );
-    if let Some(p99) = served_p99 {
-        println!(
-            "  as identity saw it (its latency histogram, arrival to last frame): admitted p99 <= {:.1} ms",
-            p99 * 1e3
-        );
-    }
+    // Twice the load GetClinic saturates at, arriving whatever the answers, at an
+    // identity replica in a process of its own: its shedding, not this process's
+    // scheduler, decides what the admitted calls wait.
+    let (overload, served_p99) =
+        overload_on_its_own(&args, &suite, dir.path(), &key_file, &bearer, &get_clinic).await?;
     println!();
     let binaries = idle_binaries(&suite).await?;
     let (idle_suite, loaded_suite) = match all_in_one_memory(&args).await {
@@ -544,6 +519,11 @@ struct Overload {
 
 /// Calls `target` at `addr` at a fixed arrival rate (`rate` per second, whatever the
 /// answers) for `duration`: what a server does when more comes than it can take.
+///
+/// It sends through hyper's HTTP/2 client with the request encoded once (no tonic
+/// channel, whose buffer task would cost a hop per call), and with wide flow-control
+/// windows, so the generator keeps up with twice what the server takes and a server's
+/// answers are never held back by a slow reader.
 async fn open_loop(
     addr: SocketAddr,
     bearer: &Bearer,
@@ -552,8 +532,11 @@ async fn open_loop(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Overload> {
-    let channels = channels(addr, connections).await?;
-    let target = std::sync::Arc::new(target.clone());
+    let mut senders = Vec::new();
+    for _ in 0..connections.max(1) {
+        senders.push(RawCall::connect(addr).await?);
+    }
+    let call = std::sync::Arc::new(RawCall::new(addr, bearer, target)?);
     // Arrivals in ticks of 1 ms, each tick sending its share.
     let per_tick = rate / 1000.0;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
@@ -567,14 +550,13 @@ async fn open_loop(
         owed += per_tick;
         while owed >= 1.0 {
             owed -= 1.0;
-            let channel = channels[sent % channels.len()].clone();
+            let sender = senders[sent % senders.len()].clone();
             sent += 1;
-            let (target, bearer) = (target.clone(), bearer.clone());
+            let call = call.clone();
             calls.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let outcome =
-                    tokio::time::timeout(Duration::from_secs(10), target.call(&channel, &bearer))
-                        .await;
+                    tokio::time::timeout(Duration::from_secs(10), call.send(sender)).await;
                 (t.elapsed(), outcome)
             }));
         }
@@ -584,11 +566,14 @@ async fn open_loop(
     let mut error_samples: Vec<String> = Vec::new();
     for call in calls {
         match call.await? {
-            (elapsed, Ok(Ok(()))) => latencies.push(elapsed),
-            (_, Ok(Err(status))) if status.code() == tonic::Code::ResourceExhausted => shed += 1,
-            (_, Ok(Err(status))) => {
+            (elapsed, Ok(Ok(tonic::Code::Ok))) => latencies.push(elapsed),
+            (_, Ok(Ok(tonic::Code::ResourceExhausted))) => shed += 1,
+            (_, Ok(outcome)) => {
                 other_errors += 1;
-                let sample = format!("{:?}: {}", status.code(), status.message());
+                let sample = match outcome {
+                    Ok(code) => format!("{code:?}"),
+                    Err(e) => format!("transport: {e}"),
+                };
                 if error_samples.len() < 3 && !error_samples.contains(&sample) {
                     error_samples.push(sample);
                 }
@@ -608,9 +593,128 @@ async fn open_loop(
     })
 }
 
-/// The p99 of the calls `component` served of `method` between two scrapes of this
-/// process's metrics, as the upper bound of the histogram bucket it falls in (seconds).
-fn histogram_p99(before: &str, after: &str, component: &str, method: &str) -> Option<f64> {
+/// Calls answered per second with 64 calls in flight, closed loop, through `call`.
+async fn saturate(
+    addr: SocketAddr,
+    call: &std::sync::Arc<RawCall>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    let mut senders = Vec::new();
+    for _ in 0..connections.max(1) {
+        senders.push(RawCall::connect(addr).await?);
+    }
+    let start = Instant::now();
+    let workers: Vec<_> = (0..64)
+        .map(|i| {
+            let (call, sender) = (call.clone(), senders[i % senders.len()].clone());
+            tokio::spawn(async move {
+                let mut answered = 0usize;
+                while start.elapsed() < duration {
+                    if matches!(call.send(sender.clone()).await, Ok(tonic::Code::Ok)) {
+                        answered += 1;
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for worker in workers {
+        answered += worker.await?;
+    }
+    Ok(answered as f64 / start.elapsed().as_secs_f64())
+}
+
+type RawSender = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// One unary call, encoded once: its path, headers and length-prefixed message.
+struct RawCall {
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    message: bytes::Bytes,
+}
+
+impl RawCall {
+    fn new(addr: SocketAddr, bearer: &Bearer, target: &Target) -> anyhow::Result<Self> {
+        use prost::Message;
+        let (path, encoded) = match target {
+            Target::GetClinic(name) => (
+                "/topsmile.identity.v1.ClinicService/GetClinic",
+                GetClinicRequest { name: name.clone() }.encode_to_vec(),
+            ),
+            Target::GetPatient(name) => (
+                "/topsmile.patients.v1.PatientService/GetPatient",
+                GetPatientRequest { name: name.clone() }.encode_to_vec(),
+            ),
+            Target::Echo => (
+                "/grpc.health.v1.Health/Check",
+                tonic_health::pb::HealthCheckRequest::default().encode_to_vec(),
+            ),
+        };
+        let mut message = Vec::with_capacity(5 + encoded.len());
+        message.push(0);
+        message.extend_from_slice(&u32::try_from(encoded.len())?.to_be_bytes());
+        message.extend_from_slice(&encoded);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", "application/grpc".parse()?);
+        headers.insert("te", "trailers".parse()?);
+        headers.insert("authorization", bearer.0.to_str()?.parse()?);
+        Ok(Self {
+            uri: format!("http://{addr}{path}").parse()?,
+            headers,
+            message: message.into(),
+        })
+    }
+
+    async fn connect(addr: SocketAddr) -> anyhow::Result<RawSender> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(8 << 20)
+                .initial_connection_window_size(64 << 20)
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// The call's gRPC code (from the trailers, or a trailers-only answer's headers).
+    async fn send(&self, mut sender: RawSender) -> anyhow::Result<tonic::Code> {
+        use http_body_util::BodyExt;
+        let mut request = http::Request::new(http_body_util::Full::new(self.message.clone()));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        let response = sender.send_request(request).await?;
+        let code = |headers: &http::HeaderMap| {
+            headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(tonic::Code::from)
+        };
+        if let Some(code) = code(response.headers()) {
+            return Ok(code);
+        }
+        let body = response.into_body().collect().await?;
+        Ok(body
+            .trailers()
+            .and_then(code)
+            .unwrap_or(tonic::Code::Unknown))
+    }
+}
+
+/// The `q` quantile of the calls `component` served of `method` between two scrapes of
+/// a server's metrics, as the upper bound of the histogram bucket it falls in (seconds).
+fn histogram_quantile(
+    q: f64,
+    before: &str,
+    after: &str,
+    component: &str,
+    method: &str,
+) -> Option<f64> {
     // `..._bucket{le="0.0001",component="identity",method="/..."} 12`
     let labels = format!("component=\"{component}\",method=\"{method}\"}} ");
     let buckets = |text: &str| -> Vec<(f64, f64)> {
@@ -645,7 +749,7 @@ fn histogram_p99(before: &str, after: &str, component: &str, method: &str) -> Op
     }
     delta
         .iter()
-        .find(|(_, cumulative)| *cumulative >= 0.99 * total)
+        .find(|(_, cumulative)| *cumulative >= q * total)
         .map(|(le, _)| *le)
 }
 
@@ -742,17 +846,103 @@ async fn all_in_one_memory(args: &Args) -> anyhow::Result<(Option<f64>, Option<f
     measured
 }
 
-/// Each service binary on its own (`topsmile serve <service>`, next to this binary),
-/// idle after start: its resident memory in MiB.
-async fn idle_binaries(suite: &Suite) -> anyhow::Result<Vec<(&'static str, Option<f64>)>> {
+/// One role's binary (`topsmile serve <role>`, next to this one) in a process of its
+/// own, told where the suite's replicas are; killed when dropped.
+struct Child {
+    process: std::process::Child,
+    addr: SocketAddr,
+    /// Its admin port, when asked for.
+    metrics: Option<SocketAddr>,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Starts `topsmile serve <role>` on `data_dir` and `key_file` (the suite's own, to
+/// serve its data and accept its tokens, or fresh ones) and waits until it is SERVING.
+async fn spawn_role(
+    role: &str,
+    suite: &Suite,
+    data_dir: &std::path::Path,
+    key_file: &std::path::Path,
+    with_metrics: bool,
+) -> anyhow::Result<Option<Child>> {
+    spawn_role_on(role, suite, data_dir, key_file, with_metrics, None).await
+}
+
+/// [`spawn_role`], on the given CPUs only (`taskset -c`), when they are given.
+async fn spawn_role_on(
+    role: &str,
+    suite: &Suite,
+    data_dir: &std::path::Path,
+    key_file: &std::path::Path,
+    with_metrics: bool,
+    cpus: Option<&str>,
+) -> anyhow::Result<Option<Child>> {
     let topsmile = std::env::current_exe()?.with_file_name("topsmile");
     if !topsmile.exists() {
         println!(
-            "(each binary's memory: skipped, {} is not built; cargo build --release -p topsmile)",
+            "(separate processes: skipped, {} is not built; cargo build --release -p topsmile)",
             topsmile.display()
         );
-        return Ok(Vec::new());
+        return Ok(None);
     }
+    let addr = free_port()?;
+    let metrics = with_metrics.then(free_port).transpose()?;
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut pinned = std::process::Command::new("taskset");
+            pinned.args(["-c", cpus]).arg(&topsmile);
+            pinned
+        }
+        None => std::process::Command::new(&topsmile),
+    };
+    command
+        .args(["serve", role])
+        .env("TOPSMILE_LISTEN", addr.to_string())
+        .env("TOPSMILE_DATA_DIR", data_dir)
+        .env("TOPSMILE_KEY_FILE", key_file)
+        .env("TOPSMILE_SERVICE_SECRET", "bench secret, only for this run")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null());
+    for area in ["identity", "patients", "providers", "appointments"] {
+        command.env(
+            format!("TOPSMILE_{}_UPSTREAMS", area.to_uppercase()),
+            suite.services[area].to_string(),
+        );
+    }
+    if let Some(metrics) = metrics {
+        command.env("TOPSMILE_METRICS_LISTEN", metrics.to_string());
+    }
+    let child = Child {
+        process: command.spawn()?,
+        addr,
+        metrics,
+    };
+    for _ in 0..100 {
+        if let Ok(channel) = connect(addr).await {
+            let check = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await;
+            if check.is_ok() {
+                return Ok(Some(child));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("topsmile serve {role} did not start")
+}
+
+/// Each service binary on its own, idle after start: its resident memory in MiB.
+async fn idle_binaries(suite: &Suite) -> anyhow::Result<Vec<(&'static str, Option<f64>)>> {
     let mut figures = Vec::new();
     for role in [
         "identity",
@@ -762,57 +952,160 @@ async fn idle_binaries(suite: &Suite) -> anyhow::Result<Vec<(&'static str, Optio
         "gateway",
     ] {
         let dir = tempfile::tempdir()?;
-        let listen = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-            probe.local_addr()?
-        };
-        let mut child = std::process::Command::new(&topsmile)
-            .args(["serve", role])
-            .env("TOPSMILE_LISTEN", listen.to_string())
-            .env("TOPSMILE_DATA_DIR", dir.path())
-            .env("TOPSMILE_KEY_FILE", dir.path().join("keys.json"))
-            .env("TOPSMILE_SERVICE_SECRET", "bench secret, only for this run")
-            .env(
-                "TOPSMILE_IDENTITY_UPSTREAMS",
-                suite.services["identity"].to_string(),
-            )
-            .env(
-                "TOPSMILE_PATIENTS_UPSTREAMS",
-                suite.services["patients"].to_string(),
-            )
-            .env(
-                "TOPSMILE_PROVIDERS_UPSTREAMS",
-                suite.services["providers"].to_string(),
-            )
-            .env(
-                "TOPSMILE_APPOINTMENTS_UPSTREAMS",
-                suite.services["appointments"].to_string(),
-            )
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .spawn()?;
-        let mut serving = false;
-        for _ in 0..100 {
-            if let Ok(channel) = connect(listen).await {
-                let check = tonic_health::pb::health_client::HealthClient::new(channel)
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await;
-                if check.is_ok() {
-                    serving = true;
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        figures.push((
+        let child = match spawn_role(
             role,
-            serving.then(|| resident_mib(Some(child.id()))).flatten(),
-        ));
-        let _ = child.kill();
-        let _ = child.wait();
+            suite,
+            dir.path(),
+            &dir.path().join("keys.json"),
+            false,
+        )
+        .await
+        {
+            Ok(Some(child)) => Some(child),
+            Ok(None) => return Ok(Vec::new()),
+            Err(_) => None,
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        figures.push((role, child.and_then(|c| resident_mib(Some(c.process.id())))));
     }
     Ok(figures)
+}
+
+/// The overload figure: an identity replica in its own process on the suite's store
+/// and keys; its saturating rate at 64 in flight, then twice that rate, open loop. The
+/// admitted calls' p99 as the client saw it and as the replica's latency histogram
+/// (arrival to last frame) saw it.
+async fn overload_on_its_own(
+    args: &Args,
+    suite: &Suite,
+    data_dir: &std::path::Path,
+    key_file: &std::path::Path,
+    bearer: &Bearer,
+    target: &Target,
+) -> anyhow::Result<(Overload, Option<f64>)> {
+    // The replica on one core, this process (the load generator) on the others: so the
+    // figure is the replica's shedding, not two processes' threads fighting over cores.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let split = cores >= 2 && taskset(std::process::id(), &format!("1-{}", cores - 1));
+    let spawned = spawn_role_on(
+        "identity",
+        suite,
+        data_dir,
+        key_file,
+        true,
+        split.then_some("0"),
+    )
+    .await;
+    let measured = async {
+        let Some(replica) = spawned? else {
+            anyhow::bail!("the overload figure needs the topsmile binary");
+        };
+        overload_at(args, &replica, bearer, target, split).await
+    }
+    .await;
+    if split {
+        taskset(std::process::id(), &format!("0-{}", cores - 1));
+    }
+    measured
+}
+
+/// Pins every thread of `pid` to `cpus`; whether it could.
+fn taskset(pid: u32, cpus: &str) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+async fn overload_at(
+    args: &Args,
+    replica: &Child,
+    bearer: &Bearer,
+    target: &Target,
+    split: bool,
+) -> anyhow::Result<(Overload, Option<f64>)> {
+    let seconds = Duration::from_secs(args.seconds);
+    // Its saturating rate, with the same lean client the overload is sent with (a tonic
+    // channel saturates first on this machine).
+    let call = std::sync::Arc::new(RawCall::new(replica.addr, bearer, target)?);
+    saturate(
+        replica.addr,
+        &call,
+        args.connections,
+        Duration::from_millis(500),
+    )
+    .await?;
+    let saturated = saturate(replica.addr, &call, args.connections, seconds).await?;
+    let scrape = || async {
+        match replica.metrics {
+            Some(addr) => scrape_metrics(addr).await,
+            None => Ok(String::new()),
+        }
+    };
+    let before = scrape().await?;
+    let overload = open_loop(
+        replica.addr,
+        bearer,
+        target,
+        2.0 * saturated,
+        args.connections,
+        seconds,
+    )
+    .await?;
+    let after = scrape().await?;
+    let served = |q| {
+        histogram_quantile(
+            q,
+            &before,
+            &after,
+            "identity",
+            "/topsmile.identity.v1.ClinicService/GetClinic",
+        )
+    };
+    let served_p99 = served(0.99);
+    println!(
+        "Overload, GetClinic at an identity replica in its own process{} (saturates at {:.0}/s, 64 in flight) at twice that: offered {:.0}/s, admitted {:.0}/s, shed {} (RESOURCE_EXHAUSTED), other errors {}, hung {}, admitted p99 {:.1} ms",
+        if split {
+            " on core 0, the load from the others"
+        } else {
+            ""
+        },
+        saturated,
+        overload.offered,
+        overload.admitted,
+        overload.shed,
+        overload.other_errors,
+        overload.hung,
+        overload.admitted_p99.as_secs_f64() * 1e3
+    );
+    for sample in &overload.error_samples {
+        println!("  e.g. {sample} (the load generator's own client, on the same 2 cores)");
+    }
+    if let Some(p99) = served_p99 {
+        println!(
+            "  as the replica saw it (its latency histogram, arrival to last frame): admitted p50 <= {:.1} ms, p90 <= {:.1} ms, p99 <= {:.1} ms",
+            served(0.5).unwrap_or_default() * 1e3,
+            served(0.9).unwrap_or_default() * 1e3,
+            p99 * 1e3
+        );
+    }
+    Ok((overload, served_p99))
+}
+
+/// The Prometheus text a server's admin port serves.
+async fn scrape_metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    Ok(answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default())
 }
 
 const GIVEN: &[&str] = &[

@@ -172,7 +172,9 @@ impl Gateway {
             .max_concurrent_streams(Some(
                 u32::try_from(self.limits.concurrency_limit).unwrap_or(u32::MAX),
             ))
-            .adaptive_window(true);
+            // Fixed windows, as towards the services (see `upstream::connect`).
+            .initial_stream_window_size(Some(2 << 20))
+            .initial_connection_window_size(Some(5 << 20));
         let graceful = GracefulShutdown::new();
         let local = listener.local_addr().ok();
         let serve_connection = |stream: tokio::net::TcpStream, peer: std::net::SocketAddr| {

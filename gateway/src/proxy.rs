@@ -1,7 +1,7 @@
 //! The edge: one HTTP/2 request in, the same request out to the owning service.
 //!
 //! Messages are never decoded. The request message (every method is unary) is read
-//! whole before it is sent, so a call a replica turned away unstarted can go to another;
+//! whole (up to its declared length) before it is sent, so a call a replica turned away unstarted can go to another;
 //! the response's DATA frames and trailers are handed on as they arrive (hyper on both
 //! sides). What the gateway reads is the path (to route), the `grpc-timeout` header (to
 //! bound the call, and to hand the service what is left of it) and the `x-topsmile-*`
@@ -122,33 +122,84 @@ impl Proxy {
         // The deadline covers reading the request, choosing and connecting to a replica,
         // the call, and the response body to its last frame.
         let ends = tokio::time::Instant::now() + deadline;
+        // One timer for the whole call: it bounds the exchange, then the response body.
+        let mut deadline = Box::pin(tokio::time::sleep_until(ends));
         let (parts, body) = req.into_parts();
         let exchange = async {
-            let message = read_message(body, self.max_message_bytes).await?;
-            send(upstream, &parts, message, ends).await
+            let (message, rest) = read_message(body, self.max_message_bytes).await?;
+            let response = send(upstream, &parts, message, ends).await?;
+            Ok::<_, ApiError>((response, rest))
         };
-        match tokio::time::timeout_at(ends, exchange).await {
-            Ok(Ok(response)) => Ok(response.map(|body| Body::new(Relayed::new(body, ends)))),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ApiError::DeadlineExceeded),
+        tokio::select! {
+            biased;
+            exchanged = exchange => {
+                let (response, rest) = exchanged?;
+                Ok(response.map(|body| Body::new(Relayed::new(body, deadline, rest))))
+            }
+            () = deadline.as_mut() => Err(ApiError::DeadlineExceeded),
         }
     }
 }
 
-/// The request's body (one length-prefixed gRPC message: every method is unary), read
+/// The request's body: one length-prefixed gRPC message (every method is unary), read
 /// whole so it can go to another replica if the first never starts the call.
-async fn read_message(body: Incoming, max_message_bytes: usize) -> Result<Bytes, ApiError> {
+///
+/// Reading stops as soon as the message is complete, without waiting for the frame
+/// that ends the client's side (clients often send END_STREAM in an empty frame of its
+/// own, which would cost the call a wake-up). The rest of the body comes back with the
+/// message, to be held until the call ends, so the stream closes cleanly. More than one
+/// message is read to the end and passed on as it is: the service judges it.
+async fn read_message(
+    mut body: Incoming,
+    max_message_bytes: usize,
+) -> Result<(Bytes, Incoming), ApiError> {
     use http_body_util::BodyExt;
+    let too_large = ApiError::TooLarge {
+        limit: max_message_bytes,
+    };
     // The message and its 5-byte prefix (compressed flag, length).
     let max_body = max_message_bytes.saturating_add(5);
-    match http_body_util::Limited::new(body, max_body).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge {
-            limit: max_message_bytes,
-        }),
-        // The client reset its own stream or went away.
-        Err(_) => Err(ApiError::Cancelled),
+    let mut first = Bytes::new();
+    // Only when the message spans frames.
+    let mut joined: Option<bytes::BytesMut> = None;
+    loop {
+        let held: &[u8] = joined.as_deref().unwrap_or(&first);
+        if held.len() > max_body {
+            return Err(too_large);
+        }
+        if let Some(&[_, a, b, c, d]) = held.get(..5) {
+            let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+            if declared > max_message_bytes {
+                return Err(too_large);
+            }
+            if held.len() == 5 + declared {
+                break;
+            }
+        }
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                // Trailers from a client mean nothing to a unary call.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                match joined.as_mut() {
+                    Some(buffer) => buffer.extend_from_slice(&data),
+                    None if first.is_empty() => first = data,
+                    None => {
+                        let mut buffer = bytes::BytesMut::with_capacity(first.len() + data.len());
+                        buffer.extend_from_slice(&first);
+                        buffer.extend_from_slice(&data);
+                        joined = Some(buffer);
+                    }
+                }
+            }
+            // The client reset its own stream or went away.
+            Some(Err(_)) => return Err(ApiError::Cancelled),
+        }
     }
+    let message = joined.map_or(first, bytes::BytesMut::freeze);
+    Ok((message, body))
 }
 
 /// Sends the call (`parts` and `message`) to a replica of `upstream`, and to another
@@ -278,14 +329,21 @@ fn transport_code(e: &hyper::Error) -> Code {
 struct Relayed {
     inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// What is left of the client's request body (its end), held until the call ends.
+    _request_rest: Incoming,
     done: bool,
 }
 
 impl Relayed {
-    fn new(inner: Incoming, ends: tokio::time::Instant) -> Self {
+    fn new(
+        inner: Incoming,
+        deadline: Pin<Box<tokio::time::Sleep>>,
+        request_rest: Incoming,
+    ) -> Self {
         Self {
             inner,
-            deadline: Box::pin(tokio::time::sleep_until(ends)),
+            deadline,
+            _request_rest: request_rest,
             done: false,
         }
     }

@@ -220,6 +220,10 @@ pub fn server_span(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
+    if span.is_disabled() {
+        // No subscriber wants it (e.g. `RUST_LOG=warn`): skip the header parsing.
+        return span;
+    }
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     let _ = span.set_parent(parent);
