@@ -135,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
     let clinic = create_clinic(&connect(gateway).await?, &bearer, "Bench Clinic").await?;
     let get_clinic = Target::GetClinic(clinic.name.clone());
     if args.overload_only {
-        overload_on_its_own(&args, &suite, dir.path(), &key_file, &bearer, &get_clinic).await?;
+        let names = seed_patients(gateway, &bearer, &clinic.name, 1_000).await?;
+        let get_patient = Target::GetPatient(names[names.len() / 2].clone());
+        overload_on_its_own(&args, &suite, dir.path(), &key_file, &bearer, &get_patient).await?;
         suite.stop().await?;
         return Ok(());
     }
@@ -157,11 +159,12 @@ async fn main() -> anyhow::Result<()> {
     let get_patient = Target::GetPatient(names[names.len() / 2].clone());
     let patient_figures =
         compare(&args, &bearer, patients, gateway, &get_patient, "patients").await?;
-    // Twice the load GetClinic saturates at, arriving whatever the answers, at an
-    // identity replica in a process of its own: its shedding, not this process's
-    // scheduler, decides what the admitted calls wait.
+    // Twice the load GetPatient saturates at, arriving whatever the answers, at a
+    // patients replica in a process of its own: its shedding, not this process's
+    // scheduler, decides what the admitted calls wait. (GetPatient, with its audit
+    // write, is the call the generator can offer twice the server's rate of.)
     let (overload, served_p99) =
-        overload_on_its_own(&args, &suite, dir.path(), &key_file, &bearer, &get_clinic).await?;
+        overload_on_its_own(&args, &suite, dir.path(), &key_file, &bearer, &get_patient).await?;
     println!();
     let binaries = idle_binaries(&suite).await?;
     let (idle_suite, loaded_suite) = match all_in_one_memory(&args).await {
@@ -266,12 +269,21 @@ fn summary(m: &Measured<'_>) {
         );
     }
     let p99 = overload.admitted_p99.as_secs_f64() * 1e3;
+    // Met only if the server really was overloaded (it shed calls) and nothing hung.
+    let overloaded = overload.shed > 0 && overload.hung == 0;
+    let overload_verdict = |ok: bool| {
+        if overload.shed == 0 {
+            "NOT OVERLOADED"
+        } else {
+            verdict(ok && overloaded)
+        }
+    };
     println!(
         "{:<52} {:>8.1}ms {:>10} {:>7}",
         "overload (2× saturating): admitted p99, at the client",
         p99,
         "< 100ms",
-        verdict(p99 < 100.0 && overload.hung == 0)
+        overload_verdict(p99 < 100.0)
     );
     if let Some(served) = served_p99 {
         let served = served * 1e3;
@@ -280,7 +292,7 @@ fn summary(m: &Measured<'_>) {
             "overload (2× saturating): admitted p99, at the server",
             served,
             "< 100ms",
-            verdict(served < 100.0 && overload.hung == 0)
+            overload_verdict(served < 100.0)
         );
     }
     if let Some(idle) = idle_suite {
@@ -351,6 +363,23 @@ impl Target {
         match self {
             Self::GetClinic(_) => "GetClinic",
             Self::GetPatient(_) => "GetPatient",
+            Self::Echo => "echo",
+        }
+    }
+
+    fn path(&self) -> &'static str {
+        match self {
+            Self::GetClinic(_) => "/topsmile.identity.v1.ClinicService/GetClinic",
+            Self::GetPatient(_) => "/topsmile.patients.v1.PatientService/GetPatient",
+            Self::Echo => "/grpc.health.v1.Health/Check",
+        }
+    }
+
+    /// The service that answers it.
+    fn area(&self) -> &'static str {
+        match self {
+            Self::GetClinic(_) => "identity",
+            Self::GetPatient(_) => "patients",
             Self::Echo => "echo",
         }
     }
@@ -638,19 +667,11 @@ struct RawCall {
 impl RawCall {
     fn new(addr: SocketAddr, bearer: &Bearer, target: &Target) -> anyhow::Result<Self> {
         use prost::Message;
-        let (path, encoded) = match target {
-            Target::GetClinic(name) => (
-                "/topsmile.identity.v1.ClinicService/GetClinic",
-                GetClinicRequest { name: name.clone() }.encode_to_vec(),
-            ),
-            Target::GetPatient(name) => (
-                "/topsmile.patients.v1.PatientService/GetPatient",
-                GetPatientRequest { name: name.clone() }.encode_to_vec(),
-            ),
-            Target::Echo => (
-                "/grpc.health.v1.Health/Check",
-                tonic_health::pb::HealthCheckRequest::default().encode_to_vec(),
-            ),
+        let path = target.path();
+        let encoded = match target {
+            Target::GetClinic(name) => GetClinicRequest { name: name.clone() }.encode_to_vec(),
+            Target::GetPatient(name) => GetPatientRequest { name: name.clone() }.encode_to_vec(),
+            Target::Echo => tonic_health::pb::HealthCheckRequest::default().encode_to_vec(),
         };
         let mut message = Vec::with_capacity(5 + encoded.len());
         message.push(0);
@@ -971,8 +992,8 @@ async fn idle_binaries(suite: &Suite) -> anyhow::Result<Vec<(&'static str, Optio
     Ok(figures)
 }
 
-/// The overload figure: an identity replica in its own process on the suite's store
-/// and keys; its saturating rate at 64 in flight, then twice that rate, open loop. The
+/// The overload figure: a replica of `target`'s service in its own process on the
+/// suite's store and keys; its saturating rate at 64 in flight, then twice that rate, open loop. The
 /// admitted calls' p99 as the client saw it and as the replica's latency histogram
 /// (arrival to last frame) saw it.
 async fn overload_on_its_own(
@@ -988,7 +1009,7 @@ async fn overload_on_its_own(
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let split = cores >= 2 && taskset(std::process::id(), &format!("1-{}", cores - 1));
     let spawned = spawn_role_on(
-        "identity",
+        target.area(),
         suite,
         data_dir,
         key_file,
@@ -1054,18 +1075,12 @@ async fn overload_at(
     )
     .await?;
     let after = scrape().await?;
-    let served = |q| {
-        histogram_quantile(
-            q,
-            &before,
-            &after,
-            "identity",
-            "/topsmile.identity.v1.ClinicService/GetClinic",
-        )
-    };
+    let served = |q| histogram_quantile(q, &before, &after, target.area(), target.path());
     let served_p99 = served(0.99);
     println!(
-        "Overload, GetClinic at an identity replica in its own process{} (saturates at {:.0}/s, 64 in flight) at twice that: offered {:.0}/s, admitted {:.0}/s, shed {} (RESOURCE_EXHAUSTED), other errors {}, hung {}, admitted p99 {:.1} ms",
+        "Overload, {} at a {} replica in its own process{} (saturates at {:.0}/s, 64 in flight) at twice that: offered {:.0}/s, admitted {:.0}/s, shed {} (RESOURCE_EXHAUSTED), other errors {}, hung {}, admitted p99 {:.1} ms",
+        target.label(),
+        target.area(),
         if split {
             " on core 0, the load from the others"
         } else {

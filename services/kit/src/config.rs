@@ -86,7 +86,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             max_message_bytes: 4 * 1024 * 1024,
-            concurrency_limit: 256,
+            concurrency_limit: 128,
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             drain_timeout_secs: 20,
