@@ -142,23 +142,33 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // The yardstick: every throughput below is also given as a share of it.
-    let echo = best_of(&args, &bearer, echo_server().await?, &Target::Echo, 64).await?;
-    println!(
-        "Bare tonic server (grpc.health Check), 64 in flight: {:.0} rps, p50 {} µs",
-        echo.rps,
-        echo.p50.as_micros()
-    );
-    println!();
-    let clinic_figures = compare(&args, &bearer, direct, gateway, &get_clinic, "identity").await?;
+    // The yardstick (grpc.health Check on a bare tonic server), measured in the same
+    // rounds as each call: every throughput is also given as a share of it.
+    let echo = echo_server().await?;
+    let clinic_figures = compare(
+        &args,
+        &bearer,
+        echo,
+        (direct, "identity"),
+        gateway,
+        &get_clinic,
+    )
+    .await?;
 
     // Patients: 10,000 in one clinic, then GetPatient both ways and name searches.
     let patients = suite.services["patients"];
     let names = seed_patients(gateway, &bearer, &clinic.name, 10_000).await?;
     println!();
     let get_patient = Target::GetPatient(names[names.len() / 2].clone());
-    let patient_figures =
-        compare(&args, &bearer, patients, gateway, &get_patient, "patients").await?;
+    let patient_figures = compare(
+        &args,
+        &bearer,
+        echo,
+        (patients, "patients"),
+        gateway,
+        &get_patient,
+    )
+    .await?;
     // Twice the load GetPatient saturates at, arriving whatever the answers, at a
     // patients replica in a process of its own: its shedding, not this process's
     // scheduler, decides what the admitted calls wait. (GetPatient, with its audit
@@ -175,7 +185,6 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     summary(&Measured {
-        echo: &echo,
         clinic: &clinic_figures,
         patient: &patient_figures,
         overload: &overload,
@@ -198,9 +207,8 @@ async fn main() -> anyhow::Result<()> {
 /// server where it is a throughput, with its target beside it.
 /// Everything one run measured that has a target.
 struct Measured<'a> {
-    echo: &'a Figures,
-    clinic: &'a [(usize, Figures, Figures)],
-    patient: &'a [(usize, Figures, Figures)],
+    clinic: &'a [Compared],
+    patient: &'a [Compared],
     overload: &'a Overload,
     served_p99: Option<f64>,
     idle_suite: Option<f64>,
@@ -210,7 +218,6 @@ struct Measured<'a> {
 
 fn summary(m: &Measured<'_>) {
     let Measured {
-        echo,
         clinic,
         patient,
         overload,
@@ -219,18 +226,19 @@ fn summary(m: &Measured<'_>) {
         loaded_suite,
         binaries,
     } = *m;
-    let at = |figures: &[(usize, Figures, Figures)], n: usize| {
-        figures
-            .iter()
-            .find(|(i, _, _)| *i == n)
-            .map(|(_, d, g)| (*d, *g))
-    };
+    let at = |figures: &[Compared], n: usize| figures.iter().find(|c| c.in_flight == n).copied();
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
         "{:<52} {:>10} {:>10} {:>7}",
         "figure", "measured", "target", ""
     );
-    if let Some((d, g)) = at(clinic, 64) {
+    if let Some(Compared {
+        echo,
+        direct: d,
+        gateway: g,
+        ..
+    }) = at(clinic, 64)
+    {
         let r = d.rps / echo.rps;
         println!(
             "{:<52} {:>10.2} {:>10} {:>7}",
@@ -248,7 +256,12 @@ fn summary(m: &Measured<'_>) {
             verdict(r >= 0.70)
         );
     }
-    if let Some((d, g)) = at(clinic, 1) {
+    if let Some(Compared {
+        direct: d,
+        gateway: g,
+        ..
+    }) = at(clinic, 1)
+    {
         let added = g.p50.as_micros() as i128 - d.p50.as_micros() as i128;
         println!(
             "{:<52} {:>9}µs {:>10} {:>7}",
@@ -258,7 +271,10 @@ fn summary(m: &Measured<'_>) {
             verdict(added <= 80)
         );
     }
-    if let Some((d, _)) = at(patient, 64) {
+    if let Some(Compared {
+        echo, direct: d, ..
+    }) = at(patient, 64)
+    {
         let r = d.rps / echo.rps;
         println!(
             "{:<52} {:>10.2} {:>10} {:>7}",
@@ -409,16 +425,29 @@ impl Target {
     }
 }
 
-/// Drives `target` straight at `direct` and through `gateway`, alternating, at each
-/// level of calls in flight; prints both and the ratios.
+/// One comparison's figures at one level of calls in flight: the bare server's, the
+/// call's straight at its service, and through the gateway, measured in the same
+/// alternating rounds.
+#[derive(Clone, Copy)]
+struct Compared {
+    in_flight: usize,
+    echo: Figures,
+    direct: Figures,
+    gateway: Figures,
+}
+
+/// Drives the bare server (`echo`), `target` straight at `direct`, and `target`
+/// through `gateway`, alternating them within every round at each level of calls in
+/// flight, so the three share the machine's passing state and a ratio between them
+/// is one moment's; the best round of each counts. Prints them and the ratios.
 async fn compare(
     args: &Args,
     bearer: &Bearer,
-    direct: SocketAddr,
+    echo: SocketAddr,
+    (direct, service): (SocketAddr, &str),
     gateway: SocketAddr,
     target: &Target,
-    service: &str,
-) -> anyhow::Result<Vec<(usize, Figures, Figures)>> {
+) -> anyhow::Result<Vec<Compared>> {
     println!(
         "Authenticated {}, embedded store, {}s per measurement, best of {} rounds, {} client connections",
         target.label(),
@@ -430,40 +459,33 @@ async fn compare(
         "{:<28} {:>9} {:>10} {:>9} {:>9} {:>7}",
         "path", "in flight", "rps", "p50 µs", "p99 µs", "errors"
     );
-    let direct_label = format!("direct to {service}");
+    let paths = [
+        ("bare tonic server (echo)".to_owned(), echo, &Target::Echo),
+        (format!("direct to {service}"), direct, target),
+        ("through the gateway".to_owned(), gateway, target),
+    ];
     let mut results = Vec::new();
     for &in_flight in &args.in_flight {
-        // Warm both paths (connections, caches) before measuring.
-        for addr in [direct, gateway] {
-            drive(
-                addr,
-                bearer,
-                target,
-                in_flight,
-                args.connections,
-                Duration::from_millis(500),
-            )
-            .await?;
+        let drive_for = |addr, target, duration| {
+            drive(addr, bearer, target, in_flight, args.connections, duration)
+        };
+        // Warm every path (connections, caches) before measuring.
+        for (_, addr, target) in &paths {
+            drive_for(*addr, target, Duration::from_millis(500)).await?;
         }
-        let mut best: [Option<Figures>; 2] = [None, None];
+        let mut best: [Option<Figures>; 3] = [None; 3];
         for _ in 0..args.rounds {
-            for (i, addr) in [direct, gateway].into_iter().enumerate() {
-                let f = drive(
-                    addr,
-                    bearer,
-                    target,
-                    in_flight,
-                    args.connections,
-                    Duration::from_secs(args.seconds),
-                )
-                .await?;
+            for (i, (_, addr, target)) in paths.iter().enumerate() {
+                let f = drive_for(*addr, target, Duration::from_secs(args.seconds)).await?;
                 if best[i].is_none_or(|b| f.rps > b.rps) {
                     best[i] = Some(f);
                 }
             }
         }
-        let [Some(d), Some(g)] = best else { continue };
-        for (label, f) in [(direct_label.as_str(), d), ("through the gateway", g)] {
+        let [Some(echo), Some(direct), Some(gateway)] = best else {
+            continue;
+        };
+        for ((label, _, _), f) in paths.iter().zip([echo, direct, gateway]) {
             println!(
                 "{label:<28} {in_flight:>9} {:>10.0} {:>9} {:>9} {:>7}",
                 f.rps,
@@ -472,51 +494,23 @@ async fn compare(
                 f.errors
             );
         }
-        results.push((in_flight, d, g));
+        results.push(Compared {
+            in_flight,
+            echo,
+            direct,
+            gateway,
+        });
     }
-    for (in_flight, d, g) in &results {
-        let added = g.p50.as_micros() as i128 - d.p50.as_micros() as i128;
+    for c in &results {
+        let added = c.gateway.p50.as_micros() as i128 - c.direct.p50.as_micros() as i128;
         println!(
-            "{in_flight:>3} in flight: gateway ÷ direct = {:.2} (rps), added p50 = {added:+} µs",
-            g.rps / d.rps
+            "{:>3} in flight: direct ÷ echo = {:.2}, gateway ÷ direct = {:.2} (rps), added p50 = {added:+} µs",
+            c.in_flight,
+            c.direct.rps / c.echo.rps,
+            c.gateway.rps / c.direct.rps
         );
     }
     Ok(results)
-}
-
-/// The best of `rounds` measurements of `target` at `addr`.
-async fn best_of(
-    args: &Args,
-    bearer: &Bearer,
-    addr: SocketAddr,
-    target: &Target,
-    in_flight: usize,
-) -> anyhow::Result<Figures> {
-    drive(
-        addr,
-        bearer,
-        target,
-        in_flight,
-        args.connections,
-        Duration::from_millis(500),
-    )
-    .await?;
-    let mut best: Option<Figures> = None;
-    for _ in 0..args.rounds {
-        let f = drive(
-            addr,
-            bearer,
-            target,
-            in_flight,
-            args.connections,
-            Duration::from_secs(args.seconds),
-        )
-        .await?;
-        if best.is_none_or(|b| f.rps > b.rps) {
-            best = Some(f);
-        }
-    }
-    best.context("no round ran")
 }
 
 /// A bare tonic server on a free loopback port: health only, no layers. What a unary
