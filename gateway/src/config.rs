@@ -34,7 +34,11 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EdgeSettings {
-    /// HTTP/2 connections kept to each replica; calls are multiplexed over them.
+    /// HTTP/2 connections kept to each replica; calls are multiplexed over them. One
+    /// (gRPC's own practice): more frames per write and fewer wake-ups per call; h2load
+    /// measured about a sixth less CPU per forwarded call than with two. Raise it
+    /// only when one connection's task is the limit (a gateway with many cores and few
+    /// replicas).
     pub connections_per_upstream: usize,
     /// How long connecting to a replica may take before the next one is tried.
     pub connect_timeout_ms: u64,
@@ -65,7 +69,7 @@ pub struct EdgeSettings {
 impl Default for EdgeSettings {
     fn default() -> Self {
         Self {
-            connections_per_upstream: 2,
+            connections_per_upstream: 1,
             connect_timeout_ms: 1000,
             upstream_retry_ms: 1000,
             max_deadline_secs: 30,
