@@ -51,19 +51,7 @@ async fn a_collector_that_never_answers_delays_no_call() {
 
     let suite = TestSuite::with(Setup::default()).await;
     let token = suite.root_token().await;
-    let clinic = identity::clinic_service_client::ClinicServiceClient::with_interceptor(
-        suite.channel().await,
-        Bearer(Some(token.clone())),
-    )
-    .create_clinic(identity::CreateClinicRequest {
-        clinic: Some(support::new_clinic("Exported")),
-        request_id: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .clinic
-    .unwrap();
+    let clinic = suite.create_clinic("Exported").await;
 
     // 16 callers × 200 calls, two server spans each (gateway, identity): 6,400 spans,
     // over three times the batch exporter's queue (2,048). Each call must finish within

@@ -555,10 +555,7 @@ async fn open_loop(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Overload> {
-    let mut senders = Vec::new();
-    for _ in 0..connections.max(1) {
-        senders.push(RawCall::connect(addr).await?);
-    }
+    let senders = RawCall::connect_all(addr, connections).await?;
     let call = std::sync::Arc::new(RawCall::new(addr, bearer, target)?);
     // Arrivals in ticks of 1 ms, each tick sending its share.
     let per_tick = rate / 1000.0;
@@ -623,10 +620,7 @@ async fn saturate(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<f64> {
-    let mut senders = Vec::new();
-    for _ in 0..connections.max(1) {
-        senders.push(RawCall::connect(addr).await?);
-    }
+    let senders = RawCall::connect_all(addr, connections).await?;
     let start = Instant::now();
     let workers: Vec<_> = (0..64)
         .map(|i| {
@@ -680,6 +674,15 @@ impl RawCall {
             headers,
             message: message.into(),
         })
+    }
+
+    /// `connections` connections to `addr`, for a generator to spread its calls over.
+    async fn connect_all(addr: SocketAddr, connections: usize) -> anyhow::Result<Vec<RawSender>> {
+        let mut senders = Vec::new();
+        for _ in 0..connections.max(1) {
+            senders.push(Self::connect(addr).await?);
+        }
+        Ok(senders)
     }
 
     async fn connect(addr: SocketAddr) -> anyhow::Result<RawSender> {

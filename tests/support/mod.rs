@@ -180,21 +180,17 @@ impl TestSuite {
         )
     }
 
+    /// A new clinic named `label`, created by the super admin through the gateway.
+    pub async fn create_clinic(&self, label: &str) -> identity::Clinic {
+        let root = self.root_token().await;
+        create_clinic_as(self.channel().await, &root, label).await
+    }
+
     /// A clinic and one user per staff role in it, each signed in.
     pub async fn clinic_with_staff(&self, label: &str) -> ClinicStaff {
         let root = self.root_token().await;
         let channel = self.channel().await;
-        let clinic =
-            ClinicServiceClient::with_interceptor(channel.clone(), Bearer(Some(root.clone())))
-                .create_clinic(identity::CreateClinicRequest {
-                    clinic: Some(new_clinic(label)),
-                    request_id: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .clinic
-                .unwrap();
+        let clinic = create_clinic_as(channel.clone(), &root, label).await;
         let mut users = UserServiceClient::with_interceptor(channel, Bearer(Some(root)));
         let mut tokens = Vec::new();
         let mut names = Vec::new();
@@ -289,6 +285,20 @@ pub async fn connect(addr: SocketAddr) -> Channel {
         .unwrap()
         .connect()
         .await
+        .unwrap()
+}
+
+/// A new clinic named `label`, created with the super admin's `root` token.
+pub async fn create_clinic_as(channel: Channel, root: &str, label: &str) -> identity::Clinic {
+    ClinicServiceClient::with_interceptor(channel, Bearer(Some(root.to_owned())))
+        .create_clinic(identity::CreateClinicRequest {
+            clinic: Some(new_clinic(label)),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
         .unwrap()
 }
 
