@@ -804,7 +804,7 @@ async fn all_in_one_memory(args: &Args) -> anyhow::Result<(Option<f64>, Option<f
     let topsmile = std::env::current_exe()?.with_file_name("topsmile");
     anyhow::ensure!(topsmile.exists(), "{} is not built", topsmile.display());
     let dir = tempfile::tempdir()?;
-    let gateway = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let gateway = free_port()?;
     let mut child = std::process::Command::new(&topsmile)
         .args(["dev", "--listen", &gateway.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -885,19 +885,9 @@ fn free_port() -> anyhow::Result<SocketAddr> {
 }
 
 /// Starts `topsmile serve <role>` on `data_dir` and `key_file` (the suite's own, to
-/// serve its data and accept its tokens, or fresh ones) and waits until it is SERVING.
+/// serve its data and accept its tokens, or fresh ones), on the given CPUs only
+/// (`taskset -c`) when they are given, and waits until it is SERVING.
 async fn spawn_role(
-    role: &str,
-    suite: &Suite,
-    data_dir: &std::path::Path,
-    key_file: &std::path::Path,
-    with_metrics: bool,
-) -> anyhow::Result<Option<Child>> {
-    spawn_role_on(role, suite, data_dir, key_file, with_metrics, None).await
-}
-
-/// [`spawn_role`], on the given CPUs only (`taskset -c`), when they are given.
-async fn spawn_role_on(
     role: &str,
     suite: &Suite,
     data_dir: &std::path::Path,
@@ -976,6 +966,7 @@ async fn idle_binaries(suite: &Suite) -> anyhow::Result<Vec<(&'static str, Optio
             dir.path(),
             &dir.path().join("keys.json"),
             false,
+            None,
         )
         .await
         {
@@ -1005,7 +996,7 @@ async fn overload_on_its_own(
     // figure is the replica's shedding, not two processes' threads fighting over cores.
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let split = cores >= 2 && taskset(std::process::id(), &format!("1-{}", cores - 1));
-    let spawned = spawn_role_on(
+    let spawned = spawn_role(
         target.area(),
         suite,
         data_dir,

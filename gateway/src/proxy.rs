@@ -1,11 +1,12 @@
 //! The edge: one HTTP/2 request in, the same request out to the owning service.
 //!
 //! Messages are never decoded. The request message (every method is unary) is read
-//! whole (up to its declared length) before it is sent, so a call a replica turned away unstarted can go to another;
-//! the response's DATA frames and trailers are handed on as they arrive (hyper on both
-//! sides). What the gateway reads is the path (to route), the `grpc-timeout` header (to
-//! bound the call, and to hand the service what is left of it) and the `x-topsmile-*`
-//! headers (to drop them: those are set by TopSmile itself, never by a client).
+//! whole, up to the length its prefix declares, before it is sent, so a call a replica
+//! turned away unstarted can go to another; the response's DATA frames and trailers are
+//! handed on as they arrive (hyper on both sides). What the gateway reads is the path
+//! (to route), the `grpc-timeout` header (to bound the call, and to hand the service
+//! what is left of it) and the `x-topsmile-*` headers (to drop them: those are set by
+//! TopSmile itself, never by a client).
 
 use std::{
     collections::HashMap,
