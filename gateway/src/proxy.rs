@@ -3,7 +3,8 @@
 //! Messages are never decoded. The request message (every method is unary) is read
 //! whole, up to the length its prefix declares, before it is sent, so a call a replica
 //! turned away unstarted can go to another; the response's DATA frames and trailers are
-//! handed on as they arrive (hyper on both sides). What the gateway reads is the path
+//! handed on as they arrive (hyper serves the clients; the replicas are reached over
+//! the `h2` crate's client, see `upstream`). What the gateway reads is the path
 //! (to route), the `grpc-timeout` header (to bound the call, and to hand the service
 //! what is left of it) and the `x-topsmile-*` headers (to drop them: those are set by
 //! TopSmile itself, never by a client).
@@ -27,7 +28,7 @@ use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::upstream::{OutBody, Upstream};
+use crate::upstream::{Upstream, UpstreamBody};
 
 /// Headers only TopSmile components may set; a client's copies are removed.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-topsmile-";
@@ -216,7 +217,7 @@ async fn send(
     parts: &http::request::Parts,
     message: Bytes,
     ends: tokio::time::Instant,
-) -> Result<Response<Incoming>, ApiError> {
+) -> Result<Response<UpstreamBody>, ApiError> {
     let mut turned_away: Vec<String> = Vec::new();
     loop {
         let picked = match upstream.pick(&turned_away).await {
@@ -229,17 +230,34 @@ async fn send(
                 )));
             }
         };
-        let req = outgoing(parts, &picked.authority, message.clone(), ends)?;
-        let mut sender = picked.sender;
-        match sender.try_send_request(req).await {
-            Ok(response) => return Ok(response),
-            Err(failed) => {
-                let started = failed.message().is_none();
-                let e = failed.into_error();
-                if sender.is_closed() {
+        let req = outgoing(parts, &picked.authority, ends)?;
+        // Nothing reached the replica unless the stream was opened: a connection that
+        // ended before that turns the call away unstarted.
+        let opened = match picked.connection.sender().ready().await {
+            Ok(mut sender) => sender.send_request(req, message.is_empty()),
+            Err(e) => Err(e),
+        };
+        let (response, mut request_body) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                upstream.report_failure(&picked.authority);
+                tracing::debug!(replica = %picked.authority, error = %e, "replica's connection was gone; trying another");
+                turned_away.push(picked.authority);
+                continue;
+            }
+        };
+        if !message.is_empty() {
+            // Buffered by the connection; a stream that fails meanwhile says so through
+            // the response below.
+            let _ = request_body.send_data(message.clone(), true);
+        }
+        match response.await {
+            Ok(response) => return Ok(response.map(UpstreamBody::new)),
+            Err(e) => {
+                if picked.connection.is_closed() {
                     upstream.report_failure(&picked.authority);
                 }
-                if !started || never_processed(&e) {
+                if never_processed(&e) {
                     tracing::debug!(replica = %picked.authority, error = %e, "replica turned the call away; trying another");
                     turned_away.push(picked.authority);
                     continue;
@@ -256,19 +274,18 @@ async fn send(
     }
 }
 
-/// The request as it goes to `authority`: the client's headers (minus what the edge
-/// removed), what is left of the deadline, and the message.
+/// The request's head as it goes to `authority`: the client's headers (minus what the
+/// edge removed) and what is left of the deadline.
 fn outgoing(
     parts: &http::request::Parts,
     authority: &str,
-    message: Bytes,
     ends: tokio::time::Instant,
-) -> Result<Request<OutBody>, ApiError> {
+) -> Result<Request<()>, ApiError> {
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(http::uri::Scheme::HTTP);
     uri.authority = authority.parse().ok();
     uri.path_and_query = parts.uri.path_and_query().cloned();
-    let mut req = Request::new(OutBody::new(message));
+    let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
     *req.version_mut() = parts.version;
     *req.uri_mut() =
@@ -283,40 +300,26 @@ fn outgoing(
     Ok(req)
 }
 
-/// The HTTP/2 error behind a hyper error, if there is one.
-fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = err.source();
-    }
-    None
-}
-
 /// Whether HTTP/2 says the replica did not process the stream: REFUSED_STREAM, or a
 /// stream past the last one its GOAWAY accepted (RFC 9113, 8.7).
-fn never_processed(e: &hyper::Error) -> bool {
-    h2_error(e).is_some_and(|h2| {
-        h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote())
-    })
+fn never_processed(e: &h2::Error) -> bool {
+    e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
 }
 
 /// The gRPC code of a call the transport failed after it was sent (gRPC's mapping of
 /// HTTP/2 errors): the connection lost (I/O, GOAWAY, closed) is UNAVAILABLE; a stream
 /// the replica reset is INTERNAL, unless its code says otherwise.
-fn transport_code(e: &hyper::Error) -> Code {
-    match h2_error(e) {
-        Some(h2) if h2.is_io() || h2.is_go_away() => Code::Unavailable,
-        Some(h2) => match h2.reason() {
-            Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
-            Some(h2::Reason::CANCEL) => Code::Cancelled,
-            Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
-            Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
-            _ => Code::Internal,
-        },
-        None => Code::Unavailable,
+fn transport_code(e: &h2::Error) -> Code {
+    if e.is_io() || e.is_go_away() {
+        return Code::Unavailable;
+    }
+    match e.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        // Any other reset, or a request h2 itself refused to send.
+        _ => Code::Internal,
     }
 }
 
@@ -328,7 +331,7 @@ fn transport_code(e: &hyper::Error) -> Code {
 /// not a broken HTTP/2 stream that it would take for "retry" (linkerd2-proxy's
 /// `grpc_rescue`).
 struct Relayed {
-    inner: Incoming,
+    inner: UpstreamBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// What is left of the client's request body (its end), held until the call ends.
     _request_rest: Incoming,
@@ -337,7 +340,7 @@ struct Relayed {
 
 impl Relayed {
     fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         deadline: Pin<Box<tokio::time::Sleep>>,
         request_rest: Incoming,
     ) -> Self {
@@ -356,12 +359,12 @@ impl Relayed {
 
 impl http_body::Body for Relayed {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h2::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         if self.done {
             return Poll::Ready(None);
         }

@@ -9,6 +9,12 @@
 //! resolves to is a replica, so pods that come and go are added and dropped without a
 //! restart. A name that fails to resolve (or resolves to nothing) keeps its last good
 //! addresses; replicas that stay keep their connections.
+//!
+//! The connections are the `h2` crate's own, not hyper's client: a request goes
+//! straight into the connection's stream table and its response is read from there by
+//! the calling task. hyper's client would add, per call, a hand-off to its dispatch
+//! task, a task that waits for the response and a task that writes the body: three
+//! wake-ups the gateway's forwarding does not need.
 
 use std::{
     collections::BTreeMap,
@@ -20,13 +26,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http_body::Frame;
 use tokio::net::TcpStream;
 
-/// What the gateway sends a replica: the call's request message, held whole so that a
-/// call a replica never started can be sent to another (every method is unary).
-pub type OutBody = http_body_util::Full<bytes::Bytes>;
+/// How often an idle or busy connection to a replica is pinged, and how long a pong may
+/// take before the connection is given up as dead (a replica whose host vanished sends
+/// no FIN: without pings, its connection would look alive until the kernel gives up).
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Flow-control windows: fixed, and large enough for any message the services accept
+/// (hyper's defaults); adaptive windows would cost a PING round per burst of calls.
+const STREAM_WINDOW: u32 = 2 << 20;
+const CONNECTION_WINDOW: u32 = 5 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -36,9 +55,28 @@ pub enum UpstreamError {
     Unreachable(String),
 }
 
+/// A live HTTP/2 connection to a replica: a handle that opens streams on it, and
+/// whether it has ended (its driving task sets that as it exits).
+#[derive(Clone)]
+pub struct Connection {
+    sender: SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Connection {
+    /// A handle that opens one stream.
+    pub fn sender(&self) -> SendRequest<Bytes> {
+        self.sender.clone()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
 /// One connection slot: a live HTTP/2 connection or none yet.
 struct Slot {
-    sender: Mutex<Option<SendRequest<OutBody>>>,
+    connection: Mutex<Option<Connection>>,
     /// Serialises reconnects, so a burst of calls opens one connection, not hundreds.
     connecting: tokio::sync::Mutex<()>,
     /// When the last connect attempt through this slot failed: calls that waited for
@@ -60,7 +98,7 @@ struct Replica {
 /// sends one request over the shared connection.
 pub struct Picked {
     pub authority: String,
-    pub sender: SendRequest<OutBody>,
+    pub connection: Connection,
 }
 
 pub struct Upstream {
@@ -81,7 +119,7 @@ fn replica(authority: &str, connections: usize) -> Arc<Replica> {
         authority: authority.to_owned(),
         slots: (0..connections.max(1))
             .map(|_| Slot {
-                sender: Mutex::new(None),
+                connection: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 failed_at: Mutex::new(None),
             })
@@ -215,10 +253,10 @@ impl Upstream {
                     continue;
                 }
                 match self.connection(replica).await {
-                    Ok(sender) => {
+                    Ok(connection) => {
                         return Ok(Picked {
                             authority: replica.authority.clone(),
-                            sender,
+                            connection,
                         });
                     }
                     Err(e) => {
@@ -239,16 +277,16 @@ impl Upstream {
         }
     }
 
-    async fn connection(&self, replica: &Replica) -> Result<SendRequest<OutBody>, String> {
+    async fn connection(&self, replica: &Replica) -> Result<Connection, String> {
         let slot =
             &replica.slots[replica.next_slot.fetch_add(1, Ordering::Relaxed) % replica.slots.len()];
-        if let Some(sender) = slot.cached() {
-            return Ok(sender);
+        if let Some(connection) = slot.cached() {
+            return Ok(connection);
         }
         let waiting_since = Instant::now();
         let _connecting = slot.connecting.lock().await;
-        if let Some(sender) = slot.cached() {
-            return Ok(sender);
+        if let Some(connection) = slot.cached() {
+            return Ok(connection);
         }
         if slot.failed_since(waiting_since) {
             return Err("the connect attempt this call waited for failed".to_owned());
@@ -257,8 +295,8 @@ impl Upstream {
             .await
             .map_err(|_| "connect timed out".to_owned())
             .and_then(|connected| connected);
-        let sender = match attempt {
-            Ok(sender) => sender,
+        let connection = match attempt {
+            Ok(connection) => connection,
             Err(e) => {
                 if let Ok(mut failed_at) = slot.failed_at.lock() {
                     *failed_at = Some(Instant::now());
@@ -266,11 +304,11 @@ impl Upstream {
                 return Err(e);
             }
         };
-        if let Ok(mut cached) = slot.sender.lock() {
-            *cached = Some(sender.clone());
+        if let Ok(mut cached) = slot.connection.lock() {
+            *cached = Some(connection.clone());
         }
         replica.mark_up();
-        Ok(sender)
+        Ok(connection)
     }
 }
 
@@ -283,9 +321,9 @@ impl Slot {
             .is_some_and(|at| at >= since)
     }
 
-    fn cached(&self) -> Option<SendRequest<OutBody>> {
-        let cached = self.sender.lock().ok()?;
-        cached.as_ref().filter(|s| !s.is_closed()).cloned()
+    fn cached(&self) -> Option<Connection> {
+        let cached = self.connection.lock().ok()?;
+        cached.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 }
 
@@ -303,7 +341,7 @@ impl Replica {
             *d = Some(Instant::now() + for_how_long);
         }
         for slot in &self.slots {
-            if let Ok(mut s) = slot.sender.lock() {
+            if let Ok(mut s) = slot.connection.lock() {
                 *s = None;
             }
         }
@@ -316,28 +354,100 @@ impl Replica {
     }
 }
 
-async fn connect(authority: &str) -> Result<SendRequest<OutBody>, String> {
+async fn connect(authority: &str) -> Result<Connection, String> {
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        // Fixed windows (hyper's defaults: 2 MiB per stream, 5 MiB per connection) hold
-        // any message the services accept; adaptive windows would cost a PING round per
-        // burst of calls to measure the link.
-        .handshake(TokioIo::new(stream))
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(1 << 20)
+        .enable_push(false)
+        .handshake::<_, Bytes>(stream)
         .await
         .map_err(|e| e.to_string())?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
     let authority = authority.to_owned();
+    let mut pings = connection.ping_pong();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(%authority, error = %e, "upstream connection closed");
+        let keepalive = async {
+            let Some(pings) = pings.as_mut() else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(KEEPALIVE_EVERY).await;
+                match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await
+                {
+                    Ok(Ok(_pong)) => {}
+                    Ok(Err(e)) => return e.to_string(),
+                    Err(_) => return "no answer to a keep-alive ping".to_owned(),
+                }
+            }
+        };
+        // Dropping the connection fails every stream still open on it.
+        tokio::select! {
+            finished = &mut connection => {
+                if let Err(e) = finished {
+                    tracing::debug!(%authority, error = %e, "upstream connection closed");
+                }
+            }
+            why = keepalive => tracing::warn!(%authority, %why, "upstream connection given up"),
         }
+        ended.store(true, Ordering::Release);
     });
-    Ok(sender)
+    Ok(Connection { sender, closed })
+}
+
+/// A replica's response body, read straight from its HTTP/2 stream: the DATA frames
+/// (each one's flow-control credit handed back as it is passed on), then the trailers.
+pub struct UpstreamBody {
+    stream: h2::RecvStream,
+    data_done: bool,
+}
+
+impl UpstreamBody {
+    pub fn new(stream: h2::RecvStream) -> Self {
+        Self {
+            stream,
+            data_done: false,
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match self.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    // The next hop holds it now: the replica may send more.
+                    let _ = self.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => self.data_done = true,
+            }
+        }
+        match self.stream.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
 }
 
 #[cfg(test)]
