@@ -1114,8 +1114,11 @@ async fn the_patient_walkthrough_steps_behave_as_the_readme_says() {
 async fn no_patient_data_is_served_when_the_audit_event_cannot_be_written() {
     let suite = TestSuite::start().await;
     let a = world(&suite, "Audit Down").await;
-    // Break the trail for real: the embedded store's file refuses new audit events.
-    let file = suite.dir.path().join("patients.sqlite3");
+    // Break the trail for real: the embedded store's trail file refuses new events.
+    let file = suite
+        .dir
+        .path()
+        .join(topsmile_patients::store::embedded::TRAIL_FILE);
     let conn = rusqlite::Connection::open(&file).unwrap();
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .unwrap();

@@ -76,6 +76,11 @@ impl SqliteDb {
         .map_err(|e| StoreError::backend(format!("sqlite open task failed: {e}")))?
     }
 
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
     /// Opens `dir/<file>` and brings its schema up to date: `migrations[i]` runs once,
     /// in its own transaction, when the file's `PRAGMA user_version` is `i` or less, and
     /// the version is then set to `i + 1`. Migrations are only ever appended.

@@ -109,26 +109,94 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// Index names, as `(table, index)`.
+/// The audit trail's file, beside the records'.
+pub const TRAIL_FILE: &str = "patients-audit.sqlite3";
+
+/// The trail's schema migrations (its own file, its own versions).
+const TRAIL_MIGRATIONS: &[&str] = &["
+    CREATE TABLE audit_events (
+        id        TEXT PRIMARY KEY,
+        clinic_id TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        resource  TEXT NOT NULL,
+        doc       TEXT NOT NULL
+    );
+    CREATE INDEX audit_events_clinic ON audit_events (clinic_id, id);
+    CREATE INDEX audit_events_clinic_resource ON audit_events (clinic_id, resource, id);
+    CREATE INDEX audit_events_clinic_actor ON audit_events (clinic_id, actor, id);
+    -- The trail is append-only, whatever code runs against this file.
+    CREATE TRIGGER audit_events_no_update BEFORE UPDATE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+    CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+        BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+    "];
+
+/// Index names of the records' file, as `(table, index)`.
 pub const INDEXES: &[(&str, &str)] = &[
     ("patients", "patients_clinic_email_active"),
     ("patients", "patients_clinic_active"),
     ("patients", "patients_clinic_search_name"),
     ("patients", "patients_clinic_phone"),
     ("patient_search", "patient_search_clinic_term"),
-    ("audit_events", "audit_events_clinic_resource"),
 ];
 
+/// Index names of the trail's file.
+pub const TRAIL_INDEXES: &[(&str, &str)] = &[("audit_events", "audit_events_clinic_resource")];
+
+/// Two files: the records, and the audit trail on its own. Every read of a record
+/// writes an audit event, and in WAL mode any commit to a file makes every reader of
+/// that file drop its page cache; in one file, each GetPatient would read through a
+/// cache the previous call's event had just emptied.
 pub struct EmbeddedPatients {
     pub db: SqliteDb,
+    pub trail: SqliteDb,
 }
 
 impl EmbeddedPatients {
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self {
-            db: SqliteDb::open_migrated(data_dir, "patients.sqlite3", MIGRATIONS).await?,
-        })
+        let db = SqliteDb::open_migrated(data_dir, "patients.sqlite3", MIGRATIONS).await?;
+        let trail = SqliteDb::open_migrated(data_dir, TRAIL_FILE, TRAIL_MIGRATIONS).await?;
+        move_trail_out(&db, &trail).await?;
+        Ok(Self { db, trail })
     }
+}
+
+/// Moves the events of a records file from before the trail had its own file (or the
+/// empty table migration 1 still creates) into the trail's file, then drops them from
+/// the records file. The two files commit apart (WAL), so a crash between them can
+/// leave the events in both: copying skips events already there, and the next start
+/// finishes the move without duplicates.
+async fn move_trail_out(db: &SqliteDb, trail: &SqliteDb) -> Result<(), StoreError> {
+    let trail_path = trail.path().to_string_lossy().into_owned();
+    db.write(move |conn| {
+        let present: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(translate)?;
+        if !present {
+            return Ok(());
+        }
+        conn.execute("ATTACH DATABASE ?1 AS trail", params![trail_path])
+            .map_err(translate)?;
+        let moved = conn
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 INSERT OR IGNORE INTO trail.audit_events (id, clinic_id, actor, resource, doc)
+                     SELECT id, clinic_id, actor, resource, doc FROM main.audit_events;
+                 DROP TABLE main.audit_events;
+                 COMMIT;",
+            )
+            .map_err(translate);
+        if moved.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let detached = conn.execute_batch("DETACH DATABASE trail").map_err(translate);
+        moved.and(detached)
+    })
+    .await
 }
 
 /// The stored JSON form of a patient.
@@ -449,7 +517,7 @@ impl AuditLog for EmbeddedPatients {
             .into_iter()
             .map(|e| audit_doc(&e).map(|doc| (e, doc)))
             .collect::<Result<Vec<_>, _>>()?;
-        self.db
+        self.trail
             .write(move |conn| {
                 let tx = conn.transaction().map_err(translate)?;
                 {
@@ -492,7 +560,7 @@ impl AuditLog for EmbeddedPatients {
             i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX),
         ));
         sql.push_str(&format!(" ORDER BY id LIMIT ?{}", params.len()));
-        self.db
+        self.trail
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(&sql).map_err(translate)?;
                 let rows = stmt
