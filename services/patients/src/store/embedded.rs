@@ -162,41 +162,82 @@ impl EmbeddedPatients {
 }
 
 /// Moves the events of a records file from before the trail had its own file (or the
-/// empty table migration 1 still creates) into the trail's file, then drops them from
-/// the records file. The two files commit apart (WAL), so a crash between them can
-/// leave the events in both: copying skips events already there, and the next start
-/// finishes the move without duplicates.
+/// empty table migration 1 still creates) into the trail's file, in three steps that
+/// each commit on one file: copy (skipping events already there), check that every
+/// event is in the trail's file, and only then drop the records file's table. One
+/// transaction over both files would not do: in WAL mode SQLite commits attached files
+/// one after the other, so a crash between the two commits could keep the drop and
+/// lose the copy. Cut short anywhere, the move is finished by the next start.
 async fn move_trail_out(db: &SqliteDb, trail: &SqliteDb) -> Result<(), StoreError> {
     let trail_path = trail.path().to_string_lossy().into_owned();
-    db.write(move |conn| {
-        let present: bool = conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events')",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(translate)?;
-        if !present {
-            return Ok(());
-        }
-        conn.execute("ATTACH DATABASE ?1 AS trail", params![trail_path])
-            .map_err(translate)?;
-        let moved = conn
-            .execute_batch(
-                "BEGIN IMMEDIATE;
-                 INSERT OR IGNORE INTO trail.audit_events (id, clinic_id, actor, resource, doc)
-                     SELECT id, clinic_id, actor, resource, doc FROM main.audit_events;
-                 DROP TABLE main.audit_events;
-                 COMMIT;",
-            )
-            .map_err(translate);
-        if moved.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        let detached = conn.execute_batch("DETACH DATABASE trail").map_err(translate);
-        moved.and(detached)
-    })
-    .await
+    let started = std::time::Instant::now();
+    let moved = db
+        .write(move |conn| {
+            let present: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events')",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(translate)?;
+            if !present {
+                return Ok(0);
+            }
+            conn.execute("ATTACH DATABASE ?1 AS trail", params![trail_path])
+                .map_err(translate)?;
+            let moved = copy_check_drop(conn);
+            let detached = conn
+                .execute_batch("DETACH DATABASE trail")
+                .map_err(translate);
+            let moved = moved?;
+            detached?;
+            if moved > 0 {
+                // The drop wrote every freed page to the WAL: give the space back.
+                conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .map_err(translate)?;
+            }
+            Ok(moved)
+        })
+        .await?;
+    if moved > 0 {
+        tracing::info!(
+            events = moved,
+            file = TRAIL_FILE,
+            took = ?started.elapsed(),
+            "audit trail moved to its own file (once)"
+        );
+    }
+    Ok(())
+}
+
+/// The move's three steps, on a writer with the trail's file attached as `trail`.
+/// Returns how many events the records file held.
+fn copy_check_drop(conn: &rusqlite::Connection) -> Result<usize, StoreError> {
+    // One statement, committed on its own: it writes the trail's file only.
+    conn.execute(
+        "INSERT OR IGNORE INTO trail.audit_events (id, clinic_id, actor, resource, doc)
+             SELECT id, clinic_id, actor, resource, doc FROM main.audit_events",
+        [],
+    )
+    .map_err(translate)?;
+    let (held, missing): (i64, i64) = conn
+        .query_row(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE NOT EXISTS
+                        (SELECT 1 FROM trail.audit_events AS t WHERE t.id = m.id))
+               FROM main.audit_events AS m",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(translate)?;
+    if missing > 0 {
+        return Err(StoreError::backend(format!(
+            "{missing} audit events did not reach {TRAIL_FILE}; the records file keeps them"
+        )));
+    }
+    conn.execute_batch("DROP TABLE main.audit_events")
+        .map_err(translate)?;
+    Ok(usize::try_from(held).unwrap_or(usize::MAX))
 }
 
 /// The stored JSON form of a patient.
