@@ -239,11 +239,18 @@ async fn send(
         };
         let (response, mut request_body) = match opened {
             Ok(opened) => opened,
-            Err(e) => {
+            Err(e) if e.is_io() || e.is_go_away() || picked.connection.is_closed() => {
                 upstream.report_failure(&picked.authority);
                 tracing::debug!(replica = %picked.authority, error = %e, "replica's connection was gone; trying another");
                 turned_away.push(picked.authority);
                 continue;
+            }
+            // h2 refused to send the request itself: no replica would take it.
+            Err(e) => {
+                return Err(ApiError::Internal(format!(
+                    "request to {} not sent: {e}",
+                    picked.authority
+                )));
             }
         };
         if !message.is_empty() {

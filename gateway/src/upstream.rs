@@ -355,6 +355,14 @@ impl Replica {
 }
 
 async fn connect(authority: &str) -> Result<Connection, String> {
+    connect_with_keepalive(authority, KEEPALIVE_EVERY, KEEPALIVE_TIMEOUT).await
+}
+
+async fn connect_with_keepalive(
+    authority: &str,
+    ping_every: Duration,
+    pong_within: Duration,
+) -> Result<Connection, String> {
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
@@ -378,9 +386,8 @@ async fn connect(authority: &str) -> Result<Connection, String> {
                 return std::future::pending().await;
             };
             loop {
-                tokio::time::sleep(KEEPALIVE_EVERY).await;
-                match tokio::time::timeout(KEEPALIVE_TIMEOUT, pings.ping(h2::Ping::opaque())).await
-                {
+                tokio::time::sleep(ping_every).await;
+                match tokio::time::timeout(pong_within, pings.ping(h2::Ping::opaque())).await {
                     Ok(Ok(_pong)) => {}
                     Ok(Err(e)) => return e.to_string(),
                     Err(_) => return "no answer to a keep-alive ping".to_owned(),
@@ -505,6 +512,49 @@ mod tests {
         let up = upstream(&["10.0.0.9:50051", "later-pods:50051"]);
         assert!(!up.refresh(failing).await);
         assert_eq!(up.addresses(), ["10.0.0.9:50051", "later-pods:50051"]);
+    }
+
+    /// A connection whose replica stops answering (its host gone, no FIN) is given up
+    /// once a keep-alive ping goes unanswered, and one whose replica answers is kept.
+    #[tokio::test]
+    async fn a_connection_whose_pings_go_unanswered_is_given_up() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (answering, silent) = (
+            tokio::sync::oneshot::channel::<()>(),
+            tokio::sync::oneshot::channel::<()>(),
+        );
+        tokio::spawn(async move {
+            // The first connection is served; the second, after its handshake, is
+            // never read again (the socket stays open).
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut served = h2::server::handshake(socket).await.unwrap();
+            tokio::spawn(async move { while served.accept().await.is_some() {} });
+            let (socket, _) = listener.accept().await.unwrap();
+            let _stuck = h2::server::handshake(socket).await.unwrap();
+            let _ = answering.1.await;
+            let _ = silent.1.await;
+        });
+        let every = Duration::from_millis(50);
+        let live = connect_with_keepalive(&addr, every, every * 2)
+            .await
+            .unwrap();
+        let stuck = connect_with_keepalive(&addr, every, every * 2)
+            .await
+            .unwrap();
+        let waited = Instant::now();
+        while !stuck.is_closed() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "the silent replica's connection is still in use"
+            );
+            tokio::time::sleep(every).await;
+        }
+        assert!(
+            !live.is_closed(),
+            "the answering replica's connection was kept through the same pings"
+        );
+        drop((answering.0, silent.0));
     }
 
     /// Calls go to the replicas a refresh finds: a real server that appears in the
