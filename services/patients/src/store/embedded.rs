@@ -354,18 +354,27 @@ pub fn audit_list_sql(
     ];
     let mut sql = "SELECT id, clinic_id, actor, resource, doc FROM audit_events WHERE clinic_id = ?1 AND id > ?2".to_owned();
     if let Some(resource) = &query.resource {
-        params.push(Value::Text(resource.clone()));
-        sql.push_str(&format!(" AND resource = ?{}", params.len()));
+        and_equal(&mut sql, &mut params, "resource", resource);
     }
     if let Some(actor) = &query.actor {
-        params.push(Value::Text(actor.clone()));
-        sql.push_str(&format!(" AND actor = ?{}", params.len()));
+        and_equal(&mut sql, &mut params, "actor", actor);
     }
+    order_and_limit(&mut sql, &mut params, "id", page);
+    (sql, params)
+}
+
+/// Appends ` AND <column> = ?n`, `value` being parameter n.
+fn and_equal(sql: &mut String, params: &mut Vec<Value>, column: &str, value: &str) {
+    params.push(Value::Text(value.to_owned()));
+    sql.push_str(&format!(" AND {column} = ?{}", params.len()));
+}
+
+/// Appends the page's order (by `key`) and row limit.
+fn order_and_limit(sql: &mut String, params: &mut Vec<Value>, key: &str, page: &PageRequest) {
     params.push(Value::Integer(
         i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX),
     ));
-    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", params.len()));
-    (sql, params)
+    sql.push_str(&format!(" ORDER BY {key} LIMIT ?{}", params.len()));
 }
 
 /// The SQL of a patient list and its parameters; shared with the query-plan test.
@@ -396,17 +405,12 @@ pub fn list_sql(
         sql.push_str(" AND p.is_active = 1");
     }
     if let Some(digits) = &query.phone_digits {
-        params.push(Value::Text(digits.clone()));
-        sql.push_str(&format!(" AND p.phone_digits = ?{}", params.len()));
+        and_equal(&mut sql, &mut params, "p.phone_digits", digits);
     }
     if let Some(email) = &query.email {
-        params.push(Value::Text(email.clone()));
-        sql.push_str(&format!(" AND p.email = ?{}", params.len()));
+        and_equal(&mut sql, &mut params, "p.email", email);
     }
-    params.push(Value::Integer(
-        i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX),
-    ));
-    sql.push_str(&format!(" ORDER BY p.id LIMIT ?{}", params.len()));
+    order_and_limit(&mut sql, &mut params, "p.id", page);
     (sql, params)
 }
 
