@@ -348,10 +348,7 @@ pub fn audit_list_sql(
     query: &AuditQuery,
     page: &PageRequest,
 ) -> (String, Vec<Value>) {
-    let mut params: Vec<Value> = vec![
-        Value::Text(clinic.to_owned()),
-        Value::Text(page.after.clone().unwrap_or_default()),
-    ];
+    let mut params = clinic_and_cursor(clinic.to_owned(), page);
     let mut sql = "SELECT id, clinic_id, actor, resource, doc FROM audit_events WHERE clinic_id = ?1 AND id > ?2".to_owned();
     if let Some(resource) = &query.resource {
         and_equal(&mut sql, &mut params, "resource", resource);
@@ -361,6 +358,15 @@ pub fn audit_list_sql(
     }
     order_and_limit(&mut sql, &mut params, "id", page);
     (sql, params)
+}
+
+/// A listing's first two parameters: the clinic (`?1`) and the key the page starts
+/// after (`?2`).
+fn clinic_and_cursor(clinic: String, page: &PageRequest) -> Vec<Value> {
+    vec![
+        Value::Text(clinic),
+        Value::Text(page.after.clone().unwrap_or_default()),
+    ]
 }
 
 /// Appends ` AND <column> = ?n`, `value` being parameter n.
@@ -383,10 +389,7 @@ pub fn list_sql(
     query: &PatientQuery,
     page: &PageRequest,
 ) -> (String, Vec<Value>) {
-    let mut params: Vec<Value> = vec![
-        Value::Text(clinic.to_string()),
-        Value::Text(page.after.clone().unwrap_or_default()),
-    ];
+    let mut params = clinic_and_cursor(clinic.to_string(), page);
     let mut sql = match &query.name_prefix {
         Some(prefix) => {
             params.push(Value::Text(prefix.clone()));
