@@ -80,9 +80,25 @@ fn census(dir: &Path) -> (Option<i64>, i64, i64) {
     (in_records, in_trail, distinct)
 }
 
+/// A running service process, killed when dropped (also when an assertion fails).
+struct Service(std::process::Child);
+
+impl Service {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// The patients service on `dir`, as deployed (its own binary, embedded store).
-fn start_service(dir: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_topsmile-patients"))
+fn start_service(dir: &Path) -> Service {
+    let child = Command::new(env!("CARGO_BIN_EXE_topsmile-patients"))
         .env("TOPSMILE_DATA_DIR", dir)
         .env("TOPSMILE_LISTEN", "127.0.0.1:0")
         .env("TOPSMILE_IDENTITY_UPSTREAMS", "127.0.0.1:9")
@@ -90,7 +106,8 @@ fn start_service(dir: &Path) -> std::process::Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Service(child)
 }
 
 /// Whether the records file's table is gone (the move's last step).
@@ -165,8 +182,7 @@ fn a_move_killed_at_any_point_loses_no_event() {
     let whole = began.elapsed();
     // Killed the moment the records file's table is gone: the copy must be durable
     // by then.
-    service.kill().unwrap();
-    service.wait().unwrap();
+    service.kill();
     assert_eq!(
         census(timing.path()),
         (None, EVENTS, EVENTS),
@@ -179,8 +195,7 @@ fn a_move_killed_at_any_point_loses_no_event() {
     for k in 1..=KILLS {
         let mut service = start_service(dir.path());
         std::thread::sleep(whole * k / (KILLS + 1));
-        service.kill().unwrap();
-        service.wait().unwrap();
+        service.kill();
         let (in_records, in_trail, distinct) = census(dir.path());
         assert_eq!(
             distinct, EVENTS,
@@ -201,7 +216,6 @@ fn a_move_killed_at_any_point_loses_no_event() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    service.kill().unwrap();
-    service.wait().unwrap();
+    service.kill();
     assert_eq!(census(dir.path()), (None, EVENTS, EVENTS));
 }
