@@ -233,13 +233,15 @@ async fn send(
         let req = outgoing(parts, &picked.authority, ends)?;
         // Nothing reached the replica unless the stream was opened: a connection that
         // ended before that turns the call away unstarted.
-        let opened = match picked.connection.sender().ready().await {
-            Ok(mut sender) => sender.send_request(req, message.is_empty()),
-            Err(e) => Err(e),
-        };
+        let opened = picked
+            .connection
+            .sender()
+            .ready()
+            .await
+            .and_then(|mut sender| sender.send_request(req, message.is_empty()));
         let (response, mut request_body) = match opened {
             Ok(opened) => opened,
-            Err(e) if e.is_io() || e.is_go_away() || picked.connection.is_closed() => {
+            Err(e) if connection_lost(&e) || picked.connection.is_closed() => {
                 upstream.report_failure(&picked.authority);
                 tracing::debug!(replica = %picked.authority, error = %e, "replica's connection was gone; trying another");
                 turned_away.push(picked.authority);
@@ -313,11 +315,17 @@ fn never_processed(e: &h2::Error) -> bool {
     e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote())
 }
 
+/// Whether the error is the connection's, not the stream's: I/O, or a GOAWAY (either
+/// side's).
+fn connection_lost(e: &h2::Error) -> bool {
+    e.is_io() || e.is_go_away()
+}
+
 /// The gRPC code of a call the transport failed after it was sent (gRPC's mapping of
 /// HTTP/2 errors): the connection lost (I/O, GOAWAY, closed) is UNAVAILABLE; a stream
 /// the replica reset is INTERNAL, unless its code says otherwise.
 fn transport_code(e: &h2::Error) -> Code {
-    if e.is_io() || e.is_go_away() {
+    if connection_lost(e) {
         return Code::Unavailable;
     }
     match e.reason() {
