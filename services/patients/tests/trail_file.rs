@@ -219,3 +219,21 @@ fn a_move_killed_at_any_point_loses_no_event() {
     service.kill();
     assert_eq!(census(dir.path()), (None, EVENTS, EVENTS));
 }
+
+/// Replicas starting together on one older directory: both start, whichever finishes
+/// the move, and every event ends up in the trail's file once.
+#[test]
+fn replicas_starting_together_both_start_and_move_each_event_once() {
+    const EVENTS: i64 = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    old_layout(dir.path(), "clinic-under-test", EVENTS as usize);
+    let (first, second) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        tokio::join!(
+            embedded::EmbeddedPatients::open(dir.path()),
+            embedded::EmbeddedPatients::open(dir.path())
+        )
+    });
+    assert!(first.is_ok(), "{:?}", first.err());
+    assert!(second.is_ok(), "{:?}", second.err());
+    assert_eq!(census(dir.path()), (None, EVENTS, EVENTS));
+}

@@ -175,14 +175,7 @@ async fn move_trail_out(db: &SqliteDb, trail: &SqliteDb) -> Result<(), StoreErro
     let started = std::time::Instant::now();
     let moved = db
         .write(move |conn| {
-            let present: bool = conn
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_events')",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(translate)?;
-            if !present {
+            if !has_old_trail(conn)? {
                 return Ok(0);
             }
             conn.execute("ATTACH DATABASE ?1 AS trail", params![trail_path])
@@ -191,7 +184,12 @@ async fn move_trail_out(db: &SqliteDb, trail: &SqliteDb) -> Result<(), StoreErro
             let detached = conn
                 .execute_batch("DETACH DATABASE trail")
                 .map_err(translate);
-            let moved = moved?;
+            // Another process starting on the same directory may have finished the
+            // move under this one (the table went away midway): nothing is left to do.
+            let moved = match moved {
+                Err(_) if !has_old_trail(conn)? => 0,
+                moved => moved?,
+            };
             detached?;
             if moved > 0 {
                 // The drop wrote every freed page to the WAL: give the space back.
@@ -210,6 +208,16 @@ async fn move_trail_out(db: &SqliteDb, trail: &SqliteDb) -> Result<(), StoreErro
         );
     }
     Ok(())
+}
+
+/// Whether the records file still has a trail table of its own.
+fn has_old_trail(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'audit_events')",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(translate)
 }
 
 /// The move's three steps, on a writer with the trail's file attached as `trail`.
