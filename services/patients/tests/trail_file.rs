@@ -98,13 +98,24 @@ impl Drop for Service {
 
 /// The patients service on `dir`, as deployed (its own binary, embedded store).
 fn start_service(dir: &Path) -> Service {
+    start_logging_service(dir, None)
+}
+
+/// The same, its info log (JSON lines, on stderr) written to `log` when given.
+fn start_logging_service(dir: &Path, log: Option<&Path>) -> Service {
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_topsmile-patients"))
         .env("TOPSMILE_DATA_DIR", dir)
         .env("TOPSMILE_LISTEN", "127.0.0.1:0")
         .env("TOPSMILE_IDENTITY_UPSTREAMS", "127.0.0.1:9")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", if log.is_some() { "info" } else { "warn" })
+        // Its "metrics at" line says the store is open and the service started.
+        .env("TOPSMILE_METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Service(child)
@@ -236,4 +247,56 @@ fn replicas_starting_together_both_start_and_move_each_event_once() {
     assert!(first.is_ok(), "{:?}", first.err());
     assert!(second.is_ok(), "{:?}", second.err());
     assert_eq!(census(dir.path()), (None, EVENTS, EVENTS));
+}
+
+/// The operator learns of the move: one info line with the number of events moved.
+#[test]
+fn the_move_is_logged_once_with_its_count() {
+    const EVENTS: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    old_layout(dir.path(), "clinic-under-test", EVENTS);
+    let log = dir.path().join("service.log");
+    let mut service = start_logging_service(dir.path(), Some(&log));
+    let began = Instant::now();
+    let line = loop {
+        let written = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = written
+            .lines()
+            .find(|l| l.contains("audit trail moved to its own file"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "no move logged: {written}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    service.kill();
+    assert!(line.contains(&format!("\"events\":{EVENTS}")), "{line}");
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        written
+            .lines()
+            .filter(|l| l.contains("audit trail moved"))
+            .count(),
+        1,
+        "{written}"
+    );
+    // A second start has nothing to move, and says nothing of it.
+    let mut service = start_logging_service(dir.path(), Some(&log));
+    let began = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("metrics at /metrics")
+    {
+        assert!(began.elapsed() < Duration::from_secs(120), "never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    service.kill();
+    assert!(
+        !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("audit trail moved")
+    );
 }
