@@ -62,6 +62,8 @@ fn claims_for(sub: &str, role: &str, clinic: &str) -> Claims {
         role: role.into(),
         kind: Kind::Staff,
         sid: "forged".into(),
+        amr: Vec::new(),
+        auth_time: 0,
     }
 }
 
@@ -566,7 +568,7 @@ async fn expired_refresh(store: Option<topsmile_kit::store::StoreChoice>) {
 }
 
 #[tokio::test]
-async fn changing_the_password_or_deactivating_a_user_ends_every_session() {
+async fn changing_the_password_ends_the_other_sessions_and_deactivating_a_user_every_one() {
     let suite = TestSuite::start().await;
     let channel = suite.channel().await;
     let a = suite.clinic_with_staff("Sessions").await;
@@ -584,6 +586,7 @@ async fn changing_the_password_or_deactivating_a_user_ends_every_session() {
             .unwrap()
             .email
     };
+    let elsewhere = suite.login_pair(&email, STAFF_PASSWORD).await;
     let session = suite.login_pair(&email, STAFF_PASSWORD).await;
     let mut auth = AuthServiceClient::with_interceptor(
         channel.clone(),
@@ -618,9 +621,14 @@ async fn changing_the_password_or_deactivating_a_user_ends_every_session() {
     .await
     .unwrap();
     assert_generic_unauthenticated(
-        "refresh after password change",
-        &refresh(&channel, &session.refresh_token).await.unwrap_err(),
+        "another session's refresh after the password change",
+        &refresh(&channel, &elsewhere.refresh_token)
+            .await
+            .unwrap_err(),
     );
+    refresh(&channel, &session.refresh_token)
+        .await
+        .expect("the session that changed the password goes on");
     let err = AuthServiceClient::new(channel.clone())
         .login(identity::LoginRequest {
             email: email.clone(),
@@ -1156,5 +1164,494 @@ async fn the_bootstrap_admin_is_created_once_and_never_overwritten() {
         .await
         .unwrap_err();
     assert_generic_unauthenticated("no second bootstrap account", &err);
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Revocation: every call is judged by its session and principal as they are now
+
+/// How long a change may take to reach every guard (the README's promise).
+const REVOCATION_BOUND: Duration = Duration::from_secs(5);
+
+/// Where a token is tried: the gateway, and each replica of identity and of patients
+/// straight (two of each in these tests).
+struct Doors {
+    gateway: Channel,
+    identity: Vec<Channel>,
+    patients: Vec<Channel>,
+}
+
+impl Doors {
+    async fn of(suite: &TestSuite) -> Self {
+        let mut identity = Vec::new();
+        for replica in &suite.suite.replicas["identity"] {
+            identity.push(connect(replica.addr).await);
+        }
+        let mut patients = Vec::new();
+        for replica in &suite.suite.replicas["patients"] {
+            patients.push(connect(replica.addr).await);
+        }
+        assert!(
+            identity.len() >= 2 && patients.len() >= 2,
+            "two replicas of each"
+        );
+        Self {
+            gateway: suite.channel().await,
+            identity,
+            patients,
+        }
+    }
+
+    /// (where, code) of one identity call and one patients call at every door, as
+    /// `what` makes them.
+    async fn try_all(&self, what: &Probe<'_>) -> Vec<(String, Code)> {
+        let mut codes = Vec::new();
+        for (i, channel) in self.identity.iter().enumerate() {
+            codes.push((
+                format!("identity replica {i}"),
+                what.identity(channel).await,
+            ));
+        }
+        for (i, channel) in self.patients.iter().enumerate() {
+            codes.push((
+                format!("patients replica {i}"),
+                what.patients(channel).await,
+            ));
+        }
+        codes.push((
+            "gateway (identity)".into(),
+            what.identity(&self.gateway).await,
+        ));
+        codes.push((
+            "gateway (patients)".into(),
+            what.patients(&self.gateway).await,
+        ));
+        codes
+    }
+
+    /// Waits until every door answers `expected`, failing past the bound.
+    async fn until_every_door_says(&self, what: &Probe<'_>, expected: Code, case: &str) {
+        let changed = std::time::Instant::now();
+        loop {
+            let codes = self.try_all(what).await;
+            if codes.iter().all(|(_, code)| *code == expected) {
+                return;
+            }
+            assert!(
+                changed.elapsed() <= REVOCATION_BOUND,
+                "{case}: not {expected:?} everywhere within {REVOCATION_BOUND:?}: {codes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn every_door_says(&self, what: &Probe<'_>, expected: Code, case: &str) {
+        let codes = self.try_all(what).await;
+        assert!(
+            codes.iter().all(|(_, code)| *code == expected),
+            "{case}: {codes:?}"
+        );
+    }
+}
+
+/// The code of a bare `List` call with `token` straight at every replica of providers
+/// and appointments (an empty request: INVALID_ARGUMENT once the token passes).
+async fn other_services_say(suite: &TestSuite, token: &str) -> Vec<(String, Code)> {
+    let pool = DescriptorPool::decode(FILE_DESCRIPTOR_SET).unwrap();
+    let mut codes = Vec::new();
+    for (area, service, method) in [
+        (
+            "providers",
+            "topsmile.providers.v1.ProviderService",
+            "ListProviders",
+        ),
+        (
+            "appointments",
+            "topsmile.appointments.v1.AppointmentService",
+            "ListAppointments",
+        ),
+    ] {
+        let method = pool
+            .get_service_by_name(service)
+            .unwrap()
+            .methods()
+            .find(|m| m.name() == method)
+            .unwrap();
+        let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        for (i, replica) in suite.suite.replicas[area].iter().enumerate() {
+            let request = DynamicMessage::new(method.input());
+            let code = call_raw(&connect(replica.addr).await, token, &path, request).await;
+            codes.push((format!("{area} replica {i}"), code));
+        }
+    }
+    codes
+}
+
+/// A pair of calls a token makes: one answered by identity, one by patients.
+enum Probe<'a> {
+    /// Reads any staff role may make: the clinic, and its patients.
+    StaffReads { token: &'a str, clinic: &'a str },
+    /// What only an ADMIN may do: create an ADMIN, read the audit trail.
+    AdminOnly { token: &'a str, clinic: &'a str },
+    /// A portal patient reads their own record (patients) and clinic (identity).
+    PatientReads {
+        token: &'a str,
+        clinic: &'a str,
+        patient: &'a str,
+    },
+}
+
+impl Probe<'_> {
+    fn token(&self) -> &str {
+        match self {
+            Self::StaffReads { token, .. }
+            | Self::AdminOnly { token, .. }
+            | Self::PatientReads { token, .. } => token,
+        }
+    }
+
+    async fn identity(&self, channel: &Channel) -> Code {
+        let bearer = Bearer(Some(self.token().to_owned()));
+        let result = match self {
+            Self::StaffReads { clinic, .. } | Self::PatientReads { clinic, .. } => {
+                ClinicServiceClient::with_interceptor(channel.clone(), bearer)
+                    .get_clinic(identity::GetClinicRequest {
+                        name: (*clinic).into(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+            Self::AdminOnly { clinic, .. } => {
+                // An invalid user: an ADMIN gets INVALID_ARGUMENT, and nothing is made.
+                UserServiceClient::with_interceptor(channel.clone(), bearer)
+                    .create_user(identity::CreateUserRequest {
+                        parent: (*clinic).into(),
+                        user: Some(identity::User {
+                            email: "not an email".into(),
+                            role: identity::UserRole::Admin as i32,
+                            ..Default::default()
+                        }),
+                        password: "x".into(),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        };
+        result.map_or_else(|s| s.code(), |()| Code::Ok)
+    }
+
+    async fn patients(&self, channel: &Channel) -> Code {
+        use topsmile_proto::topsmile::patients::v1 as pb;
+        let bearer = Bearer(Some(self.token().to_owned()));
+        let result = match self {
+            Self::StaffReads { clinic, .. } => {
+                PatientServiceClient::with_interceptor(channel.clone(), bearer)
+                    .list_patients(pb::ListPatientsRequest {
+                        parent: (*clinic).into(),
+                        page_size: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+            }
+            Self::AdminOnly { clinic, .. } => {
+                pb::audit_service_client::AuditServiceClient::with_interceptor(
+                    channel.clone(),
+                    bearer,
+                )
+                .list_audit_events(pb::ListAuditEventsRequest {
+                    parent: (*clinic).into(),
+                    page_size: 1,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }
+            Self::PatientReads { patient, .. } => {
+                PatientServiceClient::with_interceptor(channel.clone(), bearer)
+                    .get_patient(GetPatientRequest {
+                        name: (*patient).into(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        };
+        result.map_or_else(|s| s.code(), |()| Code::Ok)
+    }
+}
+
+/// A second ADMIN of `staff`'s clinic, signed in: (name, email, access token).
+async fn another_admin(
+    suite: &TestSuite,
+    staff: &support::ClinicStaff,
+) -> (String, String, String) {
+    let email = format!(
+        "second.admin.{}@example.com",
+        topsmile_kit::names::ResourceId::generate()
+    );
+    let user = UserServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(staff.admin.clone())),
+    )
+    .create_user(identity::CreateUserRequest {
+        parent: staff.clinic.name.clone(),
+        user: Some(identity::User {
+            email: email.clone(),
+            display_name: "Second Admin".into(),
+            role: identity::UserRole::Admin as i32,
+            ..Default::default()
+        }),
+        password: STAFF_PASSWORD.into(),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .user
+    .unwrap();
+    let token = suite.login(&email, STAFF_PASSWORD).await;
+    (user.name, email, token)
+}
+
+#[tokio::test]
+async fn access_ends_within_seconds_everywhere_on_two_replicas() {
+    revocation(None).await;
+}
+
+#[tokio::test]
+async fn access_ends_within_seconds_everywhere_on_two_replicas_on_mongodb() {
+    if let Some(store) =
+        mongo_store("access_ends_within_seconds_everywhere_on_two_replicas_on_mongodb")
+    {
+        revocation(Some(store)).await;
+    }
+}
+
+/// Deactivation, demotion, a password change elsewhere, a sign-out and a patient's
+/// deactivation, each seen by the gateway and by both replicas of identity and of
+/// patients within the bound; and what is not changed keeps working.
+async fn revocation(store: Option<topsmile_kit::store::StoreChoice>) {
+    let suite = TestSuite::with(Setup {
+        store,
+        replicas: 2,
+        ..Setup::default()
+    })
+    .await;
+    let a = suite.clinic_with_staff("Revocation").await;
+    let clinic = a.clinic.name.as_str();
+    let doors = Doors::of(&suite).await;
+    let mut users =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())));
+
+    // A deactivated ADMIN's token stops everywhere.
+    let (name, _, token) = another_admin(&suite, &a).await;
+    let reads = Probe::StaffReads {
+        token: &token,
+        clinic,
+    };
+    doors
+        .every_door_says(&reads, Code::Ok, "before deactivation")
+        .await;
+    let before = other_services_say(&suite, &token).await;
+    assert!(
+        before.iter().all(|(_, c)| *c == Code::InvalidArgument),
+        "{before:?}"
+    );
+    users
+        .deactivate_user(identity::DeactivateUserRequest {
+            name,
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    doors
+        .until_every_door_says(&reads, Code::Unauthenticated, "deactivated admin")
+        .await;
+    let changed = std::time::Instant::now();
+    loop {
+        let after = other_services_say(&suite, &token).await;
+        if after.iter().all(|(_, c)| *c == Code::Unauthenticated) {
+            break;
+        }
+        assert!(
+            changed.elapsed() <= REVOCATION_BOUND,
+            "straight at providers and appointments: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A demoted ADMIN is judged as STAFF: admin-only calls are denied, reads go on.
+    let (name, _, token) = another_admin(&suite, &a).await;
+    let admin_only = Probe::AdminOnly {
+        token: &token,
+        clinic,
+    };
+    let codes = doors.try_all(&admin_only).await;
+    assert!(
+        codes
+            .iter()
+            .all(|(_, c)| matches!(c, Code::InvalidArgument | Code::Ok)),
+        "an ADMIN may, before the demotion: {codes:?}"
+    );
+    users
+        .update_user(identity::UpdateUserRequest {
+            user: Some(identity::User {
+                name,
+                role: identity::UserRole::Staff as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["role".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    doors
+        .until_every_door_says(&admin_only, Code::PermissionDenied, "demoted admin")
+        .await;
+    doors
+        .every_door_says(
+            &Probe::StaffReads {
+                token: &token,
+                clinic,
+            },
+            Code::Ok,
+            "demoted, still staff",
+        )
+        .await;
+
+    // A password change ends the other sessions, not the one that changed it.
+    let email = users
+        .get_user(identity::GetUserRequest {
+            name: a.staff_name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .email;
+    let elsewhere = suite.login(&email, STAFF_PASSWORD).await;
+    let here = suite.login(&email, STAFF_PASSWORD).await;
+    doors
+        .every_door_says(
+            &Probe::StaffReads {
+                token: &elsewhere,
+                clinic,
+            },
+            Code::Ok,
+            "before the change",
+        )
+        .await;
+    AuthServiceClient::with_interceptor(suite.channel().await, Bearer(Some(here.clone())))
+        .change_password(identity::ChangePasswordRequest {
+            current_password: STAFF_PASSWORD.into(),
+            new_password: "a brand new password".into(),
+        })
+        .await
+        .unwrap();
+    doors
+        .until_every_door_says(
+            &Probe::StaffReads {
+                token: &elsewhere,
+                clinic,
+            },
+            Code::Unauthenticated,
+            "the other session after a password change",
+        )
+        .await;
+    doors
+        .every_door_says(
+            &Probe::StaffReads {
+                token: &here,
+                clinic,
+            },
+            Code::Ok,
+            "the changing session",
+        )
+        .await;
+
+    // Signing out ends that session's access tokens too.
+    AuthServiceClient::with_interceptor(suite.channel().await, Bearer(Some(here.clone())))
+        .logout(identity::LogoutRequest::default())
+        .await
+        .unwrap();
+    doors
+        .until_every_door_says(
+            &Probe::StaffReads {
+                token: &here,
+                clinic,
+            },
+            Code::Unauthenticated,
+            "signed out",
+        )
+        .await;
+
+    // A deactivated patient's portal token stops.
+    let (patient, portal) = support::a_patient(&suite, &a, "Revoked").await;
+    let own = Probe::PatientReads {
+        token: &portal,
+        clinic,
+        patient: &patient,
+    };
+    doors
+        .every_door_says(&own, Code::Ok, "the patient before")
+        .await;
+    PatientServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+        .deactivate_patient(
+            topsmile_proto::topsmile::patients::v1::DeactivatePatientRequest {
+                name: patient.clone(),
+                etag: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    doors
+        .until_every_door_says(&own, Code::Unauthenticated, "deactivated patient")
+        .await;
+
+    // A deactivated clinic's staff stop too; the super admin still reads it.
+    doors
+        .every_door_says(
+            &Probe::StaffReads {
+                token: &a.provider,
+                clinic,
+            },
+            Code::Ok,
+            "clinic open",
+        )
+        .await;
+    ClinicServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(suite.root_token().await)),
+    )
+    .deactivate_clinic(identity::DeactivateClinicRequest {
+        name: clinic.into(),
+        etag: String::new(),
+    })
+    .await
+    .unwrap();
+    doors
+        .until_every_door_says(
+            &Probe::StaffReads {
+                token: &a.provider,
+                clinic,
+            },
+            Code::Unauthenticated,
+            "a deactivated clinic's staff",
+        )
+        .await;
+    let root = suite.root_token().await;
+    doors
+        .every_door_says(
+            &Probe::StaffReads {
+                token: &root,
+                clinic,
+            },
+            Code::Ok,
+            "the super admin",
+        )
+        .await;
     suite.stop().await;
 }

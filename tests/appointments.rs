@@ -172,7 +172,7 @@ async fn clinic(suite: &TestSuite, label: &str, patients: usize) -> Clinic {
             .patient
             .unwrap()
             .name;
-        let token = patient_token(suite, &clinic_id, &name);
+        let token = patient_token(suite, &clinic_id, &name).await;
         list.push((name, token));
     }
     Clinic {

@@ -280,7 +280,7 @@ async fn probes_land_in_the_probers_trail(suite: TestSuite) {
     let b_patient = a_full_patient(&suite, &b.staff, &b.clinic.name).await;
     let a_patient = a_full_patient(&suite, &a.staff, &a.clinic.name).await;
     let a_clinic_id = a.clinic.name.trim_start_matches("clinics/");
-    let portal = patient_token(&suite, a_clinic_id, &a_patient.name);
+    let portal = patient_token(&suite, a_clinic_id, &a_patient.name).await;
 
     let huge = format!("clinics/{}/patients/x", "b".repeat(60_000));
     let probes = [
@@ -845,8 +845,14 @@ async fn patient_password_guessing_is_locked_and_an_admin_unlocks_it() {
         })
         .await
         .unwrap();
-    let clinic_id = a.clinic.name.trim_start_matches("clinics/");
-    let mut me = patients_as(&suite, &patient_token(&suite, clinic_id, &patient.name)).await;
+    let portal = support::patient_sign_in(
+        &suite,
+        &a.clinic.name,
+        &patient.email,
+        "the real portal password",
+    )
+    .await;
+    let mut me = patients_as(&suite, &portal).await;
     let change = |current: String| pb::SetPatientPasswordRequest {
         name: patient.name.clone(),
         new_password: "a brand new portal password".into(),

@@ -6,7 +6,7 @@
 mod support;
 
 use prost_types::{Duration, FieldMask, Timestamp};
-use support::{Authed, Bearer, ClinicStaff, TestSuite, mongo_store, patient_token};
+use support::{Authed, Bearer, ClinicStaff, TestSuite, mongo_store};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use topsmile_kit::names::ResourceId;
@@ -158,7 +158,6 @@ fn schedule_mask(paths: &[&str]) -> Option<FieldMask> {
 async fn a_clinic_runs_its_providers(suite: TestSuite) {
     let a = suite.clinic_with_staff("Providers").await;
     let clinic = a.clinic.name.clone();
-    let clinic_id = clinic.trim_start_matches("clinics/").to_owned();
 
     // The ADMIN adds Dr. Ana, linked to the clinic's PROVIDER user; a retry with the
     // same request id is the same provider.
@@ -362,11 +361,7 @@ async fn a_clinic_runs_its_providers(suite: TestSuite) {
     }
 
     // A patient of the clinic sees the public view of active providers.
-    let patient = patient_token(
-        &suite,
-        &clinic_id,
-        &format!("{clinic}/patients/{}", ResourceId::generate()),
-    );
+    let (_, patient) = support::a_patient(&suite, &a, "Public").await;
     let public = providers_as(&suite, &patient)
         .await
         .get_provider(pb::GetProviderRequest {
@@ -709,12 +704,7 @@ async fn other_clinics_cannot_reach_a_clinics_providers() {
     let target = create(&suite, &b.admin, &b.clinic.name, dr_ana(""), "")
         .await
         .unwrap();
-    let a_id = a.clinic.name.trim_start_matches("clinics/").to_owned();
-    let patient = patient_token(
-        &suite,
-        &a_id,
-        &format!("{}/patients/{}", a.clinic.name, ResourceId::generate()),
-    );
+    let (_, patient) = support::a_patient(&suite, &a, "Prober").await;
     let direct = support::connect(suite.suite.services["providers"]).await;
     for channel in [suite.channel().await, direct] {
         for (who, token) in [

@@ -19,6 +19,7 @@ const plan = [
   ["auditEvents", { clinicId: 1, _id: 1 }],
   ["appointmentClaims", { clinicId: 1, resource: 1, granule: 1 }],
   ["signInLocks", { clinicId: 1, account: 1 }],
+  ["sessions", { clinicId: 1 }],
 ];
 // Not sharded: clinics (the tenants themselves, small), users (staff sign in by email
 // without naming a clinic: a global lookup; small), refreshTokens (found by hash).

@@ -367,25 +367,82 @@ pub fn aimed_at(
     message
 }
 
-/// A real token for a patient of `clinic`, signed with the suite's own key, as the
-/// portal sign-in will issue them.
-pub fn patient_token(suite: &TestSuite, clinic_id: &str, patient_name: &str) -> String {
-    use topsmile_kit::auth::{AUDIENCE, Claims, ISSUER, KeyRing, Kind};
-    let ring = KeyRing::load(&suite.dir.path().join("signing-keys.json")).unwrap();
-    let now = topsmile_kit::time::unix_seconds();
-    let claims = Claims {
-        iss: ISSUER.into(),
-        aud: AUDIENCE.into(),
-        sub: patient_name.into(),
-        exp: now + 600,
-        iat: now,
-        jti: format!("patient-{now}-{patient_name}"),
-        clinic: clinic_id.into(),
-        role: "patient".into(),
-        kind: Kind::Patient,
-        sid: format!("session-{patient_name}"),
+/// A portal access token for the patient `patient_name` of `clinic_id`, from a real
+/// portal sign-in through the gateway: the super admin gives the patient an email (if
+/// they have none) and a portal password, then the patient signs in. Every guard checks
+/// the token's session, so a token must come from a sign-in.
+pub async fn patient_token(suite: &TestSuite, clinic_id: &str, patient_name: &str) -> String {
+    use topsmile_proto::topsmile::patients::v1 as patients;
+    const PORTAL_PASSWORD: &str = "a portal password for tests";
+    let root = suite.root_token().await;
+    let mut as_root = patients::patient_service_client::PatientServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(root)),
+    );
+    let patient = as_root
+        .get_patient(patients::GetPatientRequest {
+            name: patient_name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .patient
+        .unwrap();
+    let email = if patient.email.is_empty() {
+        let id = patient_name.rsplit('/').next().unwrap_or("someone");
+        let email = format!("portal.{id}@example.com");
+        as_root
+            .update_patient(patients::UpdatePatientRequest {
+                patient: Some(patients::Patient {
+                    name: patient_name.into(),
+                    email: email.clone(),
+                    etag: patient.etag.clone(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["email".into()],
+                }),
+            })
+            .await
+            .unwrap();
+        email
+    } else {
+        patient.email
     };
-    ring.issuer().unwrap().sign(&claims).unwrap()
+    as_root
+        .set_patient_password(patients::SetPatientPasswordRequest {
+            name: patient_name.into(),
+            new_password: PORTAL_PASSWORD.into(),
+            current_password: String::new(),
+        })
+        .await
+        .unwrap();
+    patient_sign_in(
+        suite,
+        &format!("clinics/{clinic_id}"),
+        &email,
+        PORTAL_PASSWORD,
+    )
+    .await
+}
+
+/// A portal sign-in through the gateway: the access token.
+pub async fn patient_sign_in(
+    suite: &TestSuite,
+    clinic: &str,
+    email: &str,
+    password: &str,
+) -> String {
+    AuthServiceClient::new(suite.channel().await)
+        .login_patient(identity::LoginPatientRequest {
+            clinic: clinic.into(),
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token
 }
 
 /// Moves `staff`'s clinic to another IANA time zone (as its ADMIN).
@@ -467,7 +524,7 @@ pub async fn a_patient(
     .await
     .name;
     let clinic_id = staff.clinic.name.trim_start_matches("clinics/").to_owned();
-    let token = patient_token(suite, &clinic_id, &name);
+    let token = patient_token(suite, &clinic_id, &name).await;
     (name, token)
 }
 

@@ -80,6 +80,7 @@ pub async fn build(
     };
     let store = topsmile_kit::store::StoreChoice::from_config(&config.store);
     let guard = Guard::new(PolicyTable::builtin()?, KeySource::identity(&identity)?)
+        .with_sessions(topsmile_kit::access::identity_sessions(&identity)?)
         .with_refusals(Arc::new(deps.clone()));
     Ok(topsmile_kit::server::Built {
         routes: api::routes(

@@ -25,9 +25,12 @@ pub use crate::patients_client::PatientDirectory;
 use crate::patients_client::PortalCredentials;
 
 use crate::{
-    domain::user::{self, LockPolicy, NO_CLINIC, User},
+    domain::{
+        clinic::SessionRules,
+        user::{self, LockPolicy, NO_CLINIC, User},
+    },
     keys::SigningKeys,
-    store::{RefreshRecord, Spend, Stores},
+    store::{CLIENT_LABEL_MAX, RefreshRecord, SessionRecord, Spend, Stores, Timeouts},
 };
 
 /// How long a refresh token (and so a session without activity) lives.
@@ -57,6 +60,35 @@ pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_in: i32,
+}
+
+/// Where a sign-in comes from: what its session records for its owner to see.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The client address (see `topsmile_kit::access::client_address`); it also keys
+    /// the sign-in lock.
+    pub address: String,
+    /// What the client calls itself (its `user-agent`), cut to a printable line.
+    pub label: String,
+}
+
+impl Client {
+    /// The client of `request`: its address and its `user-agent`.
+    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+        let label = request
+            .metadata()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        Self {
+            address: topsmile_kit::access::client_address(request),
+            label: label
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(CLIENT_LABEL_MAX)
+                .collect(),
+        }
+    }
 }
 
 /// Who a session signs in: a staff user or a portal patient.
@@ -114,8 +146,9 @@ impl Accounts {
         &self,
         email: &str,
         password: &SecretString,
-        client: &str,
+        from: &Client,
     ) -> Result<TokenPair, ApiError> {
+        let client = from.address.as_str();
         let email = email.trim().to_lowercase();
         let found = if email.is_empty() || email.len() > 254 {
             None
@@ -153,7 +186,8 @@ impl Accounts {
             }
         }
         let user = result?;
-        self.issue(&Principal::staff(&user), None).await
+        self.issue(&Principal::staff(&user), Continues::Starts(from))
+            .await
     }
 
     /// Appends a staff event to `clinic`'s audit trail (kept by the patients service).
@@ -193,8 +227,9 @@ impl Accounts {
         clinic: &str,
         email: &str,
         password: &SecretString,
-        client: &str,
+        from: &Client,
     ) -> Result<TokenPair, ApiError> {
+        let client = from.address.as_str();
         let clinic = topsmile_kit::names::ClinicName::parse("clinic", clinic)?;
         let patients = self
             .patients
@@ -211,7 +246,8 @@ impl Accounts {
         if !self.clinic_is_active(clinic.clinic.as_str()).await? {
             return Err(ApiError::Unauthenticated);
         }
-        self.issue(&Principal::patient(&name)?, None).await
+        self.issue(&Principal::patient(&name)?, Continues::Starts(from))
+            .await
     }
 
     /// Whether the clinic `id` (or `-`, no clinic) lets its people sign in.
@@ -244,17 +280,33 @@ impl Accounts {
         Ok(())
     }
 
-    /// A new access token and a new refresh token; `family` continues a session
-    /// (refresh), `None` starts one (sign-in).
+    /// A new access token and a new refresh token, for a new session or one that
+    /// continues (a refresh).
     async fn issue(
         &self,
         principal: &Principal,
-        family: Option<(String, jiff::Timestamp)>,
+        session: Continues<'_>,
     ) -> Result<TokenPair, ApiError> {
         let now = self.clock.now();
-        let started = family.is_none();
-        let (family, family_created) =
-            family.unwrap_or_else(|| (ResourceId::generate().to_string(), now));
+        let session = match session {
+            Continues::Session(session) => session.clone(),
+            Continues::Starts(client) => {
+                let session = SessionRecord {
+                    id: ResourceId::generate().to_string(),
+                    subject: principal.subject.clone(),
+                    kind: principal.kind,
+                    clinic: principal.clinic.clone(),
+                    created: now,
+                    last_used: now,
+                    ended: None,
+                    client_address: client.address.clone(),
+                    client_label: client.label.clone(),
+                };
+                self.stores.sessions.start(&session).await?;
+                self.evict_beyond_limit(principal, now).await?;
+                session
+            }
+        };
         let issued_at = topsmile_kit::time::unix_seconds();
         let ttl = i64::try_from(ACCESS_TOKEN_TTL.as_secs()).unwrap_or(900);
         let claims = Claims {
@@ -271,7 +323,9 @@ impl Accounts {
             },
             role: principal.role.clone(),
             kind: principal.kind,
-            sid: family.clone(),
+            sid: session.id.clone(),
+            amr: vec!["pwd".into()],
+            auth_time: session.created.as_second(),
         };
         let access_token = self
             .keys
@@ -286,22 +340,145 @@ impl Accounts {
                 subject: principal.subject.clone(),
                 kind: principal.kind,
                 clinic: principal.clinic.clone(),
-                family,
-                family_created,
+                family: session.id,
+                family_created: session.created,
                 expires_at: add(now, REFRESH_TOKEN_TTL),
             })
             .await?;
-        if started {
-            self.stores
-                .refresh_tokens
-                .evict_oldest(&principal.subject, MAX_SESSIONS, now)
-                .await?;
-        }
         Ok(TokenPair {
             access_token,
             refresh_token,
             expires_in: i32::try_from(ttl).unwrap_or(900),
         })
+    }
+
+    /// Ends the oldest sessions of `principal` beyond [`MAX_SESSIONS`].
+    async fn evict_beyond_limit(
+        &self,
+        principal: &Principal,
+        now: jiff::Timestamp,
+    ) -> Result<(), ApiError> {
+        let live = self
+            .stores
+            .sessions
+            .list(&principal.clinic, &principal.subject, MAX_SESSIONS + 20)
+            .await?;
+        for old in live.iter().skip(MAX_SESSIONS) {
+            self.end_session(old, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends `session` and revokes its refresh tokens.
+    async fn end_session(
+        &self,
+        session: &SessionRecord,
+        now: jiff::Timestamp,
+    ) -> Result<bool, ApiError> {
+        let ended = self
+            .stores
+            .sessions
+            .end(&session.clinic, &session.subject, &session.id, now)
+            .await?;
+        self.stores
+            .refresh_tokens
+            .revoke_family(&session.id, now)
+            .await?;
+        Ok(ended)
+    }
+
+    /// The session rules of `clinic` (`-`: the defaults), and whether it is active.
+    async fn clinic_sessions(&self, clinic: &str) -> Result<Option<SessionRules>, ApiError> {
+        if clinic == NO_CLINIC {
+            return Ok(Some(SessionRules::default()));
+        }
+        let Some(id) = ResourceId::parse(clinic) else {
+            return Ok(None);
+        };
+        Ok(self
+            .stores
+            .clinics
+            .get(&id)
+            .await?
+            .filter(|c| c.is_active)
+            .map(|c| c.fields.session_rules))
+    }
+
+    /// When sessions of `kind` under `rules` count as timed out, at `now`.
+    fn timeouts(rules: &SessionRules, kind: Kind, now: jiff::Timestamp) -> Timeouts {
+        let (idle, lifetime) = rules.of(kind);
+        let before = |secs: i64| {
+            now.checked_sub(jiff::SignedDuration::from_secs(secs))
+                .unwrap_or(now)
+        };
+        Timeouts {
+            idle_before: before(idle),
+            started_before: before(lifetime),
+        }
+    }
+
+    /// Whether the session of a verified token may go on, and its principal's role
+    /// now: what `CheckSession` answers and identity's own guard asks. Reads the
+    /// session, the clinic and the user (for a patient, the patients service): the
+    /// store, never this process's memory.
+    pub async fn session_state(
+        &self,
+        claims: &Claims,
+    ) -> Result<topsmile_kit::sessions::SessionState, ApiError> {
+        use topsmile_kit::sessions::SessionState;
+        let clinic = if claims.clinic.is_empty() {
+            NO_CLINIC
+        } else {
+            claims.clinic.as_str()
+        };
+        let subject = match claims.kind {
+            Kind::Staff => match user_id_of(&claims.sub) {
+                Some(id) => id.to_string(),
+                None => return Ok(SessionState::Ended),
+            },
+            Kind::Patient => claims.sub.clone(),
+            Kind::Service => return Ok(SessionState::Ended),
+        };
+        let Some(session) = self.stores.sessions.get(clinic, &claims.sid).await? else {
+            return Ok(SessionState::Ended);
+        };
+        if session.subject != subject || session.kind != claims.kind {
+            return Ok(SessionState::Ended);
+        }
+        let Some(rules) = self.clinic_sessions(clinic).await? else {
+            return Ok(SessionState::Ended);
+        };
+        let now = self.clock.now();
+        if !session.is_live(Self::timeouts(&rules, session.kind, now)) {
+            return Ok(SessionState::Ended);
+        }
+        match claims.kind {
+            Kind::Staff => {
+                let Some(id) = ResourceId::parse(&subject) else {
+                    return Ok(SessionState::Ended);
+                };
+                Ok(match self.stores.users.get(clinic, &id).await? {
+                    Some(u) if u.is_active && u.name() == claims.sub => {
+                        SessionState::Live(auth_role(u.role))
+                    }
+                    _ => SessionState::Ended,
+                })
+            }
+            _ => {
+                let Some(patients) = &self.patients else {
+                    return Ok(SessionState::Ended);
+                };
+                let (token, _) = self.sign_service_token("identity")?;
+                let live = patients
+                    .has_portal_access(&token, &subject, (&session.id, session.created))
+                    .await?;
+                Ok(if live {
+                    SessionState::Live(topsmile_proto::topsmile::auth::v1::Role::Patient)
+                } else {
+                    SessionState::Ended
+                })
+            }
+        }
     }
 
     /// Rotates a refresh token. A token presented a second time means it leaked (or a
@@ -324,6 +501,34 @@ impl Accounts {
                 return Err(ApiError::Unauthenticated);
             }
             Spend::Unknown => return Err(ApiError::Unauthenticated),
+        };
+        // The session goes on only while it is live: not ended, not idle past its
+        // clinic's idle timeout, not past its lifetime. One conditional update.
+        let session = match self.clinic_sessions(&record.clinic).await? {
+            Some(rules) => {
+                let timeouts = Self::timeouts(&rules, record.kind, now);
+                if self
+                    .stores
+                    .sessions
+                    .touch(&record.clinic, &record.family, now, timeouts)
+                    .await?
+                {
+                    self.stores
+                        .sessions
+                        .get(&record.clinic, &record.family)
+                        .await?
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let Some(session) = session else {
+            self.stores
+                .refresh_tokens
+                .revoke_family(&record.family, now)
+                .await?;
+            return Err(ApiError::Unauthenticated);
         };
         // The session lives only while its principal may still sign in.
         let principal = match record.kind {
@@ -355,31 +560,49 @@ impl Accounts {
             Kind::Service => None,
         };
         match principal {
-            Some(principal) => {
-                self.issue(&principal, Some((record.family, record.family_created)))
-                    .await
-            }
+            Some(principal) => self.issue(&principal, Continues::Session(&session)).await,
             None => {
-                self.stores
-                    .refresh_tokens
-                    .revoke_family(&record.family, now)
-                    .await?;
+                self.end_session(&session, now).await?;
                 Err(ApiError::Unauthenticated)
             }
         }
     }
 
-    /// Ends the caller's session: its refresh tokens stop working.
+    /// Ends the caller's session: its refresh token stops working at once, its access
+    /// tokens within the revocation bound (`topsmile_kit::sessions`).
     pub async fn logout(&self, caller: &Caller) -> Result<(), ApiError> {
+        let (clinic, subject) = session_owner(caller)?;
+        let now = self.clock.now();
+        self.stores
+            .sessions
+            .end(&clinic, &subject, caller.session(), now)
+            .await?;
         self.stores
             .refresh_tokens
-            .revoke_family(caller.session(), self.clock.now())
+            .revoke_family(caller.session(), now)
             .await?;
         Ok(())
     }
 
+    /// Ends every session of `user` (deactivation): refresh tokens at once, access
+    /// tokens within the revocation bound.
+    pub async fn end_all_sessions(&self, user: &User) -> Result<u64, ApiError> {
+        let now = self.clock.now();
+        let ended = self
+            .stores
+            .sessions
+            .end_all(&user.clinic, user.id.as_str(), None, now)
+            .await?;
+        self.stores
+            .refresh_tokens
+            .revoke_subject(user.id.as_str(), now)
+            .await?;
+        Ok(ended)
+    }
+
     /// Changes the caller's own password (the current one is checked like a sign-in,
-    /// lock included) and ends every session of theirs.
+    /// lock included) and ends every other session of theirs: whoever knew the old
+    /// password is signed out, the caller goes on.
     pub async fn change_password(
         &self,
         caller: &Caller,
@@ -398,11 +621,21 @@ impl Accounts {
         next.update_time = self.clock.now();
         next.version += 1;
         self.stores.users.update_profile(&next).await?;
-        self.stores
-            .refresh_tokens
-            .revoke_subject(user.id.as_str(), self.clock.now())
+        let now = self.clock.now();
+        let others = self
+            .stores
+            .sessions
+            .list(&user.clinic, user.id.as_str(), MAX_SESSIONS + 20)
             .await?;
-        tracing::info!(user = %user.id, "password changed; every session ended");
+        for other in others.iter().filter(|s| s.id != caller.session()) {
+            self.end_session(other, now).await?;
+        }
+        // Sessions beyond the list (none, unless the limit was raised) end too.
+        self.stores
+            .sessions
+            .end_all(&user.clinic, user.id.as_str(), Some(caller.session()), now)
+            .await?;
+        tracing::info!(user = %user.id, "password changed; every other session ended");
         Ok(())
     }
 
@@ -459,6 +692,8 @@ impl Accounts {
             role: "service".into(),
             kind: Kind::Service,
             sid: jti,
+            amr: Vec::new(),
+            auth_time: now,
         };
         let token = self
             .keys
@@ -509,6 +744,61 @@ impl Accounts {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Identity's own guard's session check: [`Accounts::session_state`], from the store.
+pub struct OwnSessions(pub Arc<Accounts>);
+
+#[async_trait::async_trait]
+impl topsmile_kit::sessions::SessionAuthority for OwnSessions {
+    async fn state(
+        &self,
+        _token: &str,
+        claims: &Claims,
+    ) -> Result<topsmile_kit::sessions::SessionState, ApiError> {
+        self.0.session_state(claims).await
+    }
+}
+
+/// How [`Accounts::issue`] finds its session.
+enum Continues<'a> {
+    /// A sign-in from this client: a new session.
+    Starts(&'a Client),
+    /// A refresh of this live session.
+    Session(&'a SessionRecord),
+}
+
+/// The policy role of a staff role.
+fn auth_role(role: user::Role) -> topsmile_proto::topsmile::auth::v1::Role {
+    use topsmile_proto::topsmile::auth::v1::Role as Policy;
+    match role {
+        user::Role::SuperAdmin => Policy::SuperAdmin,
+        user::Role::Admin => Policy::Admin,
+        user::Role::Provider => Policy::Provider,
+        user::Role::Staff => Policy::Staff,
+    }
+}
+
+/// The user id in a staff resource name `clinics/{clinic}/users/{user}` (or
+/// `users/{user}` for a super admin).
+fn user_id_of(name: &str) -> Option<ResourceId> {
+    name.rsplit('/').next().and_then(ResourceId::parse)
+}
+
+/// The (clinic, subject) a caller's sessions are stored under.
+fn session_owner(caller: &Caller) -> Result<(String, String), ApiError> {
+    let clinic = match caller.clinic() {
+        "" => NO_CLINIC.to_owned(),
+        clinic => clinic.to_owned(),
+    };
+    let subject = match caller.kind() {
+        Kind::Staff => user_id_of(caller.subject())
+            .ok_or(ApiError::Unauthenticated)?
+            .to_string(),
+        Kind::Patient => caller.subject().to_owned(),
+        Kind::Service => return Err(ApiError::Unauthenticated),
+    };
+    Ok((clinic, subject))
 }
 
 fn random_token() -> String {

@@ -22,8 +22,13 @@ use topsmile_proto::topsmile::identity::v1::{
 
 use crate::accounts::Accounts;
 
-/// Every service of identity, on `accounts`, with the message size limits.
-pub fn routes(accounts: &Arc<Accounts>, limits: &ServerLimits) -> Routes {
+/// Every service of identity, on `accounts` (`guard` verifies the tokens that
+/// `CheckSession` is asked about), with the message size limits.
+pub fn routes(
+    accounts: &Arc<Accounts>,
+    guard: &Arc<topsmile_kit::access::Guard>,
+    limits: &ServerLimits,
+) -> Routes {
     let max = limits.max_message_bytes;
     Routes::new(
         ClinicServiceServer::new(ClinicApi::new(accounts.stores.clinics.clone()))
@@ -41,7 +46,7 @@ pub fn routes(accounts: &Arc<Accounts>, limits: &ServerLimits) -> Routes {
             .max_encoding_message_size(max),
     )
     .add_service(
-        IdentityInternalServiceServer::new(InternalApi::new(accounts.clone()))
+        IdentityInternalServiceServer::new(InternalApi::new(accounts.clone(), guard.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     )

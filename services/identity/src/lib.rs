@@ -90,22 +90,22 @@ impl Identity {
     ) -> Result<Self, BoxError> {
         let patients = patients.map(accounts::PatientDirectory::new).transpose()?;
         let keys = Arc::new(keys::SigningKeys::open(&key_file)?);
-        let guard = Arc::new(Guard::new(
-            PolicyTable::builtin()?,
-            KeySource::File(key_file),
-        ));
-        Ok(Self {
-            accounts: Arc::new(Accounts {
-                stores,
-                passwords,
-                keys,
-                clock,
-                lock_policy: LockPolicy::default(),
-                service_secret,
-                patients,
-            }),
-            guard,
-        })
+        let accounts = Arc::new(Accounts {
+            stores,
+            passwords,
+            keys,
+            clock,
+            lock_policy: LockPolicy::default(),
+            service_secret,
+            patients,
+        });
+        // Identity judges sessions from its own store, as `CheckSession` does for
+        // everyone else.
+        let guard = Arc::new(
+            Guard::new(PolicyTable::builtin()?, KeySource::File(key_file))
+                .with_sessions(Arc::new(accounts::OwnSessions(accounts.clone()))),
+        );
+        Ok(Self { accounts, guard })
     }
 
     /// Creates the configured bootstrap super admin if there is none yet.
@@ -131,7 +131,7 @@ impl Identity {
 
     /// The identity service's routes.
     pub fn routes(&self, limits: &ServerLimits) -> Routes {
-        api::routes(&self.accounts, limits)
+        api::routes(&self.accounts, &self.guard, limits)
     }
 }
 

@@ -12,7 +12,10 @@ use jiff::Timestamp;
 use topsmile_identity::domain::user::{Attempt, LockPolicy, Role, User};
 use topsmile_identity::{
     domain::{Clinic, ClinicFields},
-    store::{RefreshRecord, Spend, Stores, embedded::EmbeddedIdentity, mongo::MongoIdentity},
+    store::{
+        RefreshRecord, SessionRecord, Spend, Stores, Timeouts, embedded::EmbeddedIdentity,
+        mongo::MongoIdentity,
+    },
 };
 use topsmile_kit::signin::SignInCounters;
 use topsmile_kit::{StoreError, names::ResourceId, paging::PageRequest, store::mongo, testing};
@@ -36,7 +39,8 @@ impl Harness {
             stores: Stores {
                 clinics: store.clone(),
                 users: store.clone(),
-                refresh_tokens: store,
+                refresh_tokens: store.clone(),
+                sessions: store,
             },
             _dir: Some(dir),
             mongo_db: None,
@@ -55,7 +59,8 @@ impl Harness {
             stores: Stores {
                 clinics: store.clone(),
                 users: store.clone(),
-                refresh_tokens: store,
+                refresh_tokens: store.clone(),
+                sessions: store,
             },
             _dir: None,
             mongo_db: Some(database),
@@ -121,6 +126,11 @@ conformance!(
     an_expired_refresh_token_is_unknown_before_any_cleanup,
     revoking_a_family_or_a_subject_stops_its_live_tokens,
     eviction_keeps_only_the_newest_families,
+    a_session_reads_back_only_under_its_clinic,
+    touching_keeps_a_live_session_and_refuses_an_idle_old_or_ended_one,
+    ending_is_for_the_owner_and_happens_once,
+    ending_all_but_one_keeps_that_one_and_spares_others,
+    sessions_list_newest_first_without_ended_ones,
 );
 
 fn fields(name: &str) -> ClinicFields {
@@ -142,6 +152,12 @@ fn fields(name: &str) -> ClinicFields {
             booking_horizon_secs: 30 * 86_400,
             slot_step_secs: 600,
             patient_change_cutoff_secs: 12 * 3600,
+        },
+        session_rules: topsmile_identity::domain::clinic::SessionRules {
+            staff_idle_secs: 15 * 60,
+            staff_lifetime_secs: 8 * 3600,
+            patient_idle_secs: 10 * 60,
+            patient_lifetime_secs: 2 * 3600,
         },
     }
 }
@@ -802,4 +818,182 @@ async fn eviction_keeps_only_the_newest_families(s: &Stores) {
             );
         }
     }
+}
+
+fn session(clinic: &str, subject: &str, id: &str, created: Timestamp) -> SessionRecord {
+    SessionRecord {
+        id: id.into(),
+        subject: subject.into(),
+        kind: topsmile_kit::auth::Kind::Staff,
+        clinic: clinic.into(),
+        created,
+        last_used: created,
+        ended: None,
+        client_address: "192.0.2.7".into(),
+        client_label: "grpcurl/1.9.1 grpc-go/1.61.0".into(),
+    }
+}
+
+/// Timeouts that nothing created after `t` has reached.
+fn none_before(t: Timestamp) -> Timeouts {
+    Timeouts {
+        idle_before: t,
+        started_before: t,
+    }
+}
+
+async fn a_session_reads_back_only_under_its_clinic(s: &Stores) {
+    let t = now();
+    let mine = session("c1", "u1", "s-read", t);
+    s.sessions.start(&mine).await.unwrap();
+    assert_eq!(
+        s.sessions.get("c1", "s-read").await.unwrap(),
+        Some(mine.clone())
+    );
+    assert_eq!(s.sessions.get("c2", "s-read").await.unwrap(), None);
+    assert_eq!(s.sessions.get("c1", "s-none").await.unwrap(), None);
+    let duplicate = s.sessions.start(&mine).await.unwrap_err();
+    assert!(
+        matches!(duplicate, StoreError::Duplicate(_)),
+        "{duplicate:?}"
+    );
+}
+
+async fn touching_keeps_a_live_session_and_refuses_an_idle_old_or_ended_one(s: &Stores) {
+    let t = now();
+    let minute = jiff::SignedDuration::from_secs(60);
+    let live = session("c1", "u1", "s-touch", t);
+    s.sessions.start(&live).await.unwrap();
+    let before = none_before(t - minute);
+    assert!(
+        s.sessions
+            .touch("c1", "s-touch", t + minute, before)
+            .await
+            .unwrap()
+    );
+    let read = s.sessions.get("c1", "s-touch").await.unwrap().unwrap();
+    assert_eq!(read.last_used, t + minute, "last use moved");
+    assert!(
+        !s.sessions
+            .touch("c2", "s-touch", t + minute, before)
+            .await
+            .unwrap(),
+        "another clinic's touch finds nothing"
+    );
+    // Idle: last used at or before the idle bound.
+    let idle = Timeouts {
+        idle_before: t + minute,
+        started_before: t - minute,
+    };
+    assert!(
+        !s.sessions
+            .touch("c1", "s-touch", t + minute * 2, idle)
+            .await
+            .unwrap()
+    );
+    // Too old: created at or before the lifetime bound.
+    let old = Timeouts {
+        idle_before: t - minute,
+        started_before: t,
+    };
+    assert!(
+        !s.sessions
+            .touch("c1", "s-touch", t + minute * 2, old)
+            .await
+            .unwrap()
+    );
+    let read = s.sessions.get("c1", "s-touch").await.unwrap().unwrap();
+    assert_eq!(read.last_used, t + minute, "refused touches change nothing");
+    assert!(
+        s.sessions
+            .end("c1", "u1", "s-touch", t + minute * 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.sessions
+            .touch("c1", "s-touch", t + minute * 3, before)
+            .await
+            .unwrap()
+    );
+}
+
+async fn ending_is_for_the_owner_and_happens_once(s: &Stores) {
+    let t = now();
+    s.sessions
+        .start(&session("c1", "u1", "s-end", t))
+        .await
+        .unwrap();
+    assert!(
+        !s.sessions.end("c1", "u2", "s-end", t).await.unwrap(),
+        "someone else's session id ends nothing"
+    );
+    assert!(!s.sessions.end("c2", "u1", "s-end", t).await.unwrap());
+    assert!(
+        s.sessions
+            .get("c1", "s-end")
+            .await
+            .unwrap()
+            .unwrap()
+            .ended
+            .is_none()
+    );
+    let racing = join_all((0..20).map(|_| s.sessions.end("c1", "u1", "s-end", t))).await;
+    let ended = racing.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(ended, 1, "{racing:?}");
+    let read = s.sessions.get("c1", "s-end").await.unwrap().unwrap();
+    assert_eq!(read.ended, Some(t));
+    assert!(!read.is_live(none_before(t - jiff::SignedDuration::from_secs(60))));
+}
+
+async fn ending_all_but_one_keeps_that_one_and_spares_others(s: &Stores) {
+    let t = now();
+    for id in ["s-a1", "s-a2", "s-a3"] {
+        s.sessions.start(&session("c1", "u1", id, t)).await.unwrap();
+    }
+    s.sessions
+        .start(&session("c1", "u2", "s-b1", t))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sessions
+            .end_all("c1", "u1", Some("s-a2"), t)
+            .await
+            .unwrap(),
+        2
+    );
+    let ids: Vec<String> = s
+        .sessions
+        .list("c1", "u1", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["s-a2"]);
+    assert_eq!(s.sessions.list("c1", "u2", 10).await.unwrap().len(), 1);
+    assert_eq!(s.sessions.end_all("c1", "u1", None, t).await.unwrap(), 1);
+    assert!(s.sessions.list("c1", "u1", 10).await.unwrap().is_empty());
+}
+
+async fn sessions_list_newest_first_without_ended_ones(s: &Stores) {
+    let t = now();
+    for i in 0..5 {
+        let started = t + jiff::SignedDuration::from_secs(i);
+        s.sessions
+            .start(&session("c1", "u1", &format!("s-l{i}"), started))
+            .await
+            .unwrap();
+    }
+    s.sessions.end("c1", "u1", "s-l3", t).await.unwrap();
+    let ids: Vec<String> = s
+        .sessions
+        .list("c1", "u1", 3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["s-l4", "s-l2", "s-l1"]);
+    assert!(s.sessions.list("c2", "u1", 10).await.unwrap().is_empty());
 }

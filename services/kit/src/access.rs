@@ -30,6 +30,7 @@ use crate::{
     auth::{Claims, KeyRing, Kind, PublicKey, TokenError, TokenVerifier},
     names::ResourceId,
     policy::PolicyTable,
+    sessions::{IdentitySessions, SessionAuthority, SessionCheck, SessionState},
 };
 
 /// The shortest time between two key fetches.
@@ -66,8 +67,33 @@ impl Caller {
             .ok_or(ApiError::Unauthenticated)
     }
 
+    /// The caller's role now: the session check's answer, which may differ from the
+    /// token's claim after a role change.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The same caller judged by `role`, its principal's role now. A staff token can
+    /// only become another staff role, a patient's stays a patient's.
+    pub fn with_current_role(mut self, role: Role) -> Result<Self, ApiError> {
+        let fits = match self.claims.kind {
+            Kind::Staff => matches!(
+                role,
+                Role::SuperAdmin | Role::Admin | Role::Provider | Role::Staff
+            ),
+            Kind::Patient => role == Role::Patient,
+            Kind::Service => role == Role::Service,
+        };
+        if !fits {
+            return Err(ApiError::Unauthenticated);
+        }
+        // A clinic's staff never become super admins by a role change: that would
+        // reach every clinic with a token scoped to one.
+        if role == Role::SuperAdmin && !self.claims.clinic.is_empty() {
+            return Err(ApiError::Unauthenticated);
+        }
+        self.role = role;
+        Ok(self)
     }
 
     pub fn kind(&self) -> Kind {
@@ -190,6 +216,9 @@ pub struct Guard {
     keys: KeySource,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     refusals: Option<Arc<dyn Refusals>>,
+    /// Whether each token's session and principal are still live (see
+    /// [`crate::sessions`]); `None` only in unit tests of the guard itself.
+    sessions: Option<SessionCheck>,
     /// At the edge, `audited` methods get only the token check: their service decides
     /// the role, so that it can record the refusal in its audit trail.
     at_edge: bool,
@@ -203,8 +232,16 @@ impl Guard {
             keys,
             last_fetch: tokio::sync::Mutex::new(None),
             refusals: None,
+            sessions: None,
             at_edge: false,
         }
+    }
+
+    /// Judges every call by the current state of its token's session and principal,
+    /// as `authority` tells it (cached for [`crate::sessions::CACHE_FOR`]).
+    pub fn with_sessions(mut self, authority: Arc<dyn SessionAuthority>) -> Self {
+        self.sessions = Some(SessionCheck::new(authority));
+        self
     }
 
     /// The gateway's guard: the full check, except that the role of an `audited`
@@ -226,10 +263,13 @@ impl Guard {
     pub fn via_identity(
         identity_addresses: &[String],
     ) -> Result<Arc<Self>, crate::server::BoxError> {
-        Ok(Arc::new(Self::new(
-            PolicyTable::builtin()?,
-            KeySource::identity(identity_addresses)?,
-        )))
+        Ok(Arc::new(
+            Self::new(
+                PolicyTable::builtin()?,
+                KeySource::identity(identity_addresses)?,
+            )
+            .with_sessions(identity_sessions(identity_addresses)?),
+        ))
     }
 
     /// The gateway's guard (see [`at_edge`](Self::at_edge)), keys from identity.
@@ -241,6 +281,7 @@ impl Guard {
                 PolicyTable::builtin()?,
                 KeySource::identity(identity_addresses)?,
             )
+            .with_sessions(identity_sessions(identity_addresses)?)
             .at_edge(),
         ))
     }
@@ -273,7 +314,7 @@ impl Guard {
             return Ok(None);
         }
         let token = bearer(headers).ok_or(ApiError::Unauthenticated)?;
-        let caller = Caller::from_claims(self.verify(token).await?)?;
+        let caller = self.caller(token).await?;
         if self.at_edge && policy.audited {
             return Ok(Some(caller));
         }
@@ -285,6 +326,26 @@ impl Guard {
             return Err(refused);
         }
         Ok(Some(caller))
+    }
+
+    /// The caller a token speaks for: its signature verified, then its session and
+    /// principal checked (UNAUTHENTICATED once ended) and its role the current one.
+    pub async fn caller(&self, token: &str) -> Result<Caller, ApiError> {
+        let claims = self.verify(token).await?;
+        let caller = Caller::from_claims(claims.clone())?;
+        if claims.kind == Kind::Service {
+            return Ok(caller);
+        }
+        let Some(sessions) = &self.sessions else {
+            return Ok(caller);
+        };
+        match sessions.state(token, &claims).await? {
+            SessionState::Live(role) => caller.with_current_role(role),
+            SessionState::Ended => {
+                tracing::debug!(subject = %claims.sub, "token of an ended session refused");
+                Err(ApiError::Unauthenticated)
+            }
+        }
     }
 
     /// Verifies a token (cached), refetching the keys once if its `kid` is new.
@@ -316,6 +377,16 @@ impl Guard {
     pub fn verify_uncached(&self, token: &str) -> Result<Claims, ApiError> {
         self.verifier.verify_uncached(token).map_err(refused)
     }
+}
+
+/// Identity's `CheckSession` at `addresses`: what every service but identity gives
+/// [`Guard::with_sessions`].
+pub fn identity_sessions(
+    addresses: &[String],
+) -> Result<Arc<dyn SessionAuthority>, crate::config::StartupError> {
+    Ok(Arc::new(IdentitySessions::new(
+        crate::peers::Replicas::new("identity", addresses)?,
+    )))
 }
 
 fn refused(e: TokenError) -> ApiError {
@@ -503,6 +574,8 @@ mod tests {
             role: role.into(),
             kind,
             sid: "f".into(),
+            amr: Vec::new(),
+            auth_time: 0,
         }))
         .unwrap()
     }

@@ -73,6 +73,12 @@ pub struct Claims {
     pub kind: Kind,
     /// Session family: every token from one login shares it.
     pub sid: String,
+    /// How the principal proved who they are (RFC 8176 values: `pwd`, `otp`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// When they last proved it (epoch seconds; 0 for service tokens).
+    #[serde(default)]
+    pub auth_time: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -416,6 +422,8 @@ mod tests {
             role: "admin".into(),
             kind: Kind::Staff,
             sid: "s1".into(),
+            amr: Vec::new(),
+            auth_time: 0,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod password;
 pub mod peers;
 pub mod policy;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 pub mod signin;
 pub mod store;

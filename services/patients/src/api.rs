@@ -84,10 +84,12 @@ pub fn routes(
 /// refuses before a handler sees them.
 pub fn guard(
     keys: topsmile_kit::access::KeySource,
+    sessions: Arc<dyn topsmile_kit::sessions::SessionAuthority>,
     stores: &Stores,
 ) -> Result<Arc<topsmile_kit::access::Guard>, topsmile_kit::server::BoxError> {
     Ok(Arc::new(
         topsmile_kit::access::Guard::new(topsmile_kit::policy::PolicyTable::builtin()?, keys)
+            .with_sessions(sessions)
             .with_refusals(Arc::new(audit::Trail::new(stores.audit.clone()))),
     ))
 }

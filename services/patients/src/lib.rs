@@ -32,7 +32,11 @@ pub async fn build(
     let stores = open_store(&store).await?;
     let identity = config.identity_addresses();
     let keys = topsmile_kit::access::KeySource::identity(&identity)?;
-    let guard = guard(keys, &stores)?;
+    let guard = guard(
+        keys,
+        topsmile_kit::access::identity_sessions(&identity)?,
+        &stores,
+    )?;
     let clinics =
         topsmile_kit::clinics::ClinicDirectory::caching_for(&identity, runtime.clinic_facts_ttl)?;
     Ok(topsmile_kit::server::Built {

@@ -10,7 +10,7 @@ use topsmile_proto::topsmile::identity::v1::{
     identity_internal_service_server::IdentityInternalService,
 };
 
-use crate::accounts::{Accounts, TokenPair};
+use crate::accounts::{Accounts, Client, TokenPair};
 
 pub struct AuthApi {
     accounts: Arc<Accounts>,
@@ -43,7 +43,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let client = client_address(&req);
+        let client = Client::of(&req);
         let req = req.into_inner();
         let pair = self
             .accounts
@@ -56,7 +56,7 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginPatientRequest>,
     ) -> Result<Response<pb::LoginPatientResponse>, Status> {
-        let client = client_address(&req);
+        let client = Client::of(&req);
         let req = req.into_inner();
         let pair = self
             .accounts
@@ -131,11 +131,12 @@ impl AuthService for AuthApi {
 
 pub struct InternalApi {
     accounts: Arc<Accounts>,
+    guard: Arc<topsmile_kit::access::Guard>,
 }
 
 impl InternalApi {
-    pub fn new(accounts: Arc<Accounts>) -> Self {
-        Self { accounts }
+    pub fn new(accounts: Arc<Accounts>, guard: Arc<topsmile_kit::access::Guard>) -> Self {
+        Self { accounts, guard }
     }
 }
 
@@ -153,6 +154,28 @@ impl IdentityInternalService for InternalApi {
         Ok(Response::new(pb::MintServiceTokenResponse {
             access_token,
             expires_in,
+        }))
+    }
+
+    async fn check_session(
+        &self,
+        req: Request<pb::CheckSessionRequest>,
+    ) -> Result<Response<pb::CheckSessionResponse>, Status> {
+        use topsmile_kit::sessions::SessionState;
+        let token = req.into_inner().access_token;
+        // A token that does not verify is not asked about: the answer would tell a
+        // stranger nothing, but the look-ups would be theirs to spend.
+        let claims = self.guard.verify(&token).await?;
+        let state = self.accounts.session_state(&claims).await?;
+        Ok(Response::new(match state {
+            SessionState::Live(role) => pb::CheckSessionResponse {
+                live: true,
+                role: role as i32,
+            },
+            SessionState::Ended => pb::CheckSessionResponse {
+                live: false,
+                role: 0,
+            },
         }))
     }
 }

@@ -12,7 +12,10 @@ use topsmile_kit::{
 use topsmile_proto::topsmile::identity::v1::{self as pb, clinic_service_server::ClinicService};
 
 use crate::{
-    domain::{self, Clinic, ClinicInput, clinic::BookingRulesInput},
+    domain::{
+        self, Clinic, ClinicInput,
+        clinic::{BookingRulesInput, SessionRulesInput},
+    },
     store::ClinicStore,
 };
 
@@ -157,6 +160,15 @@ fn input_of(c: pb::Clinic) -> ClinicInput {
                 patient_change_cutoff: pair(r.patient_change_cutoff),
             }
         }),
+        session_rules: c.session_rules.map(|r| {
+            let pair = |d: Option<prost_types::Duration>| d.map(|d| (d.seconds, d.nanos));
+            SessionRulesInput {
+                staff_idle_timeout: pair(r.staff_idle_timeout),
+                staff_lifetime: pair(r.staff_lifetime),
+                patient_idle_timeout: pair(r.patient_idle_timeout),
+                patient_lifetime: pair(r.patient_lifetime),
+            }
+        }),
     }
 }
 
@@ -177,6 +189,16 @@ fn to_proto(c: Clinic) -> pb::Clinic {
                 booking_horizon: duration(r.booking_horizon_secs),
                 slot_step: duration(r.slot_step_secs),
                 patient_change_cutoff: duration(r.patient_change_cutoff_secs),
+            }
+        }),
+        session_rules: Some({
+            let r = c.fields.session_rules;
+            let duration = |seconds: i64| Some(prost_types::Duration { seconds, nanos: 0 });
+            pb::SessionRules {
+                staff_idle_timeout: duration(r.staff_idle_secs),
+                staff_lifetime: duration(r.staff_lifetime_secs),
+                patient_idle_timeout: duration(r.patient_idle_secs),
+                patient_lifetime: duration(r.patient_lifetime_secs),
             }
         }),
         is_active: c.is_active,

@@ -179,11 +179,7 @@ impl UserApi {
             current
         };
         // Every session ends, also when deactivating twice (a retry after a failure).
-        self.accounts
-            .stores
-            .refresh_tokens
-            .revoke_subject(next.id.as_str(), self.accounts.clock.now())
-            .await?;
+        self.accounts.end_all_sessions(&next).await?;
         tracing::info!(user = %next.name(), by = caller.subject(), "user deactivated; sessions revoked");
         Ok(pb::DeactivateUserResponse {
             user: Some(to_proto(&next)),

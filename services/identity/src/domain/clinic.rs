@@ -27,6 +27,48 @@ pub struct ClinicFields {
     pub email: String,
     pub time_zone: String,
     pub booking_rules: BookingRules,
+    pub session_rules: SessionRules,
+}
+
+/// How long a clinic's sessions last: without a refresh (idle) and at most (absolute),
+/// for staff and for portal patients, in seconds (whole minutes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionRules {
+    pub staff_idle_secs: i64,
+    pub staff_lifetime_secs: i64,
+    pub patient_idle_secs: i64,
+    pub patient_lifetime_secs: i64,
+}
+
+impl Default for SessionRules {
+    /// Staff: 30 minutes idle, 12 hours at most (a working day). Patients: 30 minutes
+    /// idle, 24 hours at most (a portal visit is short; its refresh keeps it going).
+    fn default() -> Self {
+        Self {
+            staff_idle_secs: 30 * MINUTE,
+            staff_lifetime_secs: 12 * HOUR,
+            patient_idle_secs: 30 * MINUTE,
+            patient_lifetime_secs: 24 * HOUR,
+        }
+    }
+}
+
+/// The bounds of [`SessionRules`]: idle 5 minutes to 24 hours, lifetime 1 hour to 30
+/// days, and idle no longer than the lifetime.
+pub const SESSION_IDLE_RANGE: (i64, i64) = (5 * MINUTE, DAY);
+pub const SESSION_LIFETIME_RANGE: (i64, i64) = (HOUR, 30 * DAY);
+
+impl SessionRules {
+    /// (idle, lifetime) for sessions of `kind`.
+    pub fn of(&self, kind: topsmile_kit::auth::Kind) -> (i64, i64) {
+        match kind {
+            topsmile_kit::auth::Kind::Patient => {
+                (self.patient_idle_secs, self.patient_lifetime_secs)
+            }
+            _ => (self.staff_idle_secs, self.staff_lifetime_secs),
+        }
+    }
 }
 
 /// The fields `UpdateClinic` may name in its mask.
@@ -37,6 +79,7 @@ pub const UPDATABLE_FIELDS: &[&str] = &[
     "email",
     "time_zone",
     "booking_rules",
+    "session_rules",
 ];
 
 /// When and how a clinic's appointments may be booked, in seconds (whole minutes).
@@ -96,26 +139,7 @@ pub fn booking_rules(
     let defaults = BookingRules::default();
     let mut violations = Vec::new();
     let mut rule = |name: &str, value: Option<(i64, i32)>, default: i64, low: i64, high: i64| {
-        let Some((seconds, nanos)) = value else {
-            return default;
-        };
-        let field = format!("{prefix}.{name}");
-        if nanos != 0 || seconds % MINUTE != 0 {
-            violations.push(FieldViolation::new(
-                field,
-                "must be a whole number of minutes",
-            ));
-        } else if !(low..=high).contains(&seconds) {
-            violations.push(FieldViolation::new(
-                field,
-                format!(
-                    "must be between {} and {} minutes",
-                    low / MINUTE,
-                    high / MINUTE
-                ),
-            ));
-        }
-        seconds
+        minutes_rule(&mut violations, prefix, name, value, default, (low, high))
     };
     let rules = BookingRules {
         minimum_notice_secs: rule(
@@ -166,6 +190,127 @@ pub fn booking_rules(
     }
 }
 
+/// Session rules as a request sends them: each `(seconds, nanos)`, or unset (default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionRulesInput {
+    pub staff_idle_timeout: Option<(i64, i32)>,
+    pub staff_lifetime: Option<(i64, i32)>,
+    pub patient_idle_timeout: Option<(i64, i32)>,
+    pub patient_lifetime: Option<(i64, i32)>,
+}
+
+impl From<SessionRules> for SessionRulesInput {
+    fn from(r: SessionRules) -> Self {
+        Self {
+            staff_idle_timeout: Some((r.staff_idle_secs, 0)),
+            staff_lifetime: Some((r.staff_lifetime_secs, 0)),
+            patient_idle_timeout: Some((r.patient_idle_secs, 0)),
+            patient_lifetime: Some((r.patient_lifetime_secs, 0)),
+        }
+    }
+}
+
+/// Checks each session rule (whole minutes, within [`SESSION_IDLE_RANGE`] or
+/// [`SESSION_LIFETIME_RANGE`], idle no longer than the lifetime); unset rules take
+/// their defaults.
+pub fn session_rules(
+    prefix: &str,
+    input: SessionRulesInput,
+) -> Result<SessionRules, Vec<FieldViolation>> {
+    let defaults = SessionRules::default();
+    let mut violations = Vec::new();
+    let (idle_low, idle_high) = SESSION_IDLE_RANGE;
+    let (life_low, life_high) = SESSION_LIFETIME_RANGE;
+    let mut rule = |name: &str, value: Option<(i64, i32)>, default: i64, low: i64, high: i64| {
+        minutes_rule(&mut violations, prefix, name, value, default, (low, high))
+    };
+    let rules = SessionRules {
+        staff_idle_secs: rule(
+            "staff_idle_timeout",
+            input.staff_idle_timeout,
+            defaults.staff_idle_secs,
+            idle_low,
+            idle_high,
+        ),
+        staff_lifetime_secs: rule(
+            "staff_lifetime",
+            input.staff_lifetime,
+            defaults.staff_lifetime_secs,
+            life_low,
+            life_high,
+        ),
+        patient_idle_secs: rule(
+            "patient_idle_timeout",
+            input.patient_idle_timeout,
+            defaults.patient_idle_secs,
+            idle_low,
+            idle_high,
+        ),
+        patient_lifetime_secs: rule(
+            "patient_lifetime",
+            input.patient_lifetime,
+            defaults.patient_lifetime_secs,
+            life_low,
+            life_high,
+        ),
+    };
+    for (idle, lifetime, field) in [
+        (
+            rules.staff_idle_secs,
+            rules.staff_lifetime_secs,
+            "staff_idle_timeout",
+        ),
+        (
+            rules.patient_idle_secs,
+            rules.patient_lifetime_secs,
+            "patient_idle_timeout",
+        ),
+    ] {
+        if violations.is_empty() && idle > lifetime {
+            violations.push(FieldViolation::new(
+                format!("{prefix}.{field}"),
+                "must not be longer than the lifetime",
+            ));
+        }
+    }
+    if violations.is_empty() {
+        Ok(rules)
+    } else {
+        Err(violations)
+    }
+}
+
+/// One duration rule: whole minutes within `(low, high)`; unset is `default`.
+fn minutes_rule(
+    violations: &mut Vec<FieldViolation>,
+    prefix: &str,
+    name: &str,
+    value: Option<(i64, i32)>,
+    default: i64,
+    (low, high): (i64, i64),
+) -> i64 {
+    let Some((seconds, nanos)) = value else {
+        return default;
+    };
+    let field = format!("{prefix}.{name}");
+    if nanos != 0 || seconds % MINUTE != 0 {
+        violations.push(FieldViolation::new(
+            field,
+            "must be a whole number of minutes",
+        ));
+    } else if !(low..=high).contains(&seconds) {
+        violations.push(FieldViolation::new(
+            field,
+            format!(
+                "must be between {} and {} minutes",
+                low / MINUTE,
+                high / MINUTE
+            ),
+        ));
+    }
+    seconds
+}
+
 impl Clinic {
     pub fn new(fields: ClinicFields, now: Timestamp) -> Self {
         Self {
@@ -210,6 +355,8 @@ pub struct ClinicInput {
     pub time_zone: String,
     /// Unset: the defaults.
     pub booking_rules: Option<BookingRulesInput>,
+    /// Unset: the defaults.
+    pub session_rules: Option<SessionRulesInput>,
 }
 
 /// Applies the rules to every field and reports every violation at once, each under
@@ -247,6 +394,12 @@ pub fn validate_fields(
     )
     .map_err(|mut v| violations.append(&mut v))
     .unwrap_or_default();
+    let session_rules = session_rules(
+        &field("session_rules"),
+        input.session_rules.unwrap_or_default(),
+    )
+    .map_err(|mut v| violations.append(&mut v))
+    .unwrap_or_default();
     if violations.is_empty() {
         Ok(ClinicFields {
             display_name,
@@ -255,6 +408,7 @@ pub fn validate_fields(
             email,
             time_zone,
             booking_rules,
+            session_rules,
         })
     } else {
         Err(violations)
@@ -292,6 +446,11 @@ pub fn apply_mask(
             Some(current.booking_rules.into()),
             incoming.booking_rules,
         ),
+        session_rules: paths.pick(
+            "session_rules",
+            Some(current.session_rules.into()),
+            incoming.session_rules,
+        ),
     }
 }
 
@@ -307,7 +466,47 @@ mod tests {
             time_zone: "America/Sao_Paulo".into(),
             address: None,
             booking_rules: None,
+            session_rules: None,
         }
+    }
+
+    #[test]
+    fn session_rules_take_defaults_and_stay_in_range() {
+        let defaults = session_rules("r", SessionRulesInput::default()).unwrap();
+        assert_eq!(defaults, SessionRules::default());
+        assert_eq!(
+            defaults.of(topsmile_kit::auth::Kind::Staff),
+            (1800, 12 * 3600)
+        );
+        let bad = session_rules(
+            "r",
+            SessionRulesInput {
+                staff_idle_timeout: Some((60, 0)),
+                staff_lifetime: Some((31 * 86_400, 0)),
+                patient_idle_timeout: Some((90, 0)),
+                patient_lifetime: None,
+            },
+        )
+        .unwrap_err();
+        let fields: Vec<_> = bad.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "r.staff_idle_timeout",
+                "r.staff_lifetime",
+                "r.patient_idle_timeout"
+            ]
+        );
+        let longer = session_rules(
+            "r",
+            SessionRulesInput {
+                staff_idle_timeout: Some((3 * 3600, 0)),
+                staff_lifetime: Some((2 * 3600, 0)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(longer[0].field, "r.staff_idle_timeout");
     }
 
     #[test]

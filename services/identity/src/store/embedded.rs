@@ -15,10 +15,13 @@ use topsmile_kit::{
     time,
 };
 
-use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
+use super::{
+    ClinicStore, RefreshRecord, RefreshTokenStore, SESSION_RECORDS_KEPT, SessionRecord,
+    SessionStore, Spend, Timeouts, UserStore,
+};
 use crate::domain::{
     Clinic, ClinicFields,
-    clinic::BookingRules,
+    clinic::{BookingRules, SessionRules},
     user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
@@ -29,7 +32,28 @@ use topsmile_kit::auth::Kind;
 /// existed take it as a no-op); later ones are only ever appended.
 /// (The `users` sign-in columns of the first are no longer read: counters live in
 /// `sign_in_locks`, per account and client address.)
-const MIGRATIONS: &[&str] = &[SCHEMA, topsmile_kit::store::sqlite::SIGN_IN_LOCKS_SCHEMA];
+const MIGRATIONS: &[&str] = &[
+    SCHEMA,
+    topsmile_kit::store::sqlite::SIGN_IN_LOCKS_SCHEMA,
+    SESSIONS_SCHEMA,
+];
+
+/// Sessions: one row per sign-in (see [`SessionStore`]).
+const SESSIONS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sessions (
+    id              TEXT PRIMARY KEY,
+    subject         TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    clinic_id       TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    last_used_ms    INTEGER NOT NULL,
+    ended_ms        INTEGER,
+    client_address  TEXT NOT NULL,
+    client_label    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_clinic_subject ON sessions (clinic_id, subject, created_ms);
+CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_ms);
+";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS clinics (
@@ -97,6 +121,9 @@ struct ClinicDoc {
     /// Clinics stored before booking rules existed read as the defaults.
     #[serde(default)]
     booking_rules: BookingRules,
+    /// Likewise for session rules.
+    #[serde(default)]
+    session_rules: SessionRules,
     create_time_ms: i64,
     update_time_ms: i64,
 }
@@ -109,6 +136,7 @@ fn to_doc(c: &Clinic) -> Result<String, StoreError> {
         email: c.fields.email.clone(),
         time_zone: c.fields.time_zone.clone(),
         booking_rules: c.fields.booking_rules,
+        session_rules: c.fields.session_rules,
         create_time_ms: time::to_millis(c.create_time),
         update_time_ms: time::to_millis(c.update_time),
     })
@@ -133,6 +161,7 @@ fn to_clinic(
             email: doc.email,
             time_zone: doc.time_zone,
             booking_rules: doc.booking_rules,
+            session_rules: doc.session_rules,
         },
         is_active,
         create_time: time::from_millis(doc.create_time_ms),
@@ -526,6 +555,177 @@ impl RefreshTokenStore for EmbeddedIdentity {
                 )
                 .map_err(translate)?;
                 Ok(())
+            })
+            .await
+    }
+}
+
+const SESSION_COLUMNS: &str = "id, subject, kind, clinic_id, created_ms, last_used_ms, ended_ms, client_address, client_label";
+
+fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let kind: String = row.get(2)?;
+    let ended: Option<i64> = row.get(6)?;
+    Ok(SessionRecord {
+        id: row.get(0)?,
+        subject: row.get(1)?,
+        kind: Kind::parse(&kind).unwrap_or(Kind::Staff),
+        clinic: row.get(3)?,
+        created: time::from_millis(row.get(4)?),
+        last_used: time::from_millis(row.get(5)?),
+        ended: ended.map(time::from_millis),
+        client_address: row.get(7)?,
+        client_label: row.get(8)?,
+    })
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedIdentity {
+    async fn start(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let s = s.clone();
+        self.db
+            .write(move |conn| {
+                // The embedded store's TTL monitor: records past any lifetime go.
+                let kept = s
+                    .created
+                    .checked_sub(SESSION_RECORDS_KEPT)
+                    .unwrap_or(s.created);
+                conn.execute(
+                    "DELETE FROM sessions WHERE created_ms <= ?1",
+                    params![time::to_millis(kept)],
+                )
+                .map_err(translate)?;
+                conn.execute(
+                    &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![
+                        s.id,
+                        s.subject,
+                        s.kind.as_str(),
+                        s.clinic,
+                        time::to_millis(s.created),
+                        time::to_millis(s.last_used),
+                        s.ended.map(time::to_millis),
+                        s.client_address,
+                        s.client_label
+                    ],
+                )
+                .map_err(|e| translate_unique(e, "session"))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get(&self, clinic: &str, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let (clinic, id) = (clinic.to_owned(), id.to_owned());
+        self.db
+            .read_point(move |conn| {
+                conn.query_row(
+                    &format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions WHERE clinic_id = ?1 AND id = ?2"
+                    ),
+                    params![clinic, id],
+                    session_row,
+                )
+                .optional()
+                .map_err(translate)
+            })
+            .await
+    }
+
+    async fn touch(
+        &self,
+        clinic: &str,
+        id: &str,
+        now: Timestamp,
+        timeouts: Timeouts,
+    ) -> Result<bool, StoreError> {
+        let (clinic, id) = (clinic.to_owned(), id.to_owned());
+        self.db
+            .write(move |conn| {
+                let touched = conn
+                    .execute(
+                        "UPDATE sessions SET last_used_ms = MAX(last_used_ms, ?3)
+                         WHERE clinic_id = ?1 AND id = ?2 AND ended_ms IS NULL
+                           AND last_used_ms > ?4 AND created_ms > ?5",
+                        params![
+                            clinic,
+                            id,
+                            time::to_millis(now),
+                            time::to_millis(timeouts.idle_before),
+                            time::to_millis(timeouts.started_before)
+                        ],
+                    )
+                    .map_err(translate)?;
+                Ok(touched == 1)
+            })
+            .await
+    }
+
+    async fn end(
+        &self,
+        clinic: &str,
+        subject: &str,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (clinic, subject, id) = (clinic.to_owned(), subject.to_owned(), id.to_owned());
+        self.db
+            .write(move |conn| {
+                let ended = conn
+                    .execute(
+                        "UPDATE sessions SET ended_ms = ?4
+                         WHERE clinic_id = ?1 AND subject = ?2 AND id = ?3 AND ended_ms IS NULL",
+                        params![clinic, subject, id, time::to_millis(now)],
+                    )
+                    .map_err(translate)?;
+                Ok(ended == 1)
+            })
+            .await
+    }
+
+    async fn end_all(
+        &self,
+        clinic: &str,
+        subject: &str,
+        keep: Option<&str>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let (clinic, subject) = (clinic.to_owned(), subject.to_owned());
+        let keep = keep.unwrap_or("").to_owned();
+        self.db
+            .write(move |conn| {
+                let ended = conn
+                    .execute(
+                        "UPDATE sessions SET ended_ms = ?4
+                         WHERE clinic_id = ?1 AND subject = ?2 AND id != ?3 AND ended_ms IS NULL",
+                        params![clinic, subject, keep, time::to_millis(now)],
+                    )
+                    .map_err(translate)?;
+                Ok(u64::try_from(ended).unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn list(
+        &self,
+        clinic: &str,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (clinic, subject) = (clinic.to_owned(), subject.to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(move |conn| {
+                let mut statement = conn
+                    .prepare(&format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions
+                         WHERE clinic_id = ?1 AND subject = ?2 AND ended_ms IS NULL
+                         ORDER BY created_ms DESC, id DESC LIMIT ?3"
+                    ))
+                    .map_err(translate)?;
+                let rows = statement
+                    .query_map(params![clinic, subject, limit], session_row)
+                    .map_err(translate)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(translate)
             })
             .await
     }

@@ -131,6 +131,105 @@ pub trait RefreshTokenStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 }
 
+/// A session as stored: one sign-in, the refresh-token family it starts (`sid`).
+///
+/// The session, not its refresh tokens, says whether access continues: every guard
+/// asks about it (see `topsmile_kit::sessions`), and a refresh continues it only
+/// while it is live. Times that updates set or compare are epoch milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// The session id: the tokens' `sid` and the refresh family.
+    pub id: String,
+    /// The user id, or the patient's resource name (as refresh records key).
+    pub subject: String,
+    pub kind: Kind,
+    /// The subject's clinic (or `-` for a super admin).
+    pub clinic: String,
+    pub created: Timestamp,
+    /// The sign-in, or the latest refresh.
+    pub last_used: Timestamp,
+    /// When it was ended (sign-out, an admin, a password change, eviction, timeout).
+    pub ended: Option<Timestamp>,
+    /// The client address it signed in from.
+    pub client_address: String,
+    /// What the client called itself at sign-in (its user agent), for the owner to
+    /// recognise the session by; at most [`CLIENT_LABEL_MAX`] characters.
+    pub client_label: String,
+}
+
+/// How long a session record is kept after it started, for clean-up only (the TTL
+/// index; every read still checks the record): longer than any absolute lifetime.
+pub const SESSION_RECORDS_KEPT: jiff::SignedDuration = jiff::SignedDuration::from_hours(31 * 24);
+
+/// The longest client label kept.
+pub const CLIENT_LABEL_MAX: usize = 200;
+
+/// When a session counts as timed out: last used at or before `idle_before`, or
+/// created at or before `started_before`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub idle_before: Timestamp,
+    pub started_before: Timestamp,
+}
+
+impl SessionRecord {
+    /// Whether calls and refreshes may continue it.
+    pub fn is_live(&self, timeouts: Timeouts) -> bool {
+        self.ended.is_none()
+            && self.last_used > timeouts.idle_before
+            && self.created > timeouts.started_before
+    }
+}
+
+/// Sessions (`sessions`): one document per sign-in, read by every revocation check.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Records a new session.
+    async fn start(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The session `id` of `clinic`, ended or not. Always read from the primary: it
+    /// decides whether calls go on.
+    async fn get(&self, clinic: &str, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Marks the session used at `now`, in one conditional update, if it is still live
+    /// under `timeouts`; returns whether it was (a refresh continues only then).
+    async fn touch(
+        &self,
+        clinic: &str,
+        id: &str,
+        now: Timestamp,
+        timeouts: Timeouts,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends the session `id` of `subject` in `clinic` if it has not ended; returns
+    /// whether this call ended it (false: unknown, someone else's, or already over).
+    async fn end(
+        &self,
+        clinic: &str,
+        subject: &str,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Ends every session of `subject` except `keep` (the caller's own, when a
+    /// password change ends the others); returns how many it ended.
+    async fn end_all(
+        &self,
+        clinic: &str,
+        subject: &str,
+        keep: Option<&str>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+
+    /// The sessions of `subject` not yet ended, newest first, at most `limit`.
+    async fn list(
+        &self,
+        clinic: &str,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+}
+
 /// The stored idempotency key of a create: the clinic's request id, or the user's own id
 /// when the client sent none (so the column can be unique without partial indexes).
 pub(crate) fn request_key(user: &User, request_id: Option<&str>) -> String {
@@ -146,6 +245,7 @@ pub struct Stores {
     pub clinics: Arc<dyn ClinicStore>,
     pub users: Arc<dyn UserStore>,
     pub refresh_tokens: Arc<dyn RefreshTokenStore>,
+    pub sessions: Arc<dyn SessionStore>,
 }
 
 /// Opens the store that configuration chose, creating indexes (idempotently).
@@ -156,7 +256,8 @@ pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
             Stores {
                 clinics: store.clone(),
                 users: store.clone(),
-                refresh_tokens: store,
+                refresh_tokens: store.clone(),
+                sessions: store,
             }
         }
         Backend::Mongo(store) => {
@@ -164,7 +265,8 @@ pub async fn open(choice: &StoreChoice) -> Result<Stores, StoreError> {
             Stores {
                 clinics: store.clone(),
                 users: store.clone(),
-                refresh_tokens: store,
+                refresh_tokens: store.clone(),
+                sessions: store,
             }
         }
     })

@@ -21,10 +21,13 @@ use topsmile_kit::{
     },
 };
 
-use super::{ClinicStore, RefreshRecord, RefreshTokenStore, Spend, UserStore};
+use super::{
+    ClinicStore, RefreshRecord, RefreshTokenStore, SESSION_RECORDS_KEPT, SessionRecord,
+    SessionStore, Spend, Timeouts, UserStore,
+};
 use crate::domain::{
     Clinic, ClinicFields,
-    clinic::BookingRules,
+    clinic::{BookingRules, SessionRules},
     user::{Attempt, LockPolicy, Role, User},
 };
 use jiff::Timestamp;
@@ -34,6 +37,7 @@ pub struct MongoIdentity {
     clinics: Collection<Document>,
     users: Collection<Document>,
     refresh_tokens: Collection<Document>,
+    sessions: Collection<Document>,
     sign_in_locks: Collection<Document>,
     store: MongoStore,
 }
@@ -97,6 +101,26 @@ impl MongoIdentity {
             .create_indexes(refresh_indexes)
             .await
             .map_err(translate)?;
+        let sessions = store.database.collection::<Document>("sessions");
+        let session_indexes = [
+            // A subject's sessions, newest first (listing, ending all but one).
+            IndexModel::builder()
+                .keys(doc! {"clinicId": 1, "subject": 1, "createdMs": -1})
+                .build(),
+            // Clean-up only: `expiresAt` lies past any session's absolute lifetime.
+            IndexModel::builder()
+                .keys(doc! {"expiresAt": 1})
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(std::time::Duration::ZERO)
+                        .build(),
+                )
+                .build(),
+        ];
+        sessions
+            .create_indexes(session_indexes)
+            .await
+            .map_err(translate)?;
         topsmile_kit::store::mongo::create_indexes(
             &store.database,
             topsmile_kit::store::mongo::sign_in_lock_indexes(),
@@ -106,6 +130,7 @@ impl MongoIdentity {
             clinics,
             users,
             refresh_tokens,
+            sessions,
             sign_in_locks: store
                 .database
                 .collection(topsmile_kit::store::mongo::SIGN_IN_LOCKS),
@@ -130,6 +155,8 @@ fn to_document(c: &Clinic, request_id: &str) -> Result<Document, StoreError> {
         "timeZone": &c.fields.time_zone,
         "bookingRules": mongodb::bson::to_bson(&c.fields.booking_rules)
             .map_err(|e| StoreError::backend(format!("encode booking rules: {e}")))?,
+        "sessionRules": mongodb::bson::to_bson(&c.fields.session_rules)
+            .map_err(|e| StoreError::backend(format!("encode session rules: {e}")))?,
         "isActive": c.is_active,
         "createTime": to_bson_time(c.create_time),
         "updateTime": to_bson_time(c.update_time),
@@ -164,6 +191,11 @@ fn from_document(d: &Document) -> Result<Clinic, StoreError> {
                 Ok(rules) => mongodb::bson::from_document(rules.clone())
                     .map_err(|e| StoreError::backend(format!("decode booking rules: {e}")))?,
                 Err(_) => BookingRules::default(),
+            },
+            session_rules: match d.get_document("sessionRules") {
+                Ok(rules) => mongodb::bson::from_document(rules.clone())
+                    .map_err(|e| StoreError::backend(format!("decode session rules: {e}")))?,
+                Err(_) => SessionRules::default(),
             },
         },
         is_active: get_bool(d, "isActive"),
@@ -479,6 +511,146 @@ impl RefreshTokenStore for MongoIdentity {
             self.revoke_family(&family, now).await?;
         }
         Ok(())
+    }
+}
+
+fn session_from(d: &Document) -> SessionRecord {
+    let ended = match d.get("endedMs") {
+        None | Some(Bson::Null) => None,
+        Some(_) => Some(topsmile_kit::time::from_millis(get_i64(d, "endedMs"))),
+    };
+    SessionRecord {
+        id: get_string(d, "_id"),
+        subject: get_string(d, "subject"),
+        kind: Kind::parse(&get_string(d, "kind")).unwrap_or(Kind::Staff),
+        clinic: get_string(d, "clinicId"),
+        created: topsmile_kit::time::from_millis(get_i64(d, "createdMs")),
+        last_used: topsmile_kit::time::from_millis(get_i64(d, "lastUsedMs")),
+        ended,
+        client_address: get_string(d, "clientAddress"),
+        client_label: get_string(d, "clientLabel"),
+    }
+}
+
+/// Matches the sessions of `filter` not yet ended.
+fn not_ended(mut filter: Document) -> Document {
+    filter.insert("endedMs", Bson::Null);
+    filter
+}
+
+#[async_trait]
+impl SessionStore for MongoIdentity {
+    async fn start(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        let expires = s
+            .created
+            .checked_add(SESSION_RECORDS_KEPT)
+            .unwrap_or(s.created);
+        let document = doc! {
+            "_id": &s.id,
+            "clinicId": &s.clinic,
+            "subject": &s.subject,
+            "kind": s.kind.as_str(),
+            "createdMs": s.created.as_millisecond(),
+            "lastUsedMs": s.last_used.as_millisecond(),
+            "endedMs": s.ended.map_or(Bson::Null, |t| Bson::Int64(t.as_millisecond())),
+            "clientAddress": &s.client_address,
+            "clientLabel": &s.client_label,
+            "expiresAt": to_bson_time(expires),
+        };
+        self.sessions
+            .insert_one(document)
+            .await
+            .map_err(|e| translate_unique(e, "session"))?;
+        Ok(())
+    }
+
+    async fn get(&self, clinic: &str, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self
+            .sessions
+            .find_one(doc! {"_id": id, "clinicId": clinic})
+            .await
+            .map_err(translate)?
+            .map(|d| session_from(&d)))
+    }
+
+    async fn touch(
+        &self,
+        clinic: &str,
+        id: &str,
+        now: Timestamp,
+        timeouts: Timeouts,
+    ) -> Result<bool, StoreError> {
+        let filter = not_ended(doc! {
+            "_id": id,
+            "clinicId": clinic,
+            "lastUsedMs": {"$gt": timeouts.idle_before.as_millisecond()},
+            "createdMs": {"$gt": timeouts.started_before.as_millisecond()},
+        });
+        let touched = self
+            .sessions
+            .update_one(filter, doc! {"$max": {"lastUsedMs": now.as_millisecond()}})
+            .await
+            .map_err(translate)?;
+        Ok(touched.matched_count == 1)
+    }
+
+    async fn end(
+        &self,
+        clinic: &str,
+        subject: &str,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let ended = self
+            .sessions
+            .update_one(
+                not_ended(doc! {"_id": id, "clinicId": clinic, "subject": subject}),
+                doc! {"$set": {"endedMs": now.as_millisecond()}},
+            )
+            .await
+            .map_err(translate)?;
+        Ok(ended.modified_count == 1)
+    }
+
+    async fn end_all(
+        &self,
+        clinic: &str,
+        subject: &str,
+        keep: Option<&str>,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let mut filter = not_ended(doc! {"clinicId": clinic, "subject": subject});
+        if let Some(keep) = keep {
+            filter.insert("_id", doc! {"$ne": keep});
+        }
+        let ended = self
+            .sessions
+            .update_many(filter, doc! {"$set": {"endedMs": now.as_millisecond()}})
+            .await
+            .map_err(translate)?;
+        Ok(ended.modified_count)
+    }
+
+    async fn list(
+        &self,
+        clinic: &str,
+        subject: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut cursor = self
+            .sessions
+            .find(not_ended(doc! {"clinicId": clinic, "subject": subject}))
+            .sort(doc! {"createdMs": -1, "_id": -1})
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(translate)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(translate)? {
+            out.push(session_from(
+                &cursor.deserialize_current().map_err(translate)?,
+            ));
+        }
+        Ok(out)
     }
 }
 
