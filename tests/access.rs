@@ -227,6 +227,15 @@ async fn every_forged_token_is_unauthenticated_at_the_gateway_and_at_each_servic
 
 /// A request for a method of `service` that aims at clinic B's resources.
 fn aimed_at(input: &MessageDescriptor, service: &str, b: &ClinicB) -> DynamicMessage {
+    if service.ends_with("SessionService") {
+        // A session of B's user (made up: the refusal comes before any look-up).
+        let session = format!(
+            "{}/sessions/{}",
+            b.user,
+            topsmile_kit::names::ResourceId::generate()
+        );
+        return support::aimed_at(input, &session, &b.user);
+    }
     let own_name = if service.ends_with("UserService") {
         &b.user
     } else {
@@ -1653,5 +1662,421 @@ async fn revocation(store: Option<topsmile_kit::store::StoreChoice>) {
             "the super admin",
         )
         .await;
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Sessions: seen and ended by their owner, their clinic's ADMIN, a super admin
+
+/// A channel to the gateway whose calls say they come from `label` (user agent).
+async fn labelled(suite: &TestSuite, label: &str) -> Channel {
+    Channel::from_shared(format!("http://{}", suite.suite.gateway))
+        .unwrap()
+        .user_agent(label)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn sign_in_as(channel: &Channel, email: &str, password: &str) -> identity::LoginResponse {
+    AuthServiceClient::new(channel.clone())
+        .login(identity::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn sessions_of(
+    suite: &TestSuite,
+    token: &str,
+    parent: &str,
+) -> Result<Vec<identity::Session>, Status> {
+    identity::session_service_client::SessionServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(token.to_owned())),
+    )
+    .list_sessions(identity::ListSessionsRequest {
+        parent: parent.into(),
+    })
+    .await
+    .map(|r| r.into_inner().sessions)
+}
+
+async fn revoke(suite: &TestSuite, token: &str, name: &str) -> Result<(), Status> {
+    identity::session_service_client::SessionServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(token.to_owned())),
+    )
+    .revoke_session(identity::RevokeSessionRequest { name: name.into() })
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn sessions_are_listed_and_ended_by_their_owner_their_admin_and_nobody_else() {
+    sessions_listed_and_ended(None).await;
+}
+
+#[tokio::test]
+async fn sessions_are_listed_and_ended_by_their_owner_their_admin_and_nobody_else_on_mongodb() {
+    if let Some(store) = mongo_store("sessions_are_listed_and_ended_on_mongodb") {
+        sessions_listed_and_ended(Some(store)).await;
+    }
+}
+
+async fn sessions_listed_and_ended(store: Option<topsmile_kit::store::StoreChoice>) {
+    let suite = TestSuite::with(Setup {
+        store,
+        ..Setup::default()
+    })
+    .await;
+    let a = suite.clinic_with_staff("Session List").await;
+    let b = suite.clinic_with_staff("Session Other").await;
+    let clinic = a.clinic.name.as_str();
+    let mut users =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())));
+    let email = users
+        .get_user(identity::GetUserRequest {
+            name: a.staff_name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .email;
+    let phone = sign_in_as(
+        &labelled(&suite, "TopSmile Phone/2.1").await,
+        &email,
+        STAFF_PASSWORD,
+    )
+    .await;
+    let desk = sign_in_as(
+        &labelled(&suite, "Front Desk PC").await,
+        &email,
+        STAFF_PASSWORD,
+    )
+    .await;
+
+    // The owner sees every live session, newest first, its own marked.
+    let mine = sessions_of(&suite, &desk.access_token, &a.staff_name)
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.len(),
+        3,
+        "the set-up's sign-in, the phone, the desk: {mine:?}"
+    );
+    assert!(
+        mine[0].client_label.starts_with("Front Desk PC"),
+        "{mine:?}"
+    );
+    assert!(
+        mine[1].client_label.starts_with("TopSmile Phone/2.1"),
+        "{mine:?}"
+    );
+    assert_eq!(
+        mine.iter().map(|s| s.current).collect::<Vec<_>>(),
+        [true, false, false]
+    );
+    for s in &mine {
+        assert!(
+            s.name.starts_with(&format!("{}/sessions/", a.staff_name)),
+            "{s:?}"
+        );
+        assert_eq!(s.client_address, "127.0.0.1");
+        let (created, used, expires) = (
+            s.create_time.unwrap().seconds,
+            s.last_use_time.unwrap().seconds,
+            s.expire_time.unwrap().seconds,
+        );
+        assert!(created <= used && expires == used + 30 * 60, "{s:?}");
+    }
+    let phone_session = mine[1].name.clone();
+
+    // Nobody else of the clinic but its ADMIN, and no other clinic's ADMIN.
+    for (who, token) in [
+        ("provider", &a.provider),
+        ("other clinic's admin", &b.admin),
+    ] {
+        let err = sessions_of(&suite, token, &a.staff_name).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{who} lists");
+        let err = revoke(&suite, token, &phone_session).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{who} revokes");
+    }
+    assert_eq!(
+        sessions_of(&suite, &a.admin, &a.staff_name)
+            .await
+            .unwrap()
+            .len(),
+        3,
+        "the clinic's ADMIN sees them"
+    );
+
+    // A foreign or made-up session id under one's own name: the same answer, nothing
+    // ended.
+    let admins = sessions_of(&suite, &a.admin, &a.admin_name).await.unwrap();
+    let admin_sid = admins[0].name.rsplit('/').next().unwrap().to_owned();
+    for name in [
+        format!("{}/sessions/{admin_sid}", a.staff_name),
+        format!(
+            "{}/sessions/{}",
+            a.staff_name,
+            topsmile_kit::names::ResourceId::generate()
+        ),
+    ] {
+        let err = revoke(&suite, &desk.access_token, &name).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}");
+        let fields: Vec<_> = err
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["name"]);
+    }
+    for bad in ["", "clinics/x/users", "sessions/1"] {
+        let err = revoke(&suite, &desk.access_token, bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+    }
+    assert_eq!(
+        sessions_of(&suite, &a.admin, &a.admin_name)
+            .await
+            .unwrap()
+            .len(),
+        admins.len()
+    );
+
+    // The owner ends the phone's session: its refresh token stops at once, its access
+    // token within the bound; the desk goes on.
+    revoke(&suite, &desk.access_token, &phone_session)
+        .await
+        .unwrap();
+    revoke(&suite, &desk.access_token, &phone_session)
+        .await
+        .expect("ending it again changes nothing");
+    assert_generic_unauthenticated(
+        "the revoked session's refresh",
+        &refresh(&suite.channel().await, &phone.refresh_token)
+            .await
+            .unwrap_err(),
+    );
+    let doors = Doors {
+        gateway: suite.channel().await,
+        identity: vec![connect(suite.suite.services["identity"]).await],
+        patients: vec![connect(suite.suite.services["patients"]).await],
+    };
+    doors
+        .until_every_door_says(
+            &Probe::StaffReads {
+                token: &phone.access_token,
+                clinic,
+            },
+            Code::Unauthenticated,
+            "a revoked session",
+        )
+        .await;
+    doors
+        .every_door_says(
+            &Probe::StaffReads {
+                token: &desk.access_token,
+                clinic,
+            },
+            Code::Ok,
+            "the desk",
+        )
+        .await;
+    let left = sessions_of(&suite, &desk.access_token, &a.staff_name)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|s| s.name != phone_session));
+
+    // The ADMIN ends the desk's session; that is in the clinic's trail.
+    let desk_session = left.iter().find(|s| s.current).unwrap().name.clone();
+    revoke(&suite, &a.admin, &desk_session).await.unwrap();
+    doors
+        .until_every_door_says(
+            &Probe::StaffReads {
+                token: &desk.access_token,
+                clinic,
+            },
+            Code::Unauthenticated,
+            "a session the ADMIN revoked",
+        )
+        .await;
+    let events = topsmile_proto::topsmile::patients::v1::audit_service_client::AuditServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(a.admin.clone())),
+    )
+    .list_audit_events(topsmile_proto::topsmile::patients::v1::ListAuditEventsRequest {
+        parent: clinic.into(),
+        resource: desk_session.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .audit_events;
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.action.as_str(), e.actor.as_str(), e.outcome.as_str()))
+            .collect::<Vec<_>>(),
+        [("SessionService/RevokeSession", a.admin_name.as_str(), "OK")]
+    );
+
+    // A portal patient sees and ends their own sessions.
+    let (patient, portal) = support::a_patient(&suite, &a, "Sessions").await;
+    let own = sessions_of(&suite, &portal, &patient).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert!(own[0].current && own[0].name.starts_with(&format!("{patient}/sessions/")));
+    let err = sessions_of(&suite, &portal, &a.staff_name)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::PermissionDenied,
+        "a patient lists staff sessions"
+    );
+    revoke(&suite, &portal, &own[0].name).await.unwrap();
+    doors
+        .until_every_door_says(
+            &Probe::PatientReads {
+                token: &portal,
+                clinic,
+                patient: &patient,
+            },
+            Code::Unauthenticated,
+            "a portal session its patient ended",
+        )
+        .await;
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_and_one_past_its_lifetime_end_as_the_clinic_says() {
+    let (suite, clock) = on_test_clock(None).await;
+    let a = suite.clinic_with_staff("Idle").await;
+    let clinic = a.clinic.name.as_str();
+    let rules = |idle: i64, lifetime: i64| identity::SessionRules {
+        staff_idle_timeout: Some(prost_types::Duration {
+            seconds: idle * 60,
+            nanos: 0,
+        }),
+        staff_lifetime: Some(prost_types::Duration {
+            seconds: lifetime * 60,
+            nanos: 0,
+        }),
+        ..Default::default()
+    };
+    let mut clinics =
+        ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())));
+    let update = |rules: identity::SessionRules| identity::UpdateClinicRequest {
+        clinic: Some(identity::Clinic {
+            name: clinic.into(),
+            session_rules: Some(rules),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["session_rules".into()],
+        }),
+    };
+    // Out of bounds: every rule named.
+    let err = clinics
+        .update_clinic(update(rules(1, 60 * 24 * 31)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<_> = err
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        fields,
+        [
+            "clinic.session_rules.staff_idle_timeout",
+            "clinic.session_rules.staff_lifetime"
+        ]
+    );
+    let set = clinics
+        .update_clinic(update(rules(10, 60)))
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap()
+        .session_rules
+        .unwrap();
+    assert_eq!(set.staff_idle_timeout.unwrap().seconds, 600);
+    assert_eq!(
+        set.patient_idle_timeout.unwrap().seconds,
+        1800,
+        "the default"
+    );
+
+    let email = format!(
+        "idle.{}@example.com",
+        topsmile_kit::names::ResourceId::generate()
+    );
+    UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+        .create_user(identity::CreateUserRequest {
+            parent: clinic.into(),
+            user: Some(identity::User {
+                email: email.clone(),
+                display_name: "Idle Staff".into(),
+                role: identity::UserRole::Staff as i32,
+                ..Default::default()
+            }),
+            password: STAFF_PASSWORD.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let doors = Doors {
+        gateway: suite.channel().await,
+        identity: vec![connect(suite.suite.services["identity"]).await],
+        patients: vec![connect(suite.suite.services["patients"]).await],
+    };
+    let channel = suite.channel().await;
+
+    // Refreshed within the idle timeout, a session goes on; 11 idle minutes end it.
+    let idle = suite.login_pair(&email, STAFF_PASSWORD).await;
+    clock.advance(Duration::from_secs(9 * 60));
+    let refreshed = refresh(&channel, &idle.refresh_token).await.unwrap();
+    clock.advance(Duration::from_secs(11 * 60));
+    assert_generic_unauthenticated(
+        "refresh after the idle timeout",
+        &refresh(&channel, &refreshed.refresh_token)
+            .await
+            .unwrap_err(),
+    );
+    doors
+        .until_every_door_says(
+            &Probe::StaffReads {
+                token: &refreshed.access_token,
+                clinic,
+            },
+            Code::Unauthenticated,
+            "an idle session's access token",
+        )
+        .await;
+
+    // Refreshed every few minutes, a session still ends at its lifetime.
+    let busy = suite.login_pair(&email, STAFF_PASSWORD).await;
+    let mut token = busy.refresh_token;
+    for _ in 0..7 {
+        clock.advance(Duration::from_secs(8 * 60));
+        token = refresh(&channel, &token).await.unwrap().refresh_token;
+    }
+    clock.advance(Duration::from_secs(5 * 60));
+    assert_generic_unauthenticated(
+        "refresh past the lifetime",
+        &refresh(&channel, &token).await.unwrap_err(),
+    );
     suite.stop().await;
 }

@@ -370,7 +370,7 @@ impl Accounts {
     }
 
     /// Ends `session` and revokes its refresh tokens.
-    async fn end_session(
+    pub(crate) async fn end_session(
         &self,
         session: &SessionRecord,
         now: jiff::Timestamp,
@@ -388,7 +388,10 @@ impl Accounts {
     }
 
     /// The session rules of `clinic` (`-`: the defaults), and whether it is active.
-    async fn clinic_sessions(&self, clinic: &str) -> Result<Option<SessionRules>, ApiError> {
+    pub(crate) async fn clinic_sessions(
+        &self,
+        clinic: &str,
+    ) -> Result<Option<SessionRules>, ApiError> {
         if clinic == NO_CLINIC {
             return Ok(Some(SessionRules::default()));
         }
@@ -405,7 +408,7 @@ impl Accounts {
     }
 
     /// When sessions of `kind` under `rules` count as timed out, at `now`.
-    fn timeouts(rules: &SessionRules, kind: Kind, now: jiff::Timestamp) -> Timeouts {
+    pub(crate) fn timeouts(rules: &SessionRules, kind: Kind, now: jiff::Timestamp) -> Timeouts {
         let (idle, lifetime) = rules.of(kind);
         let before = |secs: i64| {
             now.checked_sub(jiff::SignedDuration::from_secs(secs))

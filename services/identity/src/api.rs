@@ -4,10 +4,12 @@
 
 pub mod auth;
 pub mod clinics;
+pub mod sessions;
 pub mod users;
 
 pub use auth::{AuthApi, InternalApi};
 pub use clinics::ClinicApi;
+pub use sessions::SessionApi;
 pub use users::UserApi;
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use topsmile_kit::config::ServerLimits;
 use topsmile_proto::topsmile::identity::v1::{
     auth_service_server::AuthServiceServer, clinic_service_server::ClinicServiceServer,
     identity_internal_service_server::IdentityInternalServiceServer,
-    user_service_server::UserServiceServer,
+    session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
 };
 
 use crate::accounts::Accounts;
@@ -42,6 +44,11 @@ pub fn routes(
     )
     .add_service(
         UserServiceServer::new(UserApi::new(accounts.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        SessionServiceServer::new(SessionApi::new(accounts.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     )

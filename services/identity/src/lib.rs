@@ -6,8 +6,8 @@
 //! [`Identity::new`], then [`Identity::routes`] served behind [`Identity::guard`].
 //!
 //! - `api/`: gRPC handlers (`AuthService`, `ClinicService`, `UserService`, internal);
-//! - `accounts`: signing in, sessions and tokens; `patients_client`: the patients
-//!   service, which checks portal credentials;
+//! - `accounts`: signing in, sessions and tokens; `sessions`: who may see and end
+//!   them; `patients_client`: the patients service, which checks portal credentials;
 //! - `domain/`: clinics and users, their rules, pure;
 //! - `store/`: the repository traits and their SQLite and MongoDB adapters;
 //! - `keys`: the signing key file.
@@ -17,6 +17,7 @@ pub mod api;
 pub mod domain;
 pub mod keys;
 pub mod patients_client;
+pub mod sessions;
 pub mod store;
 
 use std::{path::PathBuf, sync::Arc};
@@ -35,7 +36,7 @@ use topsmile_kit::{
 use topsmile_proto::topsmile::identity::v1::{
     auth_service_server::AuthServiceServer, clinic_service_server::ClinicServiceServer,
     identity_internal_service_server::IdentityInternalServiceServer,
-    user_service_server::UserServiceServer,
+    session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
 };
 
 pub use accounts::Accounts;
@@ -47,6 +48,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     AuthServiceServer::<api::AuthApi>::NAME,
     ClinicServiceServer::<api::ClinicApi>::NAME,
     UserServiceServer::<api::UserApi>::NAME,
+    SessionServiceServer::<api::SessionApi>::NAME,
     IdentityInternalServiceServer::<api::InternalApi>::NAME,
 ];
 
