@@ -233,6 +233,7 @@ impl Suite {
             service_secret: Some(service_secret.clone()),
             patients_upstreams: Some(patients_address.clone()),
         };
+        let service_secret_for_gateway = service_secret.clone();
         let appointment_settings = topsmile_appointments::AppointmentSettings {
             service_secret: Some(service_secret),
             patients_upstreams: patients_address,
@@ -300,6 +301,7 @@ impl Suite {
             patients_upstreams: addr("patients"),
             providers_upstreams: addr("providers"),
             appointments_upstreams: addr("appointments"),
+            service_secret: Some(service_secret_for_gateway),
             edge: options.edge.clone(),
             limits,
             ..GatewayConfig::default()

@@ -114,7 +114,7 @@ struct SeedArgs {
 }
 
 /// The account `topsmile dev` creates when no super admin exists and none is configured.
-const DEV_ADMIN_EMAIL: &str = "admin@topsmile.local";
+const DEV_ADMIN_EMAIL: &str = topsmile_identity::DEFAULT_BOOTSTRAP_EMAIL;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -177,11 +177,20 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     options.limits = config.limits.clone();
     options.edge = config.edge.clone();
     options.metrics_listen = config.metrics_listen;
-    options.bootstrap_admin = config
-        .identity
-        .bootstrap_admin_email
-        .clone()
-        .zip(config.identity.bootstrap_admin_password.clone());
+    // A password on its own is the dev admin's (the README's table says so).
+    options.bootstrap_admin = match (
+        config.identity.bootstrap_admin_email.clone(),
+        config.identity.bootstrap_admin_password.clone(),
+    ) {
+        (email, Some(password)) => Some((
+            email.unwrap_or_else(|| DEV_ADMIN_EMAIL.to_owned()),
+            password,
+        )),
+        (Some(_), None) => anyhow::bail!(
+            "TOPSMILE_BOOTSTRAP_ADMIN_EMAIL is set without TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD"
+        ),
+        (None, None) => None,
+    };
     let suite = Suite::start(options).await?;
     // A newcomer needs a first account: make one and show its password, once.
     let generated = if suite.accounts.stores.users.any_super_admin().await? {

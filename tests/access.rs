@@ -2080,3 +2080,213 @@ async fn an_idle_session_and_one_past_its_lifetime_end_as_the_clinic_says() {
     );
     suite.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Trust only what proves itself
+
+/// A sign-in straight at identity, claiming to come from `forged` (and, if given,
+/// presenting `forwarder` as the gateway's proof).
+async fn direct_login(
+    suite: &TestSuite,
+    forged: &str,
+    forwarder: Option<&str>,
+    email: &str,
+    password: &str,
+) -> Result<identity::LoginResponse, Status> {
+    let mut request = tonic::Request::new(identity::LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-topsmile-client-address", forged.parse().unwrap());
+    if let Some(token) = forwarder {
+        request
+            .metadata_mut()
+            .insert("x-topsmile-forwarder", token.parse().unwrap());
+    }
+    AuthServiceClient::new(connect(suite.suite.services["identity"]).await)
+        .login(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn forged_client_addresses_straight_at_identity_lock_after_five() {
+    let (suite, _clock) = on_test_clock(None).await;
+    let email = "dr.forged@example.com";
+    let (_, admin) = a_user_to_lock(&suite, email).await;
+    // Proofs that are not the gateway's: a staff token, another service's token.
+    let patients_token =
+        IdentityInternalServiceClient::new(connect(suite.suite.services["identity"]).await)
+            .mint_service_token(identity::MintServiceTokenRequest {
+                service: "patients".into(),
+                service_secret: secrecy::ExposeSecret::expose_secret(
+                    &suite.suite.service_secret().unwrap(),
+                )
+                .to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token;
+    let before = suite.suite.accounts.passwords.guesses_checked();
+    for i in 0..20u8 {
+        let forwarder = match i % 3 {
+            0 => None,
+            1 => Some(admin.as_str()),
+            _ => Some(patients_token.as_str()),
+        };
+        let err = direct_login(
+            &suite,
+            &format!("203.0.113.{i}"),
+            forwarder,
+            email,
+            &format!("guess number {i} here"),
+        )
+        .await
+        .unwrap_err();
+        assert_generic_unauthenticated("guess", &err);
+    }
+    let checked = suite.suite.accounts.passwords.guesses_checked() - before;
+    assert!(
+        checked <= 5,
+        "{checked} guesses checked for 20 from one peer"
+    );
+    let err = direct_login(&suite, "198.51.100.77", None, email, STAFF_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("the right password from the locked peer", &err);
+    // The gateway's own word is believed: the owner, elsewhere, signs in through it.
+    login_from(&suite, [127, 0, 0, 3], email, STAFF_PASSWORD)
+        .await
+        .unwrap();
+    suite.stop().await;
+}
+
+/// Runs `topsmile <args>` with `env` (and no inherited TopSmile settings) and returns
+/// (exit status, stderr) once it exits, or kills it after ten seconds.
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"));
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TOPSMILE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return (status, stderr);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("topsmile {args:?} started with {env:?}: it should have refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_weak_service_secret_or_a_readable_key_file_is_refused_at_start_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let strong = "0123456789abcdef0123456789abcdef";
+    for (service, secret) in [
+        ("identity", ""),
+        ("identity", "short"),
+        ("appointments", ""),
+        ("appointments", &strong[..31]),
+        ("gateway", "not-long-enough"),
+    ] {
+        let (status, stderr) = refused_start(
+            &["serve", service],
+            &[
+                ("TOPSMILE_LISTEN", "127.0.0.1:0"),
+                ("TOPSMILE_DATA_DIR", data),
+                ("TOPSMILE_SERVICE_SECRET", secret),
+            ],
+        );
+        assert!(!status.success(), "{service} with {secret:?}");
+        assert!(
+            stderr.contains("TOPSMILE_SERVICE_SECRET") && stderr.contains("at least 32"),
+            "{service} with {secret:?}: {stderr}"
+        );
+    }
+    let (status, stderr) =
+        refused_start(&["serve", "gateway"], &[("TOPSMILE_LISTEN", "127.0.0.1:0")]);
+    assert!(!status.success());
+    assert!(stderr.contains("TOPSMILE_SERVICE_SECRET"), "{stderr}");
+
+    let key_file = dir.path().join("signing-keys.json");
+    KeyRing::load_or_create(&key_file).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+    )
+    .unwrap();
+    let (status, stderr) = refused_start(
+        &["serve", "identity"],
+        &[
+            ("TOPSMILE_LISTEN", "127.0.0.1:0"),
+            ("TOPSMILE_DATA_DIR", data),
+            ("TOPSMILE_SERVICE_SECRET", strong),
+            ("TOPSMILE_KEY_FILE", key_file.to_str().unwrap()),
+        ],
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains("TOPSMILE_KEY_FILE") && stderr.contains("644"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_bootstrap_password_alone_makes_the_default_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listen.local_addr().unwrap();
+    drop(listen);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"))
+        .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL")
+        .env("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD", "my own first password")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut signed_in = None;
+    for _ in 0..200 {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            signed_in = Some(
+                AuthServiceClient::new(channel)
+                    .login(identity::LoginRequest {
+                        email: topsmile_identity::DEFAULT_BOOTSTRAP_EMAIL.into(),
+                        password: "my own first password".into(),
+                    })
+                    .await,
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let answer = signed_in.expect("topsmile dev serves");
+    assert!(answer.is_ok(), "{answer:?}");
+}

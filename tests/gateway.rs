@@ -438,7 +438,13 @@ async fn gateway_for(
         },
         ..Default::default()
     };
-    let gateway = topsmile_gateway::Gateway::new(&config).unwrap();
+    let gateway = topsmile_gateway::Gateway::new(&topsmile_gateway::GatewayConfig {
+        service_secret: Some(secrecy::SecretString::from(
+            "a test secret of at least 32 bytes",
+        )),
+        ..config.clone()
+    })
+    .unwrap();
     let listener = topsmile_kit::server::bind(config.listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, stop) = shutdown::channel();

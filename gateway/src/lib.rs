@@ -14,6 +14,7 @@ pub mod config;
 pub mod forwarded;
 pub mod proxy;
 pub mod upstream;
+pub mod vouch;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -101,10 +102,25 @@ impl Gateway {
             });
         let trusted = forwarded::TrustedProxies::parse(&config.edge.trusted_proxies)
             .map_err(GatewayError::Config)?;
+        // Without the secret the gateway could not vouch for client addresses, and the
+        // services would count every client as one: refuse to start.
+        let secret = config.service_secret.clone().ok_or_else(|| {
+            GatewayError::Config(
+                "the gateway needs TOPSMILE_SERVICE_SECRET to vouch for client addresses".into(),
+            )
+        })?;
+        topsmile_kit::config::check_service_secret(&secret)
+            .map_err(|e| GatewayError::Config(e.to_string()))?;
+        let voucher = vouch::Voucher::new(
+            secret,
+            topsmile_kit::peers::Replicas::new("identity", &config.identity_addresses())
+                .map_err(|e| GatewayError::Config(e.to_string()))?,
+        );
         let proxy = Proxy {
             table,
             guard,
             trusted,
+            voucher,
             sign_in_limiter,
             upstreams,
             local,

@@ -57,6 +57,8 @@ pub struct Proxy {
     pub(crate) max_message_bytes: usize,
     /// Whose forwarding headers name the client.
     pub(crate) trusted: crate::forwarded::TrustedProxies,
+    /// The gateway's proof, to the services, of the client address it forwards.
+    pub(crate) voucher: crate::vouch::Voucher,
 }
 
 impl Proxy {
@@ -119,6 +121,10 @@ impl Proxy {
             HeaderValue::from_str(&peer.to_string())
                 .map_err(|e| ApiError::Internal(format!("client address header: {e}")))?,
         );
+        if let Some(proof) = self.voucher.proof().await {
+            req.headers_mut()
+                .insert(topsmile_kit::access::FORWARDER_HEADER, proof);
+        }
         let deadline =
             grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
         // The deadline covers reading the request, choosing and connecting to a replica,

@@ -68,6 +68,7 @@ pub async fn build(
     let secret = settings.service_secret.clone().ok_or(
         "the appointments service needs TOPSMILE_SERVICE_SECRET to ask the patients and providers services",
     )?;
+    topsmile_kit::config::check_service_secret(&secret)?;
     let deps = api::Dependencies {
         clinics: ClinicDirectory::caching_for(&identity, runtime.clinic_facts_ttl)?,
         tokens: Arc::new(ServiceTokens::new(

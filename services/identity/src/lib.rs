@@ -43,6 +43,10 @@ pub use accounts::Accounts;
 pub use domain::user::LockPolicy;
 pub use store::{ClinicStore, RefreshTokenStore, Stores, UserStore, open as open_store};
 
+/// The bootstrap super admin's email when only `TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD` is
+/// set (the same one `topsmile dev` uses).
+pub const DEFAULT_BOOTSTRAP_EMAIL: &str = "admin@topsmile.local";
+
 /// The gRPC services this process serves, for health and reflection.
 pub const SERVICE_NAMES: &[&str] = &[
     AuthServiceServer::<api::AuthApi>::NAME,
@@ -91,6 +95,18 @@ impl Identity {
         passwords: Passwords,
     ) -> Result<Self, BoxError> {
         let patients = patients.map(accounts::PatientDirectory::new).transpose()?;
+        if let Some(secret) = &service_secret {
+            topsmile_kit::config::check_service_secret(secret)?;
+        }
+        // Signing keys others can read are not secret: refuse, naming the setting.
+        if let Some(mode) = topsmile_kit::files::is_shared(&key_file)? {
+            return Err(format!(
+                "the key file {} (TOPSMILE_KEY_FILE) can be read by other users (mode {mode:o}): \
+                 make it readable by its owner only (chmod 600) or mount the Secret with defaultMode 0400",
+                key_file.display()
+            )
+            .into());
+        }
         let keys = Arc::new(keys::SigningKeys::open(&key_file)?);
         let accounts = Arc::new(Accounts {
             stores,
@@ -110,16 +126,23 @@ impl Identity {
         Ok(Self { accounts, guard })
     }
 
-    /// Creates the configured bootstrap super admin if there is none yet.
+    /// Creates the configured bootstrap super admin if there is none yet. A password
+    /// on its own signs in as [`DEFAULT_BOOTSTRAP_EMAIL`]; an email without a password
+    /// is refused (there would be no way to sign in).
     pub async fn bootstrap(&self, settings: &IdentitySettings) -> Result<bool, BoxError> {
         match (
             &settings.bootstrap_admin_email,
             &settings.bootstrap_admin_password,
         ) {
-            (Some(email), Some(password)) => {
+            (email, Some(password)) => {
+                let email = email.as_deref().unwrap_or(DEFAULT_BOOTSTRAP_EMAIL);
                 Ok(self.accounts.bootstrap_admin(email, password).await?)
             }
-            _ => Ok(false),
+            (Some(_), None) => Err(
+                "TOPSMILE_BOOTSTRAP_ADMIN_EMAIL is set without TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD"
+                    .into(),
+            ),
+            (None, None) => Ok(false),
         }
     }
 

@@ -348,6 +348,28 @@ impl Guard {
         }
     }
 
+    /// The client address the gateway forwarded, if this hop carries the gateway's own
+    /// valid service token beside it ([`FORWARDER_HEADER`]); `None` otherwise, and the
+    /// header is then ignored.
+    pub async fn forwarded_client(&self, headers: &HeaderMap) -> Option<std::net::IpAddr> {
+        let address = headers
+            .get(CLIENT_ADDRESS_HEADER)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        let proof = headers.get(FORWARDER_HEADER)?.to_str().ok()?;
+        match self.verify(proof).await {
+            Ok(claims) if claims.kind == Kind::Service && claims.sub == FORWARDER_SUBJECT => {
+                Some(address)
+            }
+            _ => {
+                tracing::debug!("a forwarded client address without the gateway's proof: ignored");
+                None
+            }
+        }
+    }
+
     /// Verifies a token (cached), refetching the keys once if its `kid` is new.
     pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, ApiError> {
         match self.verifier.verify(token) {
@@ -398,16 +420,28 @@ fn refused(e: TokenError) -> ApiError {
 /// client-sent `x-topsmile-*` header first).
 pub const CLIENT_ADDRESS_HEADER: &str = "x-topsmile-client-address";
 
-/// The address of the client behind a call: what the gateway saw, or the peer address
-/// for a call made directly; `unknown` when neither is known. It keys the sign-in lock:
-/// a direct caller could set the header, but the per-account bound holds whatever it
-/// says, and in Kubernetes only the gateway may reach the services.
+/// The header that proves a forwarded client address came from the gateway: the
+/// gateway's own service token (`sub: services/gateway`), which only the holder of the
+/// service secret can have minted.
+pub const FORWARDER_HEADER: &str = "x-topsmile-forwarder";
+
+/// The one service whose token vouches for [`CLIENT_ADDRESS_HEADER`].
+pub const FORWARDER_SUBJECT: &str = "services/gateway";
+
+/// The client address of a call, as the gateway vouched for it (see
+/// [`Guard::forwarded_client`]); the guard puts it on the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardedClient(pub std::net::IpAddr);
+
+/// The address of the client behind a call: the one the gateway forwarded, when the
+/// gateway's token vouched for it on this hop; otherwise the peer's own address. A
+/// caller that reaches a service directly cannot choose it: an unproven header is
+/// ignored. `unknown` when neither is known. It keys the sign-in lock.
 pub fn client_address<T>(request: &tonic::Request<T>) -> String {
     request
-        .metadata()
-        .get(CLIENT_ADDRESS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<std::net::IpAddr>().ok())
+        .extensions()
+        .get::<ForwardedClient>()
+        .map(|f| f.0)
         .or_else(|| request.remote_addr().map(|a| a.ip()))
         .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
 }
@@ -541,6 +575,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
         Box::pin(async move {
+            if let Some(client) = guard.forwarded_client(request.headers()).await {
+                request.extensions_mut().insert(ForwardedClient(client));
+            }
             match guard
                 .authorize(request.uri().path(), request.headers())
                 .await

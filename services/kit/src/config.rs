@@ -155,6 +155,27 @@ pub enum StartupError {
     NoAddress(&'static str),
     #[error("password hashing cannot be set up: {0}")]
     Hashing(String),
+    #[error(
+        "TOPSMILE_SERVICE_SECRET is {0} bytes: it must be at least {min} random bytes (e.g. `openssl rand -hex 32`)",
+        min = MIN_SERVICE_SECRET_BYTES
+    )]
+    WeakServiceSecret(usize),
+}
+
+/// The shortest service secret a service starts with: 32 bytes (256 bits if random).
+pub const MIN_SERVICE_SECRET_BYTES: usize = 32;
+
+/// Refuses a service secret shorter than [`MIN_SERVICE_SECRET_BYTES`], empty included:
+/// the secret mints tokens that open every internal method in every clinic.
+pub fn check_service_secret(
+    secret: &secrecy::SecretString,
+) -> Result<&secrecy::SecretString, StartupError> {
+    use secrecy::ExposeSecret;
+    let length = secret.expose_secret().len();
+    if length < MIN_SERVICE_SECRET_BYTES {
+        return Err(StartupError::WeakServiceSecret(length));
+    }
+    Ok(secret)
 }
 
 /// Lazily connected channels to the replicas of `what` at `addresses` (host:port), with

@@ -40,6 +40,28 @@ pub fn private_file(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `path` can be read or written by anyone but its owner (group or other
+/// bits set): a secret in such a file is not a secret. A missing file is not shared.
+pub fn is_shared(path: &Path) -> io::Result<Option<u32>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(path) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                Ok(Some(m.permissions().mode() & 0o777))
+            }
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(None)
+    }
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -50,6 +72,19 @@ mod tests {
         std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_file_others_can_read_is_shared() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("keys.json");
+        assert_eq!(is_shared(&path).unwrap(), None, "missing");
+        private_file(&path).unwrap();
+        assert_eq!(is_shared(&path).unwrap(), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(is_shared(&path).unwrap(), Some(0o644));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(is_shared(&path).unwrap(), Some(0o640));
     }
 
     #[test]
