@@ -1646,3 +1646,146 @@ async fn a_search_for_a_patient_leaves_out_their_booked_times() {
     }
     suite.stop().await;
 }
+
+/// The n-th 50-minute visit of Dr. Ana's week from Monday: on the hour, 9 a day.
+fn hour_slot(n: usize) -> Timestamp {
+    let hours = [8, 9, 10, 11, 13, 14, 15, 16, 17];
+    let day = i64::try_from(n / hours.len()).unwrap_or(0);
+    monday(hours[n % hours.len()], 0) + SignedDuration::from_hours(24 * day)
+}
+
+async fn cancel(suite: &TestSuite, token: &str, name: &str) {
+    appointments_as(suite, token)
+        .await
+        .cancel_appointment(pb::CancelAppointmentRequest {
+            name: name.into(),
+            reason: "changed my mind".into(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_portal_patient_cannot_empty_a_providers_calendar() {
+    patient_limits(None).await;
+}
+
+#[tokio::test]
+async fn a_portal_patient_cannot_empty_a_providers_calendar_on_mongodb() {
+    if let Some(store) =
+        mongo_store("a_portal_patient_cannot_empty_a_providers_calendar_on_mongodb")
+    {
+        patient_limits(Some(store)).await;
+    }
+}
+
+/// 30 bookings at once from one portal patient: 3 go through (the clinic's cap on
+/// appointments to come), the rest are PATIENT_LIMIT; cancelling frees a seat, but
+/// the day's 5 self-service bookings stay used; staff are not limited.
+async fn patient_limits(store: Option<topsmile_kit::store::StoreChoice>) {
+    let (suite, _clock) = start(store).await;
+    let c = clinic(&suite, "Limits", 1).await;
+    let (_, me) = c.patients[0].clone();
+    let mut at_once = Vec::new();
+    for n in 0..30 {
+        let request = booking(&c, 0, hour_slot(n), Some(50));
+        let suite = &suite;
+        let me = me.clone();
+        at_once.push(async move { book(suite, &me, request).await });
+    }
+    let results = join_all(at_once).await;
+    let booked: Vec<pb::Appointment> = results.iter().filter_map(|r| r.clone().ok()).collect();
+    assert_eq!(booked.len(), 3, "{results:?}");
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(reason(err), "PATIENT_LIMIT", "{err:?}");
+    }
+    // Staff book for the patient beyond the cap.
+    book(
+        &suite,
+        &c.staff.staff,
+        booking(&c, 0, hour_slot(40), Some(50)),
+    )
+    .await
+    .expect("staff are not limited");
+    let listed = appointments_as(&suite, &c.staff.staff)
+        .await
+        .list_appointments(pb::ListAppointmentsRequest {
+            parent: c.name.clone(),
+            patient: c.patients[0].0.clone(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .appointments;
+    assert_eq!(listed.len(), 4, "nothing else was booked: {listed:?}");
+
+    // A cancel frees a seat of the cap: booked 4 and 5 of the day go through ...
+    cancel(&suite, &me, &booked[0].name).await;
+    let fourth = book(&suite, &me, booking(&c, 0, hour_slot(31), Some(50)))
+        .await
+        .unwrap();
+    let err = book(&suite, &me, booking(&c, 0, hour_slot(32), Some(50)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "PATIENT_LIMIT", "the cap again: {err:?}");
+    cancel(&suite, &me, &fourth.name).await;
+    book(&suite, &me, booking(&c, 0, hour_slot(33), Some(50)))
+        .await
+        .unwrap();
+    // ... and with the day's five used, a freed seat does not help.
+    cancel(&suite, &me, &booked[1].name).await;
+    let err = book(&suite, &me, booking(&c, 0, hour_slot(34), Some(50)))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "PATIENT_LIMIT", "the day's limit: {err:?}");
+    assert!(err.message().contains("a day"), "{err:?}");
+
+    // The limits are the clinic's rules: shown with their defaults, bounded.
+    let mut clinics =
+        topsmile_proto::topsmile::identity::v1::clinic_service_client::ClinicServiceClient::with_interceptor(
+            suite.channel().await,
+            Bearer(Some(c.staff.admin.clone())),
+        );
+    let rules = clinics
+        .get_clinic(topsmile_proto::topsmile::identity::v1::GetClinicRequest {
+            name: c.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap()
+        .booking_rules
+        .unwrap();
+    assert_eq!(
+        (rules.patient_active_limit, rules.patient_daily_limit),
+        (3, 5)
+    );
+    let err = clinics
+        .update_clinic(
+            topsmile_proto::topsmile::identity::v1::UpdateClinicRequest {
+                clinic: Some(topsmile_proto::topsmile::identity::v1::Clinic {
+                    name: c.name.clone(),
+                    booking_rules: Some(topsmile_proto::topsmile::identity::v1::BookingRules {
+                        patient_active_limit: 51,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["booking_rules".into()],
+                }),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        ["clinic.booking_rules.patient_active_limit"]
+    );
+    suite.stop().await;
+}

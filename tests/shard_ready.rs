@@ -41,6 +41,7 @@ const TENANT_COLLECTIONS: &[&str] = &[
     "providers",
     "appointments",
     "appointmentClaims",
+    "patientBookingDays",
 ];
 
 /// One command on a tenant collection: its name, collection, and each filter (or

@@ -20,6 +20,7 @@ const plan = [
   ["appointmentClaims", { clinicId: 1, resource: 1, granule: 1 }],
   ["signInLocks", { clinicId: 1, account: 1 }],
   ["sessions", { clinicId: 1 }],
+  ["patientBookingDays", { clinicId: 1, patientId: 1 }],
 ];
 // Not sharded: clinics (the tenants themselves, small), users (staff sign in by email
 // without naming a clinic: a global lookup; small), refreshTokens (found by hash).

@@ -114,6 +114,8 @@ conformance!(
     a_crash_before_releasing_leaves_nothing_blocked,
     transitions_are_conditional_on_the_version,
     lists_filter_by_provider_patient_range_and_status,
+    a_quota_seat_is_held_once_freed_by_a_cancel_and_free_after_the_visit,
+    racing_self_service_counts_stop_at_the_limit,
 );
 
 const BASE: &str = "2030-03-04T12:00:00Z";
@@ -651,5 +653,117 @@ async fn lists_filter_by_provider_patient_range_and_status(h: &Harness) {
         })
         .await,
         std::slice::from_ref(&a.id)
+    );
+}
+
+/// `w`'s visit at `start` taking quota seat `seat`, with a provider of its own (only the
+/// seat can collide).
+fn seated(w: &Who, start: i64, seat: i64) -> Appointment {
+    let mut a = visit(w, start, 30);
+    a.provider = ResourceId::generate();
+    a.hold.quota = Some(seat);
+    a
+}
+
+async fn a_quota_seat_is_held_once_freed_by_a_cancel_and_free_after_the_visit(h: &Harness) {
+    let w = who();
+    // Racing bookings of one seat, at different times, through both instances: one.
+    let results = race(h, 20, |i| seated(&w, 60 * i64::try_from(i).unwrap_or(0), 0)).await;
+    let won: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, StoreError::Duplicate("quota") | StoreError::Stale),
+                "{e:?}"
+            );
+        }
+    }
+    let holder = won[0].clone();
+    // Another seat is free; the taken one stays taken.
+    book(&h.two, seated(&w, 2000, 1)).await.unwrap();
+    let err = book(&h.one, seated(&w, 3000, 0)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate("quota")), "{err:?}");
+    // A reschedule keeps its seat.
+    let moved = holder
+        .moved(
+            Span::new(at(4000), at(4030)),
+            Hold::of(Span::new(at(4000), at(4030)), Buffers::default()),
+            "test",
+            String::new(),
+            now(),
+        )
+        .unwrap();
+    assert_eq!(moved.hold.quota, Some(0));
+    let moved = h.one.reschedule(&holder, moved, now()).await.unwrap();
+    let err = book(&h.two, seated(&w, 3000, 0)).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Duplicate("quota")),
+        "still held after the move: {err:?}"
+    );
+    // Cancelled: the seat is free.
+    let cancelled = moved.after(Action::Cancel, now()).unwrap();
+    h.one.transition(&moved, &cancelled, now()).await.unwrap();
+    let again = book(&h.two, seated(&w, 3000, 0)).await.unwrap();
+    // Once its visit has ended, an appointment no longer holds its seat.
+    let after_the_visit = again.end + SignedDuration::from_mins(1);
+    let next = seated(&w, 5000, 0);
+    let key = next.id.to_string();
+    h.one
+        .book(next, key, "print".into(), after_the_visit)
+        .await
+        .expect("the seat of a past visit is free");
+}
+
+async fn racing_self_service_counts_stop_at_the_limit(h: &Harness) {
+    let w = who();
+    let day = "2030-03-01";
+    let counts = join_all((0..20).map(|i| {
+        let store = if i % 2 == 0 { &h.one } else { &h.two };
+        store
+            .records()
+            .count_self_booking(&w.clinic, &w.patient, day, 5, now())
+    }))
+    .await;
+    let counted = counts.iter().filter(|c| matches!(c, Ok(true))).count();
+    assert_eq!(counted, 5, "{counts:?}");
+    assert!(counts.iter().all(Result::is_ok), "{counts:?}");
+    // One given back: one more fits, then none.
+    let records = h.one.records();
+    records
+        .uncount_self_booking(&w.clinic, &w.patient, day)
+        .await
+        .unwrap();
+    assert!(
+        records
+            .count_self_booking(&w.clinic, &w.patient, day, 5, now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !records
+            .count_self_booking(&w.clinic, &w.patient, day, 5, now())
+            .await
+            .unwrap()
+    );
+    // Another day, another patient and another clinic are counted on their own.
+    assert!(
+        records
+            .count_self_booking(&w.clinic, &w.patient, "2030-03-02", 5, now())
+            .await
+            .unwrap()
+    );
+    let other = who();
+    assert!(
+        records
+            .count_self_booking(&w.clinic, &other.patient, day, 5, now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        records
+            .count_self_booking(&other.clinic, &w.patient, day, 5, now())
+            .await
+            .unwrap()
     );
 }

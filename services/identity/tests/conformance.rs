@@ -152,6 +152,8 @@ fn fields(name: &str) -> ClinicFields {
             booking_horizon_secs: 30 * 86_400,
             slot_step_secs: 600,
             patient_change_cutoff_secs: 12 * 3600,
+            patient_active_limit: 2,
+            patient_daily_limit: 4,
         },
         session_rules: topsmile_identity::domain::clinic::SessionRules {
             staff_idle_secs: 15 * 60,

@@ -44,6 +44,10 @@ pub struct BookingRules {
     pub slot_step_secs: i64,
     /// A patient may cancel or reschedule until this long before the start.
     pub patient_change_cutoff_secs: i64,
+    /// A portal patient's active appointments still to come, at most.
+    pub patient_active_limit: i64,
+    /// A portal patient's own bookings per (clinic) day, at most.
+    pub patient_daily_limit: i64,
 }
 
 impl Default for BookingRules {
@@ -53,6 +57,8 @@ impl Default for BookingRules {
             booking_horizon_secs: 365 * 86_400,
             slot_step_secs: 15 * 60,
             patient_change_cutoff_secs: 86_400,
+            patient_active_limit: 3,
+            patient_daily_limit: 5,
         }
     }
 }
@@ -115,6 +121,7 @@ impl ClinicDirectory {
         let rules = found.booking_rules.unwrap_or_default();
         let secs =
             |d: Option<prost_types::Duration>, default: i64| d.map_or(default, |d| d.seconds);
+        let count = |n: i32, default: i64| if n > 0 { i64::from(n) } else { default };
         let defaults = BookingRules::default();
         let facts = ClinicFacts {
             is_active: found.is_active,
@@ -127,6 +134,11 @@ impl ClinicDirectory {
                     rules.patient_change_cutoff,
                     defaults.patient_change_cutoff_secs,
                 ),
+                patient_active_limit: count(
+                    rules.patient_active_limit,
+                    defaults.patient_active_limit,
+                ),
+                patient_daily_limit: count(rules.patient_daily_limit, defaults.patient_daily_limit),
             },
         };
         self.cache.insert(clinic.to_string(), facts.clone());

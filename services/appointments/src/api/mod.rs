@@ -95,9 +95,21 @@ fn patient_self(actor: &Actor) -> Option<ResourceId> {
         .map(|n| n.id)
 }
 
+/// FAILED_PRECONDITION `PATIENT_LIMIT`: a portal patient's own bookings are capped.
+fn patient_limit(message: String) -> ApiError {
+    ApiError::FailedPrecondition {
+        reason: "PATIENT_LIMIT",
+        message,
+    }
+}
+
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Duplicate("time") => ApiError::AlreadyExists("overlapping appointment"),
+        // A reschedule whose seat was taken meanwhile (only after its visit ended).
+        StoreError::Duplicate("quota") => {
+            patient_limit("the patient's quota of appointments to come is full".into())
+        }
         StoreError::Duplicate("request_id") => ApiError::invalid(
             "request_id",
             "was used for a different booking: use a new request id for a new booking",
@@ -476,10 +488,69 @@ impl AppointmentApi {
                 "PENDING",
             )
             .await?;
+        if actor.is_patient() {
+            return self
+                .book_within_limits(&facts, booked, request_key, fingerprint, now)
+                .await;
+        }
         self.store
             .book(booked, request_key, fingerprint, now)
             .await
             .map_err(store_error)
+    }
+
+    /// A portal patient's own booking: one of the day's self-service bookings (a
+    /// conditional count, never given back for a cancel: booking and cancelling in a
+    /// loop stops at the limit too), and a free seat of their quota of appointments to
+    /// come, claimed with the time (see `store::reserve`). Either limit reached is
+    /// FAILED_PRECONDITION `PATIENT_LIMIT`, and nothing is booked.
+    async fn book_within_limits(
+        &self,
+        facts: &ClinicFacts,
+        booked: Appointment,
+        request_key: String,
+        fingerprint: String,
+        now: Timestamp,
+    ) -> Result<Appointment, ApiError> {
+        let rules = facts.booking;
+        let day = now.to_zoned(zone_of(facts)?).date().to_string();
+        let (clinic, patient) = (booked.clinic.clone(), booked.patient.clone());
+        let records = self.store.records();
+        if !records
+            .count_self_booking(&clinic, &patient, &day, rules.patient_daily_limit, now)
+            .await?
+        {
+            return Err(patient_limit(format!(
+                "a patient books at most {} appointments a day online here: try again tomorrow, or ask the clinic",
+                rules.patient_daily_limit
+            )));
+        }
+        let give_back = || async {
+            if let Err(e) = records.uncount_self_booking(&clinic, &patient, &day).await {
+                tracing::warn!(error = %e, "a self-service booking that did not happen stays counted");
+            }
+        };
+        for seat in 0..rules.patient_active_limit {
+            let mut attempt = booked.clone();
+            attempt.hold.quota = Some(seat);
+            match self
+                .store
+                .book(attempt, request_key.clone(), fingerprint.clone(), now)
+                .await
+            {
+                Err(StoreError::Duplicate("quota")) => {}
+                Ok(appointment) => return Ok(appointment),
+                Err(e) => {
+                    give_back().await;
+                    return Err(store_error(e));
+                }
+            }
+        }
+        give_back().await;
+        Err(patient_limit(format!(
+            "a patient holds at most {} upcoming appointments booked online here: cancel one, or ask the clinic",
+            rules.patient_active_limit
+        )))
     }
 
     async fn list(

@@ -144,7 +144,11 @@ impl Appointment {
         });
         next.start = slot.start;
         next.end = slot.end;
-        next.hold = hold;
+        // A moved appointment keeps its seat of the patient's quota.
+        next.hold = Hold {
+            quota: self.hold.quota,
+            ..hold
+        };
         Ok(next)
     }
 }

@@ -85,6 +85,11 @@ pub struct Buffers {
 pub struct Hold {
     pub provider: Granules,
     pub patient: Granules,
+    /// The seat of the patient's self-service quota the appointment takes (0 up to the
+    /// clinic's `patient_active_limit`), for a booking a portal patient made; `None`
+    /// for staff bookings, which are not limited. See `store::reserve`.
+    #[serde(default)]
+    pub quota: Option<i64>,
 }
 
 impl Hold {
@@ -100,6 +105,7 @@ impl Hold {
         Self {
             provider: Granules::covering(widened),
             patient: Granules::covering(slot),
+            quota: None,
         }
     }
 }

@@ -63,6 +63,18 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX appointment_claims_appointment ON appointment_claims (clinic_id, appointment_id);
     ",
+    // 3. A portal patient's self-service bookings per day (see `count_self_booking`).
+    "
+    CREATE TABLE patient_booking_days (
+        clinic_id   TEXT NOT NULL,
+        patient_id  TEXT NOT NULL,
+        day         TEXT NOT NULL,
+        count       INTEGER NOT NULL,
+        expires_ms  INTEGER NOT NULL,
+        PRIMARY KEY (clinic_id, patient_id, day)
+    );
+    CREATE INDEX patient_booking_days_expires ON patient_booking_days (expires_ms);
+    ",
 ];
 
 /// Index names, as `(table, index)`.
@@ -71,6 +83,7 @@ pub const INDEXES: &[(&str, &str)] = &[
     ("appointments", "appointments_provider_start"),
     ("appointments", "appointments_patient_start"),
     ("appointment_claims", "appointment_claims_appointment"),
+    ("patient_booking_days", "patient_booking_days_expires"),
 ];
 
 pub struct EmbeddedAppointments {
@@ -528,6 +541,62 @@ impl Records for EmbeddedAppointments {
                 }
                 .map_err(translate)?;
                 tx.commit().map_err(translate)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn count_self_booking(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        day: &str,
+        limit: i64,
+        now: jiff::Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (clinic, patient, day) = (clinic.to_string(), patient.to_string(), day.to_owned());
+        let now_ms = now.as_millisecond();
+        let expires = now
+            .checked_add(super::BOOKING_COUNT_KEPT)
+            .unwrap_or(now)
+            .as_millisecond();
+        self.db
+            .write(move |conn| {
+                // The embedded store's TTL monitor: old days go when new ones come.
+                conn.execute(
+                    "DELETE FROM patient_booking_days WHERE expires_ms <= ?1",
+                    params![now_ms],
+                )
+                .map_err(translate)?;
+                let counted = conn
+                    .execute(
+                        "INSERT INTO patient_booking_days (clinic_id, patient_id, day, count, expires_ms)
+                         VALUES (?1, ?2, ?3, 1, ?5)
+                         ON CONFLICT (clinic_id, patient_id, day)
+                         DO UPDATE SET count = count + 1 WHERE count < ?4",
+                        params![clinic, patient, day, limit, expires],
+                    )
+                    .map_err(translate)?;
+                Ok(counted == 1 && limit >= 1)
+            })
+            .await
+    }
+
+    async fn uncount_self_booking(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        day: &str,
+    ) -> Result<(), StoreError> {
+        let (clinic, patient, day) = (clinic.to_string(), patient.to_string(), day.to_owned());
+        self.db
+            .write(move |conn| {
+                conn.execute(
+                    "UPDATE patient_booking_days SET count = count - 1
+                     WHERE clinic_id = ?1 AND patient_id = ?2 AND day = ?3 AND count > 0",
+                    params![clinic, patient, day],
+                )
+                .map_err(translate)?;
                 Ok(())
             })
             .await

@@ -67,7 +67,7 @@ pub enum Holder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub clinic: ResourceId,
-    /// `provider/{id}` or `patient/{id}`.
+    /// `provider/{id}`, `patient/{id}` or `quota/{patient}`.
     pub resource: String,
     pub granule: i64,
     pub appointment: ResourceId,
@@ -83,6 +83,15 @@ pub fn claim_resource(holder: Holder, id: &ResourceId) -> String {
         Holder::Provider => format!("provider/{id}"),
         Holder::Patient => format!("patient/{id}"),
     }
+}
+
+/// What the claims of a patient's self-service quota are on: `quota/{patient}`, one
+/// claim per seat (the seat number is the claim's granule).
+pub const QUOTA_PREFIX: &str = "quota/";
+
+/// The quota claim resource of `patient`.
+pub fn quota_resource(patient: &ResourceId) -> String {
+    format!("{QUOTA_PREFIX}{patient}")
 }
 
 /// What a list selects, always within one clinic, by start time then id.
@@ -314,7 +323,31 @@ pub trait Records: Send + Sync + 'static {
         token: Option<&str>,
         restore: Option<&str>,
     ) -> Result<(), StoreError>;
+
+    /// Counts one self-service booking of `patient` on `day` (the clinic's date,
+    /// `YYYY-MM-DD`), in one conditional write, if fewer than `limit` were counted;
+    /// returns whether it did. Of racing counters at most `limit` get true. A count
+    /// is kept for two days after `day` (`now` dates it), then dropped.
+    async fn count_self_booking(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        day: &str,
+        limit: i64,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives one counted booking back (it did not happen).
+    async fn uncount_self_booking(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        day: &str,
+    ) -> Result<(), StoreError>;
 }
+
+/// How long a day's count of self-service bookings is kept: past any time zone's day.
+pub const BOOKING_COUNT_KEPT: jiff::SignedDuration = jiff::SignedDuration::from_hours(72);
 
 /// Opens the store that configuration chose, creating tables and indexes.
 pub async fn open(choice: &StoreChoice) -> Result<Arc<Appointments>, StoreError> {

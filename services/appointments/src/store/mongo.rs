@@ -27,6 +27,8 @@ use crate::domain::{Appointment, Status};
 pub const APPOINTMENTS: &str = "appointments";
 /// The collection of claims on provider and patient time.
 pub const CLAIMS: &str = "appointmentClaims";
+/// The collection of portal patients' self-service bookings per day.
+pub const BOOKING_DAYS: &str = "patientBookingDays";
 
 /// The indexes of this service's collections, as `(collection, index)`.
 pub fn indexes() -> Vec<(&'static str, IndexModel)> {
@@ -77,6 +79,22 @@ pub fn indexes() -> Vec<(&'static str, IndexModel)> {
                 named("clinic_appointment").build(),
             ),
         ),
+        (
+            BOOKING_DAYS,
+            index(
+                doc! {"clinicId": 1, "patientId": 1, "day": 1},
+                named("clinic_patient_day_unique").unique(true).build(),
+            ),
+        ),
+        (
+            BOOKING_DAYS,
+            index(
+                doc! {"expiresAt": 1},
+                named("expires_at_ttl")
+                    .expire_after(std::time::Duration::ZERO)
+                    .build(),
+            ),
+        ),
     ]
 }
 
@@ -84,6 +102,7 @@ pub struct MongoAppointments {
     pub store: MongoStore,
     appointments: Collection<Document>,
     claims: Collection<Document>,
+    booking_days: Collection<Document>,
 }
 
 impl MongoAppointments {
@@ -94,6 +113,7 @@ impl MongoAppointments {
         Ok(Self {
             appointments: store.database.collection(APPOINTMENTS),
             claims: store.database.collection(CLAIMS),
+            booking_days: store.database.collection(BOOKING_DAYS),
             store,
         })
     }
@@ -431,6 +451,66 @@ impl Records for MongoAppointments {
             }
         }
         self.claims.delete_many(filter).await.map_err(translate)?;
+        Ok(())
+    }
+
+    async fn count_self_booking(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        day: &str,
+        limit: i64,
+        now: jiff::Timestamp,
+    ) -> Result<bool, StoreError> {
+        if limit < 1 {
+            return Ok(false);
+        }
+        let key = doc! {"clinicId": clinic.as_str(), "patientId": patient.as_str(), "day": day};
+        // Increment below the limit; the first of a day is an insert, and of racing
+        // first inserts one wins and the others go round to the increment.
+        for _ in 0..3 {
+            let mut below = key.clone();
+            below.insert("count", doc! {"$lt": limit});
+            let counted = self
+                .booking_days
+                .update_one(below, doc! {"$inc": {"count": 1_i64}})
+                .await
+                .map_err(translate)?;
+            if counted.matched_count == 1 {
+                return Ok(true);
+            }
+            let mut first = key.clone();
+            first.insert("count", 1_i64);
+            let expires = now.checked_add(super::BOOKING_COUNT_KEPT).unwrap_or(now);
+            first.insert("expiresAt", date(expires.as_millisecond()));
+            match self.booking_days.insert_one(first).await {
+                Ok(_) => return Ok(true),
+                // The day exists: at the limit, or another booking inserted it first.
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(translate(e)),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn uncount_self_booking(
+        &self,
+        clinic: &ResourceId,
+        patient: &ResourceId,
+        day: &str,
+    ) -> Result<(), StoreError> {
+        self.booking_days
+            .update_one(
+                doc! {
+                    "clinicId": clinic.as_str(),
+                    "patientId": patient.as_str(),
+                    "day": day,
+                    "count": {"$gt": 0_i64},
+                },
+                doc! {"$inc": {"count": -1_i64}},
+            )
+            .await
+            .map_err(translate)?;
         Ok(())
     }
 }

@@ -46,6 +46,24 @@
 //! first (an unbooked record is removed), so its owner's commit, a compare-and-swap on
 //! the same version, fails if it comes late: never both. So no time stays blocked
 //! longer than the lease, and no late step can overlap a newer booking.
+//!
+//! # A patient's quota: seats, claimed like time
+//!
+//! A portal patient holds at most the clinic's `patient_active_limit` appointments still
+//! to come. The cap is claimed the same way as time, so it holds across replicas and
+//! racing bookings for the same reason: the quota has one **seat** per allowed
+//! appointment, and a self-service booking claims one (`quota/{patient}`, the seat
+//! number as granule) beside its time, in the same step with the same token. The
+//! booking tries seat 0, then 1, ... (`Duplicate("quota")` when a seat is held by a
+//! live appointment); with every seat held, the patient is at the limit. A seat is
+//! freed with the appointment's other claims (cancel, no-show, a failed booking), and
+//! a seat whose appointment has ended counts as free (it is dead for [`is_live`], and
+//! the next booking that meets it deletes it), so visits that happened never hold one.
+//! A reschedule takes its seat over like its time. Counting the patient's
+//! appointments before booking was rejected: two bookings racing each other would both
+//! count the same few and both go through.
+//!
+//! [`is_live`]: Appointments::is_live
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -53,7 +71,10 @@ use jiff::{SignedDuration, Timestamp};
 use topsmile_kit::{StoreError, names::ResourceId, paging::PageRequest};
 use topsmile_providers::domain::Span;
 
-use super::{AppointmentQuery, Claim, Holder, Proposal, Record, Records, claim_resource};
+use super::{
+    AppointmentQuery, Claim, Holder, Proposal, QUOTA_PREFIX, Record, Records, claim_resource,
+    quota_resource,
+};
 use crate::domain::{Appointment, Granules, Hold, availability::GRANULE_SECS};
 
 /// How long a time being claimed is protected: past it, the proposal may be abandoned
@@ -403,7 +424,13 @@ impl Appointments {
                         continue;
                     }
                     if self.is_live(&found, now).await? {
-                        return Err(StoreError::Duplicate("time"));
+                        return Err(StoreError::Duplicate(
+                            if found.resource.starts_with(QUOTA_PREFIX) {
+                                "quota"
+                            } else {
+                                "time"
+                            },
+                        ));
                     }
                     self.records.delete_claim(&found).await?;
                     present.remove(&(found.resource.clone(), found.granule));
@@ -422,6 +449,7 @@ impl Appointments {
 
     /// Whether `claim` still belongs to a live reservation. A proposal past its lease
     /// is abandoned here (so its owner can no longer commit), making its claims dead.
+    /// A quota seat is live only while its appointment is still to come.
     async fn is_live(&self, claim: &Claim, now: Timestamp) -> Result<bool, StoreError> {
         let Some(record) = self.records.get(&claim.clinic, &claim.appointment).await? else {
             return Ok(false);
@@ -429,7 +457,8 @@ impl Appointments {
         let holds =
             |token: &str| !token.is_empty() && (claim.token == token || claim.prev == token);
         if record.booked && record.appointment.status.holds_slot() && holds(&record.hold_token) {
-            return Ok(true);
+            let over = claim.resource.starts_with(QUOTA_PREFIX) && record.appointment.end <= now;
+            return Ok(!over);
         }
         match &record.proposal {
             Some(p) if holds(&p.token) => Ok(!self.abandon_if_expired(&record, now).await?),
@@ -478,10 +507,10 @@ impl Appointments {
     }
 }
 
-/// The claims an appointment at its time needs: the provider's granules and the
-/// patient's.
+/// The claims an appointment at its time needs: the provider's granules, the
+/// patient's, and its seat of the patient's quota if it takes one.
 fn wanted_claims(appointment: &Appointment, hold: &Hold) -> Vec<(String, Granules)> {
-    vec![
+    let mut wanted = vec![
         (
             claim_resource(Holder::Provider, &appointment.provider),
             hold.provider,
@@ -490,7 +519,17 @@ fn wanted_claims(appointment: &Appointment, hold: &Hold) -> Vec<(String, Granule
             claim_resource(Holder::Patient, &appointment.patient),
             hold.patient,
         ),
-    ]
+    ];
+    if let Some(seat) = hold.quota {
+        wanted.push((
+            quota_resource(&appointment.patient),
+            Granules {
+                first: seat,
+                end: seat + 1,
+            },
+        ));
+    }
+    wanted
 }
 
 fn new_token() -> String {

@@ -158,6 +158,11 @@ fn input_of(c: pb::Clinic) -> ClinicInput {
                 booking_horizon: pair(r.booking_horizon),
                 slot_step: pair(r.slot_step),
                 patient_change_cutoff: pair(r.patient_change_cutoff),
+                // 0 (unset in proto3) is the default.
+                patient_active_limit: (r.patient_active_limit != 0)
+                    .then_some(i64::from(r.patient_active_limit)),
+                patient_daily_limit: (r.patient_daily_limit != 0)
+                    .then_some(i64::from(r.patient_daily_limit)),
             }
         }),
         session_rules: c.session_rules.map(|r| {
@@ -189,6 +194,8 @@ fn to_proto(c: Clinic) -> pb::Clinic {
                 booking_horizon: duration(r.booking_horizon_secs),
                 slot_step: duration(r.slot_step_secs),
                 patient_change_cutoff: duration(r.patient_change_cutoff_secs),
+                patient_active_limit: i32::try_from(r.patient_active_limit).unwrap_or(i32::MAX),
+                patient_daily_limit: i32::try_from(r.patient_daily_limit).unwrap_or(i32::MAX),
             }
         }),
         session_rules: Some({

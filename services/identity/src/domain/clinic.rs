@@ -90,7 +90,14 @@ pub struct BookingRules {
     pub booking_horizon_secs: i64,
     pub slot_step_secs: i64,
     pub patient_change_cutoff_secs: i64,
+    /// A portal patient's active appointments still to come, at most.
+    pub patient_active_limit: i64,
+    /// A portal patient's own bookings per day (the clinic's), at most.
+    pub patient_daily_limit: i64,
 }
+
+/// The bounds of the patient limits: 1 to 50.
+pub const PATIENT_LIMIT_RANGE: (i64, i64) = (1, 50);
 
 const MINUTE: i64 = 60;
 const HOUR: i64 = 60 * MINUTE;
@@ -98,14 +105,16 @@ const DAY: i64 = 24 * HOUR;
 
 impl Default for BookingRules {
     /// 2 hours' notice, a year ahead (six-month recall visits are booked at the previous
-    /// visit), 15-minute steps, patients change until 24 hours
-    /// before.
+    /// visit), 15-minute steps, patients change until 24 hours before; a portal patient
+    /// holds at most 3 upcoming appointments and books at most 5 a day.
     fn default() -> Self {
         Self {
             minimum_notice_secs: 2 * HOUR,
             booking_horizon_secs: 365 * DAY,
             slot_step_secs: 15 * MINUTE,
             patient_change_cutoff_secs: DAY,
+            patient_active_limit: 3,
+            patient_daily_limit: 5,
         }
     }
 }
@@ -117,6 +126,8 @@ pub struct BookingRulesInput {
     pub booking_horizon: Option<(i64, i32)>,
     pub slot_step: Option<(i64, i32)>,
     pub patient_change_cutoff: Option<(i64, i32)>,
+    pub patient_active_limit: Option<i64>,
+    pub patient_daily_limit: Option<i64>,
 }
 
 impl From<BookingRules> for BookingRulesInput {
@@ -126,6 +137,8 @@ impl From<BookingRules> for BookingRulesInput {
             booking_horizon: Some((r.booking_horizon_secs, 0)),
             slot_step: Some((r.slot_step_secs, 0)),
             patient_change_cutoff: Some((r.patient_change_cutoff_secs, 0)),
+            patient_active_limit: Some(r.patient_active_limit),
+            patient_daily_limit: Some(r.patient_daily_limit),
         }
     }
 }
@@ -169,6 +182,20 @@ pub fn booking_rules(
             defaults.patient_change_cutoff_secs,
             0,
             30 * DAY,
+        ),
+        patient_active_limit: count_rule(
+            &mut violations,
+            prefix,
+            "patient_active_limit",
+            input.patient_active_limit,
+            defaults.patient_active_limit,
+        ),
+        patient_daily_limit: count_rule(
+            &mut violations,
+            prefix,
+            "patient_daily_limit",
+            input.patient_daily_limit,
+            defaults.patient_daily_limit,
         ),
     };
     if violations.is_empty() && DAY % rules.slot_step_secs.max(1) != 0 {
@@ -278,6 +305,27 @@ pub fn session_rules(
     } else {
         Err(violations)
     }
+}
+
+/// One count rule, within [`PATIENT_LIMIT_RANGE`]; unset is `default`.
+fn count_rule(
+    violations: &mut Vec<FieldViolation>,
+    prefix: &str,
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+) -> i64 {
+    let Some(value) = value else {
+        return default;
+    };
+    let (low, high) = PATIENT_LIMIT_RANGE;
+    if !(low..=high).contains(&value) {
+        violations.push(FieldViolation::new(
+            format!("{prefix}.{name}"),
+            format!("must be between {low} and {high}"),
+        ));
+    }
+    value
 }
 
 /// One duration rule: whole minutes within `(low, high)`; unset is `default`.
