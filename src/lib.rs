@@ -234,6 +234,10 @@ impl Suite {
             patients_upstreams: Some(patients_address.clone()),
         };
         let service_secret_for_gateway = service_secret.clone();
+        let provider_settings = topsmile_providers::ProviderSettings {
+            service_secret: Some(service_secret.clone()),
+            patients_upstreams: patients_address.clone(),
+        };
         let appointment_settings = topsmile_appointments::AppointmentSettings {
             service_secret: Some(service_secret),
             patients_upstreams: patients_address,
@@ -258,7 +262,7 @@ impl Suite {
                     topsmile_patients::SERVICE_NAMES,
                 ),
                 "providers" => (
-                    topsmile_providers::build(&config, &runtime)
+                    topsmile_providers::build(&config, &provider_settings, &runtime)
                         .await
                         .map_err(failed)?,
                     topsmile_providers::SERVICE_NAMES,

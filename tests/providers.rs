@@ -873,3 +873,123 @@ async fn a_clinics_new_time_zone_moves_its_working_hours() {
     );
     suite.stop().await;
 }
+
+/// The clinic's audit trail as its ADMIN reads it: (action, actor, outcome) of every
+/// event about `resource` (empty: every event), oldest first.
+async fn trail_of(
+    suite: &TestSuite,
+    a: &ClinicStaff,
+    resource: &str,
+) -> Vec<(String, String, String)> {
+    use topsmile_proto::topsmile::patients::v1 as patients;
+    patients::audit_service_client::AuditServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(a.admin.clone())),
+    )
+    .list_audit_events(patients::ListAuditEventsRequest {
+        parent: a.clinic.name.clone(),
+        resource: resource.into(),
+        page_size: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .audit_events
+    .into_iter()
+    .filter(|e| e.action.starts_with("ProviderService/"))
+    .map(|e| (e.action, e.actor, e.outcome))
+    .collect()
+}
+
+async fn provider_changes_are_audited(suite: TestSuite) {
+    let a = suite.clinic_with_staff("Audited Providers").await;
+    let ana = create(&suite, &a.admin, &a.clinic.name, dr_ana(""), "")
+        .await
+        .unwrap();
+    let mut admin = providers_as(&suite, &a.admin).await;
+    admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                name: ana.name.clone(),
+                display_name: "Dr. Ana S. Souza".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["display_name".into()],
+            }),
+        })
+        .await
+        .unwrap();
+    // Refused: STAFF may not deactivate; a stale etag changes nothing.
+    let refused = providers_as(&suite, &a.staff)
+        .await
+        .deactivate_provider(pb::DeactivateProviderRequest {
+            name: ana.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let stale = admin
+        .deactivate_provider(pb::DeactivateProviderRequest {
+            name: ana.name.clone(),
+            etag: "1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    admin
+        .deactivate_provider(pb::DeactivateProviderRequest {
+            name: ana.name.clone(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    let own = |action: &str, outcome: &str| {
+        (
+            format!("ProviderService/{action}"),
+            a.admin_name.clone(),
+            outcome.to_owned(),
+        )
+    };
+    assert_eq!(
+        trail_of(&suite, &a, &ana.name).await,
+        [
+            own("CreateProvider", "PENDING"),
+            own("CreateProvider", "OK"),
+            own("UpdateProvider", "PENDING"),
+            own("UpdateProvider", "OK"),
+            own("DeactivateProvider", "ETAG_MISMATCH"),
+            own("DeactivateProvider", "PENDING"),
+            own("DeactivateProvider", "OK"),
+        ]
+    );
+    let refusals: Vec<_> = trail_of(&suite, &a, "")
+        .await
+        .into_iter()
+        .filter(|(_, actor, _)| *actor == a.staff_name)
+        .collect();
+    assert_eq!(
+        refusals,
+        [(
+            "ProviderService/DeactivateProvider".to_owned(),
+            a.staff_name.clone(),
+            "PERMISSION_DENIED".to_owned()
+        )],
+        "a refused change is in the trail too"
+    );
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn provider_changes_are_in_the_clinics_audit_trail() {
+    provider_changes_are_audited(TestSuite::start().await).await;
+}
+
+#[tokio::test]
+async fn provider_changes_are_in_the_clinics_audit_trail_on_mongodb() {
+    if let Some(store) = mongo_store("provider_changes_are_in_the_clinics_audit_trail_on_mongodb") {
+        provider_changes_are_audited(TestSuite::start_on(store).await).await;
+    }
+}

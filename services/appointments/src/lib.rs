@@ -69,14 +69,17 @@ pub async fn build(
         "the appointments service needs TOPSMILE_SERVICE_SECRET to ask the patients and providers services",
     )?;
     topsmile_kit::config::check_service_secret(&secret)?;
+    let tokens = Arc::new(ServiceTokens::new(
+        "appointments",
+        secret,
+        Replicas::new("identity", &identity)?,
+    ));
+    let patients = Replicas::new("patients", &split_list(&settings.patients_upstreams))?;
     let deps = api::Dependencies {
         clinics: ClinicDirectory::caching_for(&identity, runtime.clinic_facts_ttl)?,
-        tokens: Arc::new(ServiceTokens::new(
-            "appointments",
-            secret,
-            Replicas::new("identity", &identity)?,
-        )),
-        patients: Replicas::new("patients", &split_list(&settings.patients_upstreams))?,
+        trail: topsmile_kit::audit::AuditTrail::new(tokens.clone(), patients.clone()),
+        tokens,
+        patients,
         providers: Replicas::new("providers", &split_list(&settings.providers_upstreams))?,
     };
     let store = topsmile_kit::store::StoreChoice::from_config(&config.store);

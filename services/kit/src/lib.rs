@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod address;
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod clinics;

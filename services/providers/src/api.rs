@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, server::NamedService, service::Routes};
 use topsmile_kit::{
     ApiError, FieldViolation,
     access::{Actor, Caller},
+    audit::AuditTrail,
     clinics::ClinicDirectory,
     config::ServerLimits,
     mask::UpdatePaths,
@@ -56,6 +57,7 @@ pub const SERVED: &[&str] = &[
 pub fn routes(
     store: Arc<dyn ProviderStore>,
     clinics: ClinicDirectory,
+    trail: AuditTrail,
     limits: &ServerLimits,
 ) -> Routes {
     let max = limits.max_message_bytes;
@@ -63,6 +65,7 @@ pub fn routes(
         ProviderServiceServer::new(ProviderApi {
             store: store.clone(),
             clinics,
+            trail,
             page_bytes: max / 2,
         })
         .max_decoding_message_size(max)
@@ -79,6 +82,11 @@ pub fn routes(
 pub struct InternalApi {
     store: Arc<dyn ProviderStore>,
 }
+
+/// The audit trail's names of the changes.
+const CREATE: &str = "ProviderService/CreateProvider";
+const UPDATE: &str = "ProviderService/UpdateProvider";
+const DEACTIVATE: &str = "ProviderService/DeactivateProvider";
 
 /// The most providers one clinic's bookable list holds.
 pub const MAX_BOOKABLE: usize = 1000;
@@ -175,6 +183,8 @@ pub fn bookable_of(p: pb::Provider) -> Option<Bookable> {
 pub struct ProviderApi {
     store: Arc<dyn ProviderStore>,
     clinics: ClinicDirectory,
+    /// Every change (create, update, deactivate) is announced and its outcome recorded.
+    trail: AuditTrail,
     /// About the most bytes of providers one list page holds (one always fits).
     page_bytes: usize,
 }
@@ -220,6 +230,9 @@ impl ProviderApi {
         let provider = Provider::new(parent.clinic, fields, time::now());
         self.clinics
             .require_writable(&actor.caller, &provider.clinic, &actor.bearer)
+            .await?;
+        self.trail
+            .audit(actor, CREATE, &provider.name(), "PENDING")
             .await?;
         Ok(self.store.create(provider, request_id.as_deref()).await?)
     }
@@ -310,6 +323,9 @@ impl ProviderApi {
         self.clinics
             .require_writable(&actor.caller, &next.clinic, &actor.bearer)
             .await?;
+        self.trail
+            .audit(actor, UPDATE, &next.name(), "PENDING")
+            .await?;
         self.store.replace(&next).await?;
         Ok(next)
     }
@@ -329,6 +345,9 @@ impl ProviderApi {
         let next = current.changed(current.fields.clone(), false, time::now());
         self.clinics
             .require_writable(&actor.caller, &next.clinic, &actor.bearer)
+            .await?;
+        self.trail
+            .audit(actor, DEACTIVATE, &next.name(), "PENDING")
             .await?;
         self.store.replace(&next).await?;
         Ok(next)
@@ -569,7 +588,11 @@ impl ProviderService for ProviderApi {
         req: Request<pb::CreateProviderRequest>,
     ) -> Result<Response<pb::CreateProviderResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let provider = self.create(&actor, req.into_inner()).await?;
+        let req = req.into_inner();
+        let parent = req.parent.clone();
+        let result = self.create(&actor, req).await;
+        let resource = result.as_ref().map_or(parent, Provider::name);
+        let provider = self.trail.record(&actor, CREATE, &resource, result).await?;
         Ok(Response::new(pb::CreateProviderResponse {
             provider: Some(to_proto(&provider)),
         }))
@@ -599,7 +622,14 @@ impl ProviderService for ProviderApi {
         req: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::UpdateProviderResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let provider = self.update(&actor, req.into_inner()).await?;
+        let req = req.into_inner();
+        let name = req
+            .provider
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default();
+        let result = self.update(&actor, req).await;
+        let provider = self.trail.record(&actor, UPDATE, &name, result).await?;
         Ok(Response::new(pb::UpdateProviderResponse {
             provider: Some(to_proto(&provider)),
         }))
@@ -610,7 +640,11 @@ impl ProviderService for ProviderApi {
         req: Request<pb::DeactivateProviderRequest>,
     ) -> Result<Response<pb::DeactivateProviderResponse>, Status> {
         let actor = Actor::of(&req)?;
-        let provider = self.deactivate(&actor, req.get_ref()).await?;
+        let result = self.deactivate(&actor, req.get_ref()).await;
+        let provider = self
+            .trail
+            .record(&actor, DEACTIVATE, &req.get_ref().name, result)
+            .await?;
         Ok(Response::new(pb::DeactivateProviderResponse {
             provider: Some(to_proto(&provider)),
         }))

@@ -8,15 +8,15 @@ use std::sync::Arc;
 
 use topsmile_kit::{
     ApiError,
-    access::{Actor, Caller, Refusals, trail_clinic},
+    access::{Actor, Caller, Refusals},
+    audit::AuditTrail,
     clinics::{ClinicDirectory, ClinicFacts},
-    names::{ClinicName, ResourceId},
-    peers::{Deadline, Replicas, ServiceTokens},
+    names::ResourceId,
+    peers::{Replicas, ServiceTokens},
 };
 use topsmile_proto::topsmile::{
     patients::v1::{
-        CheckPatientRequest, RecordAuditEventRequest,
-        patient_internal_service_client::PatientInternalServiceClient,
+        CheckPatientRequest, patient_internal_service_client::PatientInternalServiceClient,
     },
     providers::v1::{
         ListBookableProvidersRequest,
@@ -32,12 +32,12 @@ pub struct Dependencies {
     pub tokens: Arc<ServiceTokens>,
     pub patients: Replicas,
     pub providers: Replicas,
+    /// The clinics' audit trail (in the patients service).
+    pub trail: AuditTrail,
 }
 
 impl Refusals for Dependencies {
-    /// A call the guard refused for its role, recorded in the caller's clinic's trail
-    /// without a resource (the request was never read): refused attempts are recorded
-    /// too.
+    /// As the trail records refusals (see [`AuditTrail`]).
     fn refused<'a>(
         &'a self,
         path: &'a str,
@@ -46,17 +46,7 @@ impl Refusals for Dependencies {
         error: &'a ApiError,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send + 'a>>
     {
-        Box::pin(async move {
-            let actor = Actor {
-                caller: caller.clone(),
-                bearer: String::new(),
-                client: String::new(),
-                trace_id: topsmile_kit::access::trace_id(headers),
-                deadline: Deadline::none(),
-            };
-            let action = path.rsplit_once('.').map_or(path, |(_, m)| m);
-            self.audit(&actor, action, "", error.reason()).await
-        })
+        self.trail.refused(path, caller, headers, error)
     }
 }
 
@@ -144,10 +134,8 @@ impl Dependencies {
     }
 
     /// Appends an event about `resource` to the clinic's audit trail (kept by the
-    /// patients service), like the patients service's own events: the clinic the
-    /// resource names if the caller may address it, else the caller's. An event that
-    /// cannot be written fails the call. A super admin's events with no clinic to go
-    /// to are logged instead.
+    /// patients service), like the patients service's own events: see
+    /// [`AuditTrail`].
     pub async fn audit(
         &self,
         actor: &Actor,
@@ -155,46 +143,7 @@ impl Dependencies {
         resource: &str,
         outcome: &str,
     ) -> Result<(), ApiError> {
-        let clinic = trail_clinic(&actor.caller, resource);
-        if ClinicName::parse("clinic", &format!("clinics/{clinic}")).is_err() {
-            tracing::info!(
-                actor = actor.caller.subject(),
-                action,
-                resource = topsmile_kit::validate::shown(resource),
-                outcome,
-                "audit event without a clinic"
-            );
-            return Ok(());
-        }
-        let token = self.tokens.token(actor.deadline).await?;
-        let event = RecordAuditEventRequest {
-            clinic: format!("clinics/{clinic}"),
-            actor: actor.caller.subject().to_owned(),
-            actor_role: actor.caller.claims().role.clone(),
-            actor_kind: actor.caller.kind().as_str().to_owned(),
-            action: action.to_owned(),
-            resource: resource.to_owned(),
-            outcome: outcome.to_owned(),
-            trace_id: actor.trace_id.clone(),
-        };
-        self.patients
-            .call(Some(&token), actor.deadline, "clinic", |channel, request| {
-                let request = request.map(|()| event.clone());
-                async move {
-                    PatientInternalServiceClient::new(channel)
-                        .record_audit_event(request)
-                        .await
-                }
-            })
-            .await
-            .map(drop)
-            .map_err(|e| match e {
-                ApiError::DeadlineExceeded => e,
-                other => {
-                    tracing::error!(error = %other, action, "audit event not written: call refused");
-                    ApiError::Unavailable("the audit trail is unavailable".into())
-                }
-            })
+        self.trail.audit(actor, action, resource, outcome).await
     }
 
     /// Records the outcome of a call and hands its result back (or fails the call if
@@ -206,11 +155,6 @@ impl Dependencies {
         resource: &str,
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let outcome = match &result {
-            Ok(_) => "OK",
-            Err(e) => e.reason(),
-        };
-        self.audit(actor, action, resource, outcome).await?;
-        result
+        self.trail.record(actor, action, resource, result).await
     }
 }
