@@ -195,6 +195,7 @@ pub async fn run(target: &Target, plan: &Plan) -> anyhow::Result<Report> {
         .login(identity::LoginRequest {
             email: target.admin_email.clone(),
             password: target.admin_password.clone(),
+            device_token: String::new(),
         })
         .await
         .context("signing in as the super admin")?

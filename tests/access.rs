@@ -642,6 +642,7 @@ async fn changing_the_password_ends_the_other_sessions_and_deactivating_a_user_e
         .login(identity::LoginRequest {
             email: email.clone(),
             password: STAFF_PASSWORD.into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -669,6 +670,7 @@ async fn changing_the_password_ends_the_other_sessions_and_deactivating_a_user_e
         .login(identity::LoginRequest {
             email,
             password: "a brand new password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -702,6 +704,7 @@ async fn guessing_burst(store: Option<topsmile_kit::store::StoreChoice>) {
                 .login(identity::LoginRequest {
                     email: ROOT_EMAIL.into(),
                     password: format!("wrong guess number {i}"),
+                    device_token: String::new(),
                 })
                 .await
         }
@@ -724,6 +727,7 @@ async fn guessing_burst(store: Option<topsmile_kit::store::StoreChoice>) {
         .login(identity::LoginRequest {
             email: ROOT_EMAIL.into(),
             password: ROOT_PASSWORD.into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -775,6 +779,7 @@ async fn login_from(
         .login(identity::LoginRequest {
             email: email.into(),
             password: password.into(),
+            device_token: String::new(),
         })
         .await
         .map(tonic::Response::into_inner)
@@ -869,6 +874,7 @@ async fn an_unknown_email_costs_a_hash_and_answers_like_a_wrong_password() {
         .login(identity::LoginRequest {
             email: "nobody@example.com".into(),
             password: ROOT_PASSWORD.into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -876,6 +882,7 @@ async fn an_unknown_email_costs_a_hash_and_answers_like_a_wrong_password() {
         .login(identity::LoginRequest {
             email: ROOT_EMAIL.into(),
             password: "wrong but long enough".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -903,6 +910,7 @@ async fn the_gateway_rate_limits_sign_in_per_client_address() {
             .login(identity::LoginRequest {
                 email: "nobody@example.com".into(),
                 password: "x".repeat(12),
+                device_token: String::new(),
             })
             .await;
         if let Err(status) = result
@@ -1169,6 +1177,7 @@ async fn the_bootstrap_admin_is_created_once_and_never_overwritten() {
         .login(identity::LoginRequest {
             email: "second@topsmile.test".into(),
             password: "a completely different password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -1684,6 +1693,7 @@ async fn sign_in_as(channel: &Channel, email: &str, password: &str) -> identity:
         .login(identity::LoginRequest {
             email: email.into(),
             password: password.into(),
+            device_token: String::new(),
         })
         .await
         .unwrap()
@@ -2096,6 +2106,7 @@ async fn direct_login(
     let mut request = tonic::Request::new(identity::LoginRequest {
         email: email.into(),
         password: password.into(),
+        device_token: String::new(),
     });
     request
         .metadata_mut()
@@ -2278,6 +2289,7 @@ async fn a_bootstrap_password_alone_makes_the_default_admin() {
                     .login(identity::LoginRequest {
                         email: topsmile_identity::DEFAULT_BOOTSTRAP_EMAIL.into(),
                         password: "my own first password".into(),
+                        device_token: String::new(),
                     })
                     .await,
             );
@@ -2289,4 +2301,134 @@ async fn a_bootstrap_password_alone_makes_the_default_admin() {
     let _ = child.wait();
     let answer = signed_in.expect("topsmile dev serves");
     assert!(answer.is_ok(), "{answer:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A lockout nobody can farm: known devices
+
+async fn login_on_device(
+    suite: &TestSuite,
+    from: [u8; 4],
+    email: &str,
+    password: &str,
+    device_token: &str,
+) -> Result<identity::LoginResponse, Status> {
+    let channel = connect_from(suite.suite.gateway, std::net::IpAddr::from(from)).await;
+    AuthServiceClient::new(channel)
+        .login(identity::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+            device_token: device_token.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_owner_signs_in_from_a_known_device_however_many_addresses_guess() {
+    farmed_lockout(None).await;
+}
+
+#[tokio::test]
+async fn the_owner_signs_in_from_a_known_device_however_many_addresses_guess_on_mongodb() {
+    if let Some(store) = mongo_store("known_device_on_mongodb") {
+        farmed_lockout(Some(store)).await;
+    }
+}
+
+async fn farmed_lockout(store: Option<topsmile_kit::store::StoreChoice>) {
+    let (suite, _clock) = on_test_clock(store).await;
+    let email = "dr.farmed@example.com";
+    let (_, admin) = a_user_to_lock(&suite, email).await;
+    // The owner signed in here before: their client keeps the device token.
+    let first = login_from(&suite, [127, 0, 0, 3], email, STAFF_PASSWORD)
+        .await
+        .unwrap();
+    assert!(!first.device_token.is_empty());
+    // Another account's device token, which a guesser might present.
+    let other = suite
+        .login_pair(ROOT_EMAIL, ROOT_PASSWORD)
+        .await
+        .device_token;
+
+    // Guessing from 30 addresses, 5 each, with and without a foreign device token.
+    for host in 30..60u8 {
+        for i in 0..5 {
+            let device = if i % 2 == 0 { other.as_str() } else { "" };
+            let _ = login_on_device(
+                &suite,
+                [127, 0, 1, host],
+                email,
+                &format!("farmed guess {i} here"),
+                device,
+            )
+            .await
+            .unwrap_err();
+        }
+    }
+    // An unknown client is locked out with everyone else ...
+    let err = login_from(&suite, [127, 0, 0, 4], email, STAFF_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("an unknown client during the storm", &err);
+    // ... the owner on their device is not, from wherever it is now.
+    let again = login_on_device(
+        &suite,
+        [127, 0, 2, 9],
+        email,
+        STAFF_PASSWORD,
+        &first.device_token,
+    )
+    .await
+    .expect("the known device signs in");
+    assert!(!again.device_token.is_empty());
+    // A device token opens nothing by itself.
+    let err = UserServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(again.device_token.clone())),
+    )
+    .list_users(identity::ListUsersRequest::default())
+    .await
+    .unwrap_err();
+    assert_generic_unauthenticated("a device token as a bearer token", &err);
+
+    // A guesser on the owner's device is bounded on that device alone.
+    for i in 0..6 {
+        let _ = login_on_device(
+            &suite,
+            [127, 0, 2, 9],
+            email,
+            &format!("device guess {i} here"),
+            &again.device_token,
+        )
+        .await
+        .unwrap_err();
+    }
+    let err = login_on_device(
+        &suite,
+        [127, 0, 2, 9],
+        email,
+        STAFF_PASSWORD,
+        &again.device_token,
+    )
+    .await
+    .unwrap_err();
+    assert_generic_unauthenticated("a device that guessed too often", &err);
+
+    // Not a token at all: INVALID_ARGUMENT on device_token, the same for an account
+    // that does not exist.
+    for who in [email, "nobody.at.all@example.com"] {
+        let err = login_on_device(&suite, [127, 0, 0, 5], who, STAFF_PASSWORD, "not a token")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{who}");
+        let fields: Vec<_> = err
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(fields, ["device_token"], "{who}");
+    }
+    drop(admin);
+    suite.stop().await;
 }

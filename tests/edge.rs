@@ -125,6 +125,7 @@ async fn login_through(gateway: SocketAddr, grpc_timeout: Option<&'static str>) 
     let mut request = tonic::Request::new(identity::LoginRequest {
         email: "someone@example.com".into(),
         password: "a password, long enough".into(),
+        device_token: String::new(),
     });
     if let Some(timeout) = grpc_timeout {
         request.metadata_mut().insert(

@@ -468,6 +468,7 @@ async fn a_stopped_upstream_is_unavailable() {
         .login(identity::LoginRequest {
             email: "someone@example.com".into(),
             password: "some password here".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -523,6 +524,7 @@ async fn login_forwarded_for(
     let mut request = Request::new(identity::LoginRequest {
         email: email.into(),
         password: password.into(),
+        device_token: String::new(),
     });
     request.metadata_mut().insert(
         "x-forwarded-for",

@@ -376,6 +376,7 @@ async fn failed_sign_ins_and_unlocks_are_recorded_in_the_clinics_trail() {
             clinic: a.clinic.name.clone(),
             email: patient.email.clone(),
             password: "not josé's password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -414,6 +415,7 @@ async fn failed_sign_ins_and_unlocks_are_recorded_in_the_clinics_trail() {
         .login(identity::LoginRequest {
             email: email.into(),
             password: "not the staff password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -611,6 +613,7 @@ async fn a_deactivated_clinic_is_read_only(suite: TestSuite) {
         .login(identity::LoginRequest {
             email: admin_email.into(),
             password: support::STAFF_PASSWORD.into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -620,6 +623,7 @@ async fn a_deactivated_clinic_is_read_only(suite: TestSuite) {
             clinic: a.clinic.name.clone(),
             email: patient.email.clone(),
             password: "josé's portal password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();
@@ -782,6 +786,7 @@ async fn a_new_portal_password_ends_the_other_portal_sessions() {
                     clinic,
                     email,
                     password: password.into(),
+                    device_token: String::new(),
                 })
                 .await
                 .unwrap()
@@ -879,6 +884,7 @@ async fn patient_password_guessing_is_locked_and_an_admin_unlocks_it() {
             clinic: a.clinic.name.clone(),
             email: patient.email.clone(),
             password: "the real portal password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap_err();

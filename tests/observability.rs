@@ -143,6 +143,7 @@ async fn one_portal_sign_in_is_one_trace_through_gateway_identity_and_patients()
         clinic: staff.clinic.name.clone(),
         email: "ana.traced@example.com".into(),
         password: "portal password, long enough".into(),
+        device_token: String::new(),
     });
     sign_in.metadata_mut().insert(
         "traceparent",

@@ -852,6 +852,7 @@ async fn portal_login(
             clinic: clinic.into(),
             email: email.into(),
             password: password.into(),
+            device_token: String::new(),
         },
     )
     .await

@@ -98,6 +98,7 @@ async fn the_demo_seed_makes_its_plan_once_and_its_accounts_sign_in() {
     auth.login(identity::LoginRequest {
         email: first.admin_email.clone(),
         password: SEED_PASSWORD.into(),
+        device_token: String::new(),
     })
     .await
     .unwrap();
@@ -105,6 +106,7 @@ async fn the_demo_seed_makes_its_plan_once_and_its_accounts_sign_in() {
         clinic: first.clinics[0].clone(),
         email: first.patient_email.clone(),
         password: SEED_PASSWORD.into(),
+        device_token: String::new(),
     })
     .await
     .unwrap();

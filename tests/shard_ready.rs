@@ -224,6 +224,7 @@ async fn scenario(suite: &TestSuite) {
         .login(identity::LoginRequest {
             email: "shard.user@example.com".into(),
             password: "a wrong password here".into(),
+            device_token: String::new(),
         })
         .await;
     let session = suite
@@ -310,6 +311,7 @@ async fn scenario(suite: &TestSuite) {
             clinic: a.clinic.name.clone(),
             email: "ana.shard@example.com".into(),
             password: "not ana's portal password".into(),
+            device_token: String::new(),
         })
         .await;
     let portal = auth
@@ -317,6 +319,7 @@ async fn scenario(suite: &TestSuite) {
             clinic: a.clinic.name.clone(),
             email: "ana.shard@example.com".into(),
             password: "ana's portal password".into(),
+            device_token: String::new(),
         })
         .await
         .unwrap()

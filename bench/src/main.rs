@@ -1251,6 +1251,7 @@ async fn login_as(gateway: SocketAddr, email: String) -> anyhow::Result<String> 
         .login(LoginRequest {
             email,
             password: ADMIN_PASSWORD.into(),
+            device_token: String::new(),
         })
         .await?
         .into_inner()

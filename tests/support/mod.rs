@@ -162,6 +162,7 @@ impl TestSuite {
             .login(identity::LoginRequest {
                 email: email.into(),
                 password: password.into(),
+                device_token: String::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("login of {email} failed: {e:?}"))
@@ -438,6 +439,7 @@ pub async fn patient_sign_in(
             clinic: clinic.into(),
             email: email.into(),
             password: password.into(),
+            device_token: String::new(),
         })
         .await
         .unwrap()

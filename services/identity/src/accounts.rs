@@ -60,6 +60,8 @@ pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
     pub expires_in: i32,
+    /// A sign-in's fresh device token (see `topsmile_kit::lockout`); empty on refresh.
+    pub device_token: String,
 }
 
 /// Where a sign-in comes from: what its session records for its owner to see.
@@ -70,6 +72,8 @@ pub struct Client {
     pub address: String,
     /// What the client calls itself (its `user-agent`), cut to a printable line.
     pub label: String,
+    /// The device token it presented (`LoginRequest.device_token`), if any.
+    pub device_token: String,
 }
 
 impl Client {
@@ -87,6 +91,7 @@ impl Client {
                 .filter(|c| !c.is_control())
                 .take(CLIENT_LABEL_MAX)
                 .collect(),
+            device_token: String::new(),
         }
     }
 }
@@ -148,7 +153,8 @@ impl Accounts {
         password: &SecretString,
         from: &Client,
     ) -> Result<TokenPair, ApiError> {
-        let client = from.address.as_str();
+        // Checked before anything is looked up: the same answer for every account.
+        let device = presented_device(&from.device_token)?;
         let email = email.trim().to_lowercase();
         let found = if email.is_empty() || email.len() > 254 {
             None
@@ -160,9 +166,12 @@ impl Accounts {
             }
         };
         let target = found.as_ref().map(|u| (u.clinic.clone(), u.name()));
+        let binding = found.as_ref().map(|u| u.id.to_string()).unwrap_or_default();
+        let known = self.known_device(device, &binding);
+        let client = counted_as(known.as_ref(), &from.address);
         let result = self
             .sign_in()
-            .verify(self.stores.users.as_ref(), found, password, client)
+            .verify(self.stores.users.as_ref(), found, password, &client)
             .await;
         // Sign-ins to an account of a clinic go to that clinic's audit trail, failed
         // ones included (as `anonymous`: the caller is not known to be the owner).
@@ -186,8 +195,11 @@ impl Accounts {
             }
         }
         let user = result?;
-        self.issue(&Principal::staff(&user), Continues::Starts(from))
-            .await
+        let mut pair = self
+            .issue(&Principal::staff(&user), Continues::Starts(from))
+            .await?;
+        pair.device_token = self.device_token(&binding, known)?;
+        Ok(pair)
     }
 
     /// Appends a staff event to `clinic`'s audit trail (kept by the patients service).
@@ -229,8 +241,14 @@ impl Accounts {
         password: &SecretString,
         from: &Client,
     ) -> Result<TokenPair, ApiError> {
-        let client = from.address.as_str();
+        let device = presented_device(&from.device_token)?;
         let clinic = topsmile_kit::names::ClinicName::parse("clinic", clinic)?;
+        // A portal account is its clinic and email (the patient's id is the patients
+        // service's to find).
+        let binding = format!("portal|{}|{}", clinic.clinic, email.trim().to_lowercase());
+        let known = self.known_device(device, &binding);
+        let counted = counted_as(known.as_ref(), &from.address);
+        let client = counted.as_str();
         let patients = self
             .patients
             .as_ref()
@@ -246,8 +264,11 @@ impl Accounts {
         if !self.clinic_is_active(clinic.clinic.as_str()).await? {
             return Err(ApiError::Unauthenticated);
         }
-        self.issue(&Principal::patient(&name)?, Continues::Starts(from))
-            .await
+        let mut pair = self
+            .issue(&Principal::patient(&name)?, Continues::Starts(from))
+            .await?;
+        pair.device_token = self.device_token(&binding, known)?;
+        Ok(pair)
     }
 
     /// Whether the clinic `id` (or `-`, no clinic) lets its people sign in.
@@ -349,7 +370,49 @@ impl Accounts {
             access_token,
             refresh_token,
             expires_in: i32::try_from(ttl).unwrap_or(900),
+            device_token: String::new(),
         })
+    }
+
+    /// The device of a presented token, if it verifies and is bound to `binding` (the
+    /// account signing in); `None` otherwise: then the attempt is counted by address.
+    fn known_device(&self, presented: Option<&str>, binding: &str) -> Option<ResourceId> {
+        let token = presented?;
+        let keys = self.keys.public_keys().ok()?;
+        match topsmile_kit::auth::verify_device_token(&keys, token) {
+            Ok(claims) if !binding.is_empty() && claims.sub == binding => {
+                ResourceId::parse(&claims.sid)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "device token not accepted: counted by address");
+                None
+            }
+        }
+    }
+
+    /// A fresh device token bound to `binding`, for `device` (a new one if `None`).
+    fn device_token(&self, binding: &str, device: Option<ResourceId>) -> Result<String, ApiError> {
+        let now = topsmile_kit::time::unix_seconds();
+        let ttl = i64::try_from(topsmile_kit::auth::DEVICE_TOKEN_TTL.as_secs()).unwrap_or(0);
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: topsmile_kit::auth::DEVICE_AUDIENCE.into(),
+            sub: binding.to_owned(),
+            exp: now + ttl,
+            iat: now,
+            jti: ResourceId::generate().to_string(),
+            clinic: String::new(),
+            role: String::new(),
+            kind: Kind::Staff,
+            sid: device.unwrap_or_else(ResourceId::generate).to_string(),
+            amr: Vec::new(),
+            auth_time: 0,
+        };
+        self.keys
+            .issuer()?
+            .sign(&claims)
+            .map_err(|e| ApiError::Internal(format!("sign: {e}")))
     }
 
     /// Ends the oldest sessions of `principal` beyond [`MAX_SESSIONS`].
@@ -769,6 +832,27 @@ enum Continues<'a> {
     Starts(&'a Client),
     /// A refresh of this live session.
     Session(&'a SessionRecord),
+}
+
+/// A presented device token, if any: INVALID_ARGUMENT if it is not a token at all
+/// (too long, or no token header), before any account is looked up.
+fn presented_device(token: &str) -> Result<Option<&str>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let malformed = || ApiError::invalid("device_token", "is not a device token TopSmile issued");
+    if token.len() > topsmile_kit::auth::DEVICE_TOKEN_MAX_BYTES {
+        return Err(malformed());
+    }
+    match topsmile_kit::auth::TokenVerifier::kid_of(token) {
+        Ok(_) | Err(topsmile_kit::auth::TokenError::UnknownKey) => Ok(Some(token)),
+        Err(_) => Err(malformed()),
+    }
+}
+
+/// What an attempt is counted as: the known device, or the client's address.
+fn counted_as(device: Option<&ResourceId>, address: &str) -> String {
+    device.map_or_else(|| address.to_owned(), topsmile_kit::lockout::device_client)
 }
 
 /// The policy role of a staff role.

@@ -274,6 +274,38 @@ impl TokenIssuer {
     }
 }
 
+/// The audience of device tokens: never an access token's, so a device token opens no
+/// method anywhere (every guard requires [`AUDIENCE`]).
+pub const DEVICE_AUDIENCE: &str = "topsmile-device";
+
+/// How long a device token is good for (each sign-in with it hands out a fresh one).
+pub const DEVICE_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
+
+/// The longest device token looked at: anything longer is malformed.
+pub const DEVICE_TOKEN_MAX_BYTES: usize = 2048;
+
+/// Verifies a device token against `keys` (identity's published keys): signature,
+/// issuer, [`DEVICE_AUDIENCE`] and expiry. Its `sub` is the account it is bound to and
+/// its `sid` the device.
+pub fn verify_device_token(keys: &[PublicKey], token: &str) -> Result<Claims, TokenError> {
+    if token.len() > DEVICE_TOKEN_MAX_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let kid = TokenVerifier::kid_of(token)?;
+    let key = keys
+        .iter()
+        .find(|k| k.kid == kid)
+        .and_then(|k| DecodingKey::from_ed_components(&k.x).ok())
+        .ok_or(TokenError::UnknownKey)?;
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_issuer(&[ISSUER]);
+    validation.set_audience(&[DEVICE_AUDIENCE]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<Claims>(token, &key, &validation)
+        .map(|d| d.claims)
+        .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
 /// Why a token was refused. Callers get one generic UNAUTHENTICATED whatever the cause;
 /// the cause is for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,6 +14,18 @@
 //! [`LockPolicy::first_lock`], doubling with each further lock up to
 //! [`LockPolicy::longest_lock`]; a success from an address clears that address's
 //! counter and the account-wide one; an admin's unlock clears them all.
+//!
+//! ## Known devices
+//!
+//! An attacker with many addresses (cheap from an IPv6 /64) can still keep the
+//! account-wide bound tripped, locking the owner out. So a successful sign-in hands the
+//! client a **device token** (OWASP's "device cookie": signed by identity, bound to the
+//! account); a sign-in that presents a valid one for the same account is counted under
+//! that device alone ([`device_client`]), with the per-address threshold and growing
+//! lock, and outside the account-wide bound. The owner keeps signing in from a client
+//! where they signed in before, however many addresses guess; unknown clients stay
+//! bounded per account across all addresses. A device's success clears only its own
+//! counter: it does not reset the guessers' progress toward the account-wide lock.
 
 use std::time::Duration;
 
@@ -50,15 +62,30 @@ impl Default for LockPolicy {
 /// lock.
 pub const FORGET_AFTER: Duration = Duration::from_secs(48 * 60 * 60);
 
+/// The prefix of a known device's client key (see [`device_client`]).
+const DEVICE_PREFIX: &str = "device:";
+
+/// The client an attempt with a *verified* device token of the account is counted as.
+/// Only the sign-in code makes one, after checking the token: a client address never
+/// has this form (an address that is not an IP is `unknown`).
+pub fn device_client(device: &crate::names::ResourceId) -> String {
+    format!("{DEVICE_PREFIX}{device}")
+}
+
 /// The counters one attempt passes through, each with its bound: the account from this
-/// client address, then the account from anywhere.
-pub fn scopes(account: &str, client: &str, policy: &LockPolicy) -> [Scope; 2] {
-    [
-        Scope {
-            key: format!("{account}|{}", client_key(client)),
-            threshold: policy.threshold,
-            grows: true,
-        },
+/// client address, then the account from anywhere; or, from a known device, the
+/// account from that device alone.
+pub fn scopes(account: &str, client: &str, policy: &LockPolicy) -> Vec<Scope> {
+    let own = Scope {
+        key: format!("{account}|{}", client_key(client)),
+        threshold: policy.threshold,
+        grows: true,
+    };
+    if is_device(client) {
+        return vec![own];
+    }
+    vec![
+        own,
         Scope {
             key: format!("{account}|*"),
             threshold: policy.account_threshold,
@@ -68,12 +95,19 @@ pub fn scopes(account: &str, client: &str, policy: &LockPolicy) -> [Scope; 2] {
 }
 
 /// The keys of the counters a success from `client` clears: that address's and the
-/// account-wide one.
+/// account-wide one; a device's own only.
 pub fn cleared_by_success(account: &str, client: &str) -> Vec<String> {
     scopes(account, client, &LockPolicy::default())
         .into_iter()
         .map(|s| s.key)
         .collect()
+}
+
+fn is_device(client: &str) -> bool {
+    client
+        .strip_prefix(DEVICE_PREFIX)
+        .and_then(crate::names::ResourceId::parse)
+        .is_some()
 }
 
 /// One counter of [`scopes`].
@@ -103,9 +137,12 @@ impl Scope {
     }
 }
 
-/// A client address as a counter key: an IP address in its canonical form, or
-/// `unknown` for anything else (it comes from a header a direct caller could set).
+/// A client as a counter key: an IP address in its canonical form, a known device, or
+/// `unknown` for anything else.
 pub fn client_key(client: &str) -> String {
+    if is_device(client) {
+        return client.to_owned();
+    }
     client
         .parse::<std::net::IpAddr>()
         .map_or_else(|_| "unknown".to_owned(), |ip| ip.to_string())
@@ -148,13 +185,31 @@ mod tests {
     #[test]
     fn each_address_has_its_own_counter_and_the_account_one_more() {
         let p = LockPolicy::default();
-        let [from_home, anywhere] = scopes("u1", "203.0.113.9", &p);
-        let [from_elsewhere, _] = scopes("u1", "198.51.100.1", &p);
+        let [from_home, anywhere]: [Scope; 2] = scopes("u1", "203.0.113.9", &p).try_into().unwrap();
+        let [from_elsewhere, _]: [Scope; 2] = scopes("u1", "198.51.100.1", &p).try_into().unwrap();
         assert_ne!(from_home.key, from_elsewhere.key);
         assert_eq!(anywhere.key, "u1|*");
         assert!(anywhere.threshold > from_home.threshold);
-        let [forged, _] = scopes("u1", "x|*", &p);
+        let [forged, _]: [Scope; 2] = scopes("u1", "x|*", &p).try_into().unwrap();
         assert_eq!(forged.key, "u1|unknown");
+    }
+
+    #[test]
+    fn a_known_device_is_counted_on_its_own_outside_the_account_bound() {
+        let p = LockPolicy::default();
+        let device = crate::names::ResourceId::generate();
+        let scopes = scopes("u1", &device_client(&device), &p);
+        assert_eq!(scopes.len(), 1);
+        assert_eq!(scopes[0].key, format!("u1|device:{device}"));
+        assert_eq!(scopes[0].threshold, p.threshold);
+        assert_eq!(
+            cleared_by_success("u1", &device_client(&device)),
+            [scopes[0].key.clone()]
+        );
+        // Only a well-formed device id is a device; anything else is an unknown client.
+        let fake = super::scopes("u1", "device:../*", &p);
+        assert_eq!(fake.len(), 2);
+        assert_eq!(fake[0].key, "u1|unknown");
     }
 
     #[test]

@@ -28,11 +28,26 @@ macro_rules! token_response {
             access_token,
             refresh_token,
             expires_in,
+            ..
         } = $pair;
         pb::$ty {
             access_token,
             refresh_token,
             expires_in,
+        }
+    }};
+    ($ty:ident, $pair:expr, with device) => {{
+        let TokenPair {
+            access_token,
+            refresh_token,
+            expires_in,
+            device_token,
+        } = $pair;
+        pb::$ty {
+            access_token,
+            refresh_token,
+            expires_in,
+            device_token,
         }
     }};
 }
@@ -43,21 +58,25 @@ impl AuthService for AuthApi {
         &self,
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let client = Client::of(&req);
+        let mut client = Client::of(&req);
         let req = req.into_inner();
+        client.device_token = req.device_token;
         let pair = self
             .accounts
             .login(&req.email, &SecretString::from(req.password), &client)
             .await?;
-        Ok(Response::new(token_response!(LoginResponse, pair)))
+        Ok(Response::new(
+            token_response!(LoginResponse, pair, with device),
+        ))
     }
 
     async fn login_patient(
         &self,
         req: Request<pb::LoginPatientRequest>,
     ) -> Result<Response<pb::LoginPatientResponse>, Status> {
-        let client = Client::of(&req);
+        let mut client = Client::of(&req);
         let req = req.into_inner();
+        client.device_token = req.device_token;
         let pair = self
             .accounts
             .login_patient(
@@ -67,7 +86,9 @@ impl AuthService for AuthApi {
                 &client,
             )
             .await?;
-        Ok(Response::new(token_response!(LoginPatientResponse, pair)))
+        Ok(Response::new(
+            token_response!(LoginPatientResponse, pair, with device),
+        ))
     }
 
     async fn refresh_token(
