@@ -64,6 +64,7 @@ fn claims_for(sub: &str, role: &str, clinic: &str) -> Claims {
         sid: "forged".into(),
         amr: Vec::new(),
         auth_time: 0,
+        scope: String::new(),
     }
 }
 
@@ -227,6 +228,9 @@ async fn every_forged_token_is_unauthenticated_at_the_gateway_and_at_each_servic
 
 /// A request for a method of `service` that aims at clinic B's resources.
 fn aimed_at(input: &MessageDescriptor, service: &str, b: &ClinicB) -> DynamicMessage {
+    if service.ends_with("MfaService") {
+        return support::aimed_at(input, &b.user, &b.clinic);
+    }
     if service.ends_with("SessionService") {
         // A session of B's user (made up: the refusal comes before any look-up).
         let session = format!(
@@ -253,6 +257,10 @@ struct ClinicB {
 const SELF_ONLY: &[&str] = &[
     "/topsmile.identity.v1.AuthService/Logout",
     "/topsmile.identity.v1.AuthService/ChangePassword",
+    "/topsmile.identity.v1.MfaService/EnrollMfa",
+    "/topsmile.identity.v1.MfaService/ConfirmMfa",
+    "/topsmile.identity.v1.MfaService/DisableMfa",
+    "/topsmile.identity.v1.MfaService/RegenerateRecoveryCodes",
 ];
 
 #[tokio::test]
@@ -2430,5 +2438,401 @@ async fn farmed_lockout(store: Option<topsmile_kit::store::StoreChoice>) {
         assert_eq!(fields, ["device_token"], "{who}");
     }
     drop(admin);
+    suite.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Staff MFA (TOTP), step-up and the enrolment policy
+
+fn mfa_client(
+    suite_channel: Channel,
+    token: &str,
+) -> identity::mfa_service_client::MfaServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, Bearer>,
+> {
+    identity::mfa_service_client::MfaServiceClient::with_interceptor(
+        suite_channel,
+        Bearer(Some(token.to_owned())),
+    )
+}
+
+/// The code of `secret` now, on the suite's clock.
+fn code(secret: &str, clock: &TestClock, later_steps: i64) -> String {
+    let now = topsmile_kit::time::Clock::now(clock).as_second() + 30 * later_steps;
+    topsmile_identity::domain::mfa::code_at(secret, now).unwrap()
+}
+
+/// The claims of an access token, unverified (the test only reads them).
+fn claims_of(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+async fn complete(
+    suite: &TestSuite,
+    challenge: &str,
+    code: &str,
+    recovery: &str,
+) -> Result<identity::CompleteMfaSignInResponse, Status> {
+    AuthServiceClient::new(suite.channel().await)
+        .complete_mfa_sign_in(identity::CompleteMfaSignInRequest {
+            challenge: challenge.into(),
+            code: code.into(),
+            recovery_code: recovery.into(),
+            device_token: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn an_admin_enrols_totp_and_signs_in_with_it_once_per_code() {
+    mfa_journey(None).await;
+}
+
+#[tokio::test]
+async fn an_admin_enrols_totp_and_signs_in_with_it_once_per_code_on_mongodb() {
+    if let Some(store) = mongo_store("an_admin_enrols_totp_on_mongodb") {
+        mfa_journey(Some(store)).await;
+    }
+}
+
+async fn mfa_journey(store: Option<topsmile_kit::store::StoreChoice>) {
+    let (suite, clock) = on_test_clock(store).await;
+    let a = suite.clinic_with_staff("MFA").await;
+    let (name, email, _) = another_admin(&suite, &a).await;
+
+    // Inside the grace period: tokens, and the answer says enrolment is due.
+    let first = suite.login_pair(&email, STAFF_PASSWORD).await;
+    assert!(first.mfa_challenge.is_empty() && !first.access_token.is_empty());
+    let due = first
+        .mfa_enrolment_due
+        .expect("an ADMIN must enrol")
+        .seconds;
+    let now = topsmile_kit::time::Clock::now(clock.as_ref()).as_second();
+    assert!(
+        (due - now - 7 * 86_400).abs() < 60,
+        "7 days of grace: {due} vs {now}"
+    );
+    assert!(!first.mfa_enrolment_only);
+    assert_eq!(
+        claims_of(&first.access_token)["amr"],
+        serde_json::json!(["pwd"])
+    );
+
+    // Enrol: a secret and its URI; a wrong first code changes nothing.
+    let mut mfa = mfa_client(suite.channel().await, &first.access_token);
+    let enrolled = mfa
+        .enroll_mfa(identity::EnrollMfaRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        enrolled.otpauth_uri.starts_with("otpauth://totp/TopSmile:")
+            && enrolled.otpauth_uri.contains(&enrolled.secret),
+        "{enrolled:?}"
+    );
+    let secret = enrolled.secret;
+    let wrong = mfa
+        .confirm_mfa(identity::ConfirmMfaRequest {
+            code: "000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::InvalidArgument);
+    let recovery = mfa
+        .confirm_mfa(identity::ConfirmMfaRequest {
+            code: code(&secret, &clock, 0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    assert_eq!(recovery.len(), 10);
+    let again = mfa
+        .enroll_mfa(identity::EnrollMfaRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // Sign-in is now two steps: a challenge, then a code.
+    let step = suite.login_pair(&email, STAFF_PASSWORD).await;
+    assert!(step.access_token.is_empty() && step.refresh_token.is_empty());
+    assert!(!step.mfa_challenge.is_empty());
+    // The confirming code's step is spent: the same code is a replay.
+    let replay = complete(&suite, &step.mfa_challenge, &code(&secret, &clock, 0), "")
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("a replayed code", &replay);
+    let wrong = complete(&suite, &step.mfa_challenge, "123456", "")
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("a wrong code", &wrong);
+    let both = complete(&suite, &step.mfa_challenge, "123456", &recovery[0])
+        .await
+        .unwrap_err();
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let done = complete(&suite, &step.mfa_challenge, &code(&secret, &clock, 1), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        claims_of(&done.access_token)["amr"],
+        serde_json::json!(["pwd", "otp"])
+    );
+    assert!(claims_of(&done.access_token)["auth_time"].as_i64().unwrap() > 0);
+    // The challenge worked once.
+    clock.advance(Duration::from_secs(30));
+    let spent = complete(&suite, &step.mfa_challenge, &code(&secret, &clock, 1), "")
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("a spent challenge", &spent);
+
+    // A recovery code works once; an expired challenge not at all.
+    let step = suite.login_pair(&email, STAFF_PASSWORD).await;
+    let rescued = complete(&suite, &step.mfa_challenge, "", &recovery[0])
+        .await
+        .unwrap();
+    assert_eq!(rescued.recovery_codes_left, 9);
+    let step = suite.login_pair(&email, STAFF_PASSWORD).await;
+    let reused = complete(&suite, &step.mfa_challenge, "", &recovery[0])
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("a used recovery code", &reused);
+    clock.advance(Duration::from_secs(6 * 60));
+    let expired = complete(&suite, &step.mfa_challenge, &code(&secret, &clock, 0), "")
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("an expired challenge", &expired);
+    // A made-up challenge: the same answer.
+    let made_up = complete(
+        &suite,
+        &format!("{}~{}~nothing", a.clinic.name, name),
+        "123456",
+        "",
+    )
+    .await
+    .unwrap_err();
+    assert_generic_unauthenticated("a made-up challenge", &made_up);
+
+    // The clinic's ADMIN resets it (a lost phone): sign-in is one step again.
+    mfa_client(
+        suite.channel().await,
+        &suite
+            .login(&a_admin_email(&suite, &a).await, STAFF_PASSWORD)
+            .await,
+    )
+    .reset_mfa(identity::ResetMfaRequest { name: name.clone() })
+    .await
+    .unwrap();
+    let plain = suite.login_pair(&email, STAFF_PASSWORD).await;
+    assert!(plain.mfa_challenge.is_empty() && !plain.access_token.is_empty());
+
+    // Enrolment, recovery-code use and the reset are in the clinic's trail.
+    let events = topsmile_proto::topsmile::patients::v1::audit_service_client::AuditServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(a.admin.clone())),
+    )
+    .list_audit_events(topsmile_proto::topsmile::patients::v1::ListAuditEventsRequest {
+        parent: a.clinic.name.clone(),
+        resource: name.clone(),
+        page_size: 100,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .audit_events;
+    let mfa_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.action.starts_with("MfaService/"))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(
+        mfa_events,
+        [
+            "MfaService/ConfirmMfa",
+            "MfaService/UseRecoveryCode",
+            "MfaService/ResetMfa"
+        ]
+    );
+    suite.stop().await;
+}
+
+/// The email of `a`'s first ADMIN.
+async fn a_admin_email(suite: &TestSuite, a: &support::ClinicStaff) -> String {
+    UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+        .get_user(identity::GetUserRequest {
+            name: a.admin_name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap()
+        .email
+}
+
+#[tokio::test]
+async fn sensitive_methods_need_a_recent_sign_in_and_past_the_grace_only_enrolment_works() {
+    let (suite, clock) = on_test_clock(None).await;
+    let signed_in = suite.login_pair(ROOT_EMAIL, ROOT_PASSWORD).await;
+    let root = signed_in.access_token.clone();
+    let clinic = support::create_clinic_as(suite.channel().await, &root, "Step Up").await;
+    let mut users =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(root.clone())));
+    let make = |role: identity::UserRole, email: &str| identity::CreateUserRequest {
+        parent: clinic.name.clone(),
+        user: Some(identity::User {
+            email: email.into(),
+            display_name: "Step Up".into(),
+            role: role as i32,
+            ..Default::default()
+        }),
+        password: STAFF_PASSWORD.into(),
+        request_id: String::new(),
+    };
+    // Not sensitive: a STAFF user.
+    let staff = users
+        .create_user(make(identity::UserRole::Staff, "stepup.staff@example.com"))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    // Twenty minutes after signing in, a refreshed token (its `auth_time` is the
+    // sign-in's) is refused for sensitive calls: an ADMIN, an unlock.
+    clock.advance(Duration::from_secs(20 * 60));
+    let refreshed = refresh(&suite.channel().await, &signed_in.refresh_token)
+        .await
+        .unwrap()
+        .access_token;
+    let mut users =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(refreshed)));
+    let err = users
+        .create_user(make(identity::UserRole::Admin, "stepup.admin@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone()),
+        Some("STEP_UP_REQUIRED".into()),
+        "{err:?}"
+    );
+    let err = users
+        .unlock_user(identity::UnlockUserRequest {
+            name: staff.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Signed in again, the same calls go through.
+    let fresh = suite.root_token().await;
+    let mut users = UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(fresh)));
+    users
+        .create_user(make(identity::UserRole::Admin, "stepup.admin@example.com"))
+        .await
+        .unwrap();
+    users
+        .unlock_user(identity::UnlockUserRequest { name: staff.name })
+        .await
+        .unwrap();
+
+    // Eight days later the new ADMIN, never enrolled, may only enrol.
+    clock.advance(Duration::from_secs(8 * 86_400));
+    let late = suite
+        .login_pair("stepup.admin@example.com", STAFF_PASSWORD)
+        .await;
+    assert!(late.mfa_enrolment_only, "{late:?}");
+    let err = UserServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(late.access_token.clone())),
+    )
+    .list_users(identity::ListUsersRequest {
+        parent: clinic.name.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone()),
+        Some("MFA_ENROLMENT_REQUIRED".into())
+    );
+    let mut mfa = mfa_client(suite.channel().await, &late.access_token);
+    let secret = mfa
+        .enroll_mfa(identity::EnrollMfaRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    mfa.confirm_mfa(identity::ConfirmMfaRequest {
+        code: code(&secret, &clock, 0),
+    })
+    .await
+    .unwrap();
+    let step = suite
+        .login_pair("stepup.admin@example.com", STAFF_PASSWORD)
+        .await;
+    let done = complete(&suite, &step.mfa_challenge, &code(&secret, &clock, 1), "")
+        .await
+        .unwrap();
+    UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(done.access_token)))
+        .list_users(identity::ListUsersRequest {
+            parent: clinic.name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("enrolled and signed in with a code: everything again");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn guessing_codes_meets_the_sign_in_lock() {
+    let (suite, clock) = on_test_clock(None).await;
+    let a = suite.clinic_with_staff("Code Guessing").await;
+    let (_, email, token) = another_admin(&suite, &a).await;
+    let mut mfa = mfa_client(suite.channel().await, &token);
+    let secret = mfa
+        .enroll_mfa(identity::EnrollMfaRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    mfa.confirm_mfa(identity::ConfirmMfaRequest {
+        code: code(&secret, &clock, 0),
+    })
+    .await
+    .unwrap();
+    let step = suite.login_pair(&email, STAFF_PASSWORD).await;
+    for guess in 0..6 {
+        let err = complete(
+            &suite,
+            &step.mfa_challenge,
+            &format!("{:06}", 100_000 + guess),
+            "",
+        )
+        .await
+        .unwrap_err();
+        assert_generic_unauthenticated("a guessed code", &err);
+    }
+    // Locked for this address: the right code is refused too ...
+    let err = complete(&suite, &step.mfa_challenge, &code(&secret, &clock, 1), "")
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("the right code while locked", &err);
+    // ... and so is the password (one lock for both factors).
+    let err = AuthServiceClient::new(suite.channel().await)
+        .login(identity::LoginRequest {
+            email: email.clone(),
+            password: STAFF_PASSWORD.into(),
+            device_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("the password while locked", &err);
     suite.stop().await;
 }

@@ -79,6 +79,8 @@ echo "CHECK jose=${JOSE:+signed-in}"
 echo "CHECK provider=$PROVIDER"
 echo "CHECK visit=$VISIT"
 echo "CHECK maria=$MARIA"
+echo "CHECK challenge=${CHALLENGE:+open}"
+echo "CHECK ana-mfa=$(python3 -c 'import base64, json, sys; p = sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["amr"])' "$ANA")"
 "#;
     let run = tokio::task::spawn_blocking(move || {
         Command::new("bash")
@@ -118,6 +120,12 @@ echo "CHECK maria=$MARIA"
     // The visit went through its whole lifecycle; Maria's cancellation freed 10:00.
     assert!(text.contains("CHECK visit=clinics/"), "{text}");
     assert!(text.contains("CHECK maria=clinics/"), "{text}");
+    // Ana enrolled TOTP (ten recovery codes), signed in with a challenge and a code,
+    // and her sessions list marks this one as current.
+    assert!(text.contains("\"recoveryCodes\": ["), "{text}");
+    assert_eq!(count("CHECK challenge=open"), 1, "{text}");
+    assert_eq!(count("CHECK ana-mfa=['pwd', 'otp']"), 1, "{text}");
+    assert!(text.contains("\"current\": true"), "{text}");
     for status in [
         "APPOINTMENT_STATUS_CONFIRMED",
         "APPOINTMENT_STATUS_CHECKED_IN",
@@ -138,7 +146,8 @@ echo "CHECK maria=$MARIA"
     assert!(text.contains("service ProviderService {"), "{text}");
     assert!(text.contains("\"reason\": \"conference\""), "{text}");
     assert_eq!(count("\"licenseNumber\": \"CRO-SP 4242\""), 2, "{text}");
-    let patient_view = text.rsplit("CHECK clinic=").nth(1).unwrap_or_default();
+    // (José's view is the last answer before Ana's second factor.)
+    let patient_view = text.split("\"recoveryCodes\"").next().unwrap_or_default();
     let last_answer = patient_view
         .rsplit("{\n  \"provider\"")
         .next()

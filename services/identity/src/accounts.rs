@@ -62,6 +62,12 @@ pub struct TokenPair {
     pub expires_in: i32,
     /// A sign-in's fresh device token (see `topsmile_kit::lockout`); empty on refresh.
     pub device_token: String,
+    /// Set instead of tokens when the user has MFA: `CompleteMfaSignIn` takes it.
+    pub mfa_challenge: String,
+    /// When the user must have enrolled in MFA by, if they must and have not.
+    pub mfa_enrolment_due: Option<jiff::Timestamp>,
+    /// The tokens only allow enrolling in MFA.
+    pub mfa_enrolment_only: bool,
 }
 
 /// Where a sign-in comes from: what its session records for its owner to see.
@@ -97,7 +103,7 @@ impl Client {
 }
 
 /// Who a session signs in: a staff user or a portal patient.
-struct Principal {
+pub(crate) struct Principal {
     /// The `sub` claim: the resource name.
     name: String,
     /// What refresh records and session eviction key on.
@@ -109,7 +115,7 @@ struct Principal {
 }
 
 impl Principal {
-    fn staff(user: &User) -> Self {
+    pub(crate) fn staff(user: &User) -> Self {
         Self {
             name: user.name(),
             subject: user.id.to_string(),
@@ -195,10 +201,23 @@ impl Accounts {
             }
         }
         let user = result?;
+        if user.mfa.is_enrolled() {
+            // The password was right; the tokens wait for the second factor.
+            return self.challenge(user).await;
+        }
+        let due = crate::mfa::enrolment_due(&user);
+        let only_enrolment = due.is_some_and(|due| self.clock.now() >= due);
+        let method = if only_enrolment {
+            Method::EnrolmentOnly
+        } else {
+            Method::Password
+        };
         let mut pair = self
-            .issue(&Principal::staff(&user), Continues::Starts(from))
+            .issue(&Principal::staff(&user), Continues::Starts(from, method))
             .await?;
         pair.device_token = self.device_token(&binding, known)?;
+        pair.mfa_enrolment_due = due;
+        pair.mfa_enrolment_only = only_enrolment;
         Ok(pair)
     }
 
@@ -265,7 +284,10 @@ impl Accounts {
             return Err(ApiError::Unauthenticated);
         }
         let mut pair = self
-            .issue(&Principal::patient(&name)?, Continues::Starts(from))
+            .issue(
+                &Principal::patient(&name)?,
+                Continues::Starts(from, Method::Password),
+            )
             .await?;
         pair.device_token = self.device_token(&binding, known)?;
         Ok(pair)
@@ -287,7 +309,7 @@ impl Accounts {
             .is_some_and(|c| c.is_active))
     }
 
-    fn sign_in(&self) -> SignIn {
+    pub(crate) fn sign_in(&self) -> SignIn {
         SignIn {
             passwords: self.passwords.clone(),
             policy: self.lock_policy,
@@ -303,7 +325,7 @@ impl Accounts {
 
     /// A new access token and a new refresh token, for a new session or one that
     /// continues (a refresh).
-    async fn issue(
+    pub(crate) async fn issue(
         &self,
         principal: &Principal,
         session: Continues<'_>,
@@ -311,7 +333,7 @@ impl Accounts {
         let now = self.clock.now();
         let session = match session {
             Continues::Session(session) => session.clone(),
-            Continues::Starts(client) => {
+            Continues::Starts(client, method) => {
                 let session = SessionRecord {
                     id: ResourceId::generate().to_string(),
                     subject: principal.subject.clone(),
@@ -322,6 +344,7 @@ impl Accounts {
                     ended: None,
                     client_address: client.address.clone(),
                     client_label: client.label.clone(),
+                    method: method.as_str().to_owned(),
                 };
                 self.stores.sessions.start(&session).await?;
                 self.evict_beyond_limit(principal, now).await?;
@@ -330,6 +353,7 @@ impl Accounts {
         };
         let issued_at = topsmile_kit::time::unix_seconds();
         let ttl = i64::try_from(ACCESS_TOKEN_TTL.as_secs()).unwrap_or(900);
+        let (amr, scope) = Method::parse(&session.method).claims();
         let claims = Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
@@ -345,8 +369,11 @@ impl Accounts {
             role: principal.role.clone(),
             kind: principal.kind,
             sid: session.id.clone(),
-            amr: vec!["pwd".into()],
-            auth_time: session.created.as_second(),
+            amr,
+            // When the session signed in, on the real clock the verifiers use (the
+            // service's clock may be a test's: the session's age is measured on it).
+            auth_time: issued_at - (now.as_second() - session.created.as_second()).max(0),
+            scope,
         };
         let access_token = self
             .keys
@@ -371,12 +398,19 @@ impl Accounts {
             refresh_token,
             expires_in: i32::try_from(ttl).unwrap_or(900),
             device_token: String::new(),
+            mfa_challenge: String::new(),
+            mfa_enrolment_due: None,
+            mfa_enrolment_only: false,
         })
     }
 
     /// The device of a presented token, if it verifies and is bound to `binding` (the
     /// account signing in); `None` otherwise: then the attempt is counted by address.
-    fn known_device(&self, presented: Option<&str>, binding: &str) -> Option<ResourceId> {
+    pub(crate) fn known_device(
+        &self,
+        presented: Option<&str>,
+        binding: &str,
+    ) -> Option<ResourceId> {
         let token = presented?;
         let keys = self.keys.public_keys().ok()?;
         match topsmile_kit::auth::verify_device_token(&keys, token) {
@@ -392,7 +426,11 @@ impl Accounts {
     }
 
     /// A fresh device token bound to `binding`, for `device` (a new one if `None`).
-    fn device_token(&self, binding: &str, device: Option<ResourceId>) -> Result<String, ApiError> {
+    pub(crate) fn device_token(
+        &self,
+        binding: &str,
+        device: Option<ResourceId>,
+    ) -> Result<String, ApiError> {
         let now = topsmile_kit::time::unix_seconds();
         let ttl = i64::try_from(topsmile_kit::auth::DEVICE_TOKEN_TTL.as_secs()).unwrap_or(0);
         let claims = Claims {
@@ -408,6 +446,7 @@ impl Accounts {
             sid: device.unwrap_or_else(ResourceId::generate).to_string(),
             amr: Vec::new(),
             auth_time: 0,
+            scope: String::new(),
         };
         self.keys
             .issuer()?
@@ -705,7 +744,7 @@ impl Accounts {
         Ok(())
     }
 
-    async fn caller_user(&self, caller: &Caller) -> Result<User, ApiError> {
+    pub(crate) async fn caller_user(&self, caller: &Caller) -> Result<User, ApiError> {
         let id = caller
             .subject()
             .rsplit('/')
@@ -760,6 +799,7 @@ impl Accounts {
             sid: jti,
             amr: Vec::new(),
             auth_time: now,
+            scope: String::new(),
         };
         let token = self
             .keys
@@ -827,16 +867,62 @@ impl topsmile_kit::sessions::SessionAuthority for OwnSessions {
 }
 
 /// How [`Accounts::issue`] finds its session.
-enum Continues<'a> {
-    /// A sign-in from this client: a new session.
-    Starts(&'a Client),
+pub(crate) enum Continues<'a> {
+    /// A sign-in from this client, authenticated so: a new session.
+    Starts(&'a Client, Method),
     /// A refresh of this live session.
     Session(&'a SessionRecord),
 }
 
+/// How a session signed in: what its tokens' `amr` and `scope` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// A password.
+    Password,
+    /// A password and a second factor.
+    SecondFactor,
+    /// A password, from a user who must enrol in MFA and is past the grace period:
+    /// the tokens only allow enrolling.
+    EnrolmentOnly,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Password => topsmile_kit::auth::AMR_PASSWORD,
+            Self::SecondFactor => topsmile_kit::auth::AMR_OTP,
+            Self::EnrolmentOnly => topsmile_kit::auth::SCOPE_MFA_ENROLMENT,
+        }
+    }
+
+    fn parse(stored: &str) -> Self {
+        match stored {
+            topsmile_kit::auth::AMR_OTP => Self::SecondFactor,
+            topsmile_kit::auth::SCOPE_MFA_ENROLMENT => Self::EnrolmentOnly,
+            _ => Self::Password,
+        }
+    }
+
+    /// The token's `amr` and `scope`.
+    fn claims(self) -> (Vec<String>, String) {
+        let password = topsmile_kit::auth::AMR_PASSWORD.to_owned();
+        match self {
+            Self::Password => (vec![password], String::new()),
+            Self::SecondFactor => (
+                vec![password, topsmile_kit::auth::AMR_OTP.to_owned()],
+                String::new(),
+            ),
+            Self::EnrolmentOnly => (
+                vec![password],
+                topsmile_kit::auth::SCOPE_MFA_ENROLMENT.to_owned(),
+            ),
+        }
+    }
+}
+
 /// A presented device token, if any: INVALID_ARGUMENT if it is not a token at all
 /// (too long, or no token header), before any account is looked up.
-fn presented_device(token: &str) -> Result<Option<&str>, ApiError> {
+pub(crate) fn presented_device(token: &str) -> Result<Option<&str>, ApiError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -851,7 +937,7 @@ fn presented_device(token: &str) -> Result<Option<&str>, ApiError> {
 }
 
 /// What an attempt is counted as: the known device, or the client's address.
-fn counted_as(device: Option<&ResourceId>, address: &str) -> String {
+pub(crate) fn counted_as(device: Option<&ResourceId>, address: &str) -> String {
     device.map_or_else(|| address.to_owned(), topsmile_kit::lockout::device_client)
 }
 

@@ -4,11 +4,13 @@
 
 pub mod auth;
 pub mod clinics;
+pub mod mfa;
 pub mod sessions;
 pub mod users;
 
 pub use auth::{AuthApi, InternalApi};
 pub use clinics::ClinicApi;
+pub use mfa::MfaApi;
 pub use sessions::SessionApi;
 pub use users::UserApi;
 
@@ -19,7 +21,8 @@ use topsmile_kit::config::ServerLimits;
 use topsmile_proto::topsmile::identity::v1::{
     auth_service_server::AuthServiceServer, clinic_service_server::ClinicServiceServer,
     identity_internal_service_server::IdentityInternalServiceServer,
-    session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
+    mfa_service_server::MfaServiceServer, session_service_server::SessionServiceServer,
+    user_service_server::UserServiceServer,
 };
 
 use crate::accounts::Accounts;
@@ -44,6 +47,11 @@ pub fn routes(
     )
     .add_service(
         UserServiceServer::new(UserApi::new(accounts.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    )
+    .add_service(
+        MfaServiceServer::new(MfaApi::new(accounts.clone()))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     )

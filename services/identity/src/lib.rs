@@ -16,6 +16,7 @@ pub mod accounts;
 pub mod api;
 pub mod domain;
 pub mod keys;
+pub mod mfa;
 pub mod patients_client;
 pub mod sessions;
 pub mod store;
@@ -36,7 +37,8 @@ use topsmile_kit::{
 use topsmile_proto::topsmile::identity::v1::{
     auth_service_server::AuthServiceServer, clinic_service_server::ClinicServiceServer,
     identity_internal_service_server::IdentityInternalServiceServer,
-    session_service_server::SessionServiceServer, user_service_server::UserServiceServer,
+    mfa_service_server::MfaServiceServer, session_service_server::SessionServiceServer,
+    user_service_server::UserServiceServer,
 };
 
 pub use accounts::Accounts;
@@ -53,6 +55,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     ClinicServiceServer::<api::ClinicApi>::NAME,
     UserServiceServer::<api::UserApi>::NAME,
     SessionServiceServer::<api::SessionApi>::NAME,
+    MfaServiceServer::<api::MfaApi>::NAME,
     IdentityInternalServiceServer::<api::InternalApi>::NAME,
 ];
 

@@ -121,6 +121,10 @@ impl Accounts {
     pub async fn revoke_session(&self, caller: &Caller, name: &str) -> Result<(), ApiError> {
         let (owner, id) = Owner::parse_session("name", name)?;
         owner.may_be_managed_by(caller)?;
+        if caller.subject() != owner.name {
+            // Ending someone else's session is sensitive.
+            topsmile_kit::access::require_step_up(caller)?;
+        }
         let session = self
             .stores
             .sessions

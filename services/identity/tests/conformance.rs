@@ -357,6 +357,13 @@ fn user(clinic: &str, email: &str, role: Role) -> User {
         create_time: t,
         update_time: t,
         version: 1,
+        // Not the default, so a store that drops it fails the round trips below.
+        mfa: topsmile_identity::domain::mfa::Mfa {
+            secret: "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".into(),
+            last_step: 42,
+            recovery_codes: vec!["ab".repeat(32)],
+            ..Default::default()
+        },
     }
 }
 
@@ -833,6 +840,7 @@ fn session(clinic: &str, subject: &str, id: &str, created: Timestamp) -> Session
         ended: None,
         client_address: "192.0.2.7".into(),
         client_label: "grpcurl/1.9.1 grpc-go/1.61.0".into(),
+        method: "otp".into(),
     }
 }
 

@@ -315,6 +315,19 @@ impl Guard {
         }
         let token = bearer(headers).ok_or(ApiError::Unauthenticated)?;
         let caller = self.caller(token).await?;
+        if caller.claims.scope == crate::auth::SCOPE_MFA_ENROLMENT
+            && !MFA_ENROLMENT_METHODS.contains(&path)
+        {
+            return Err(ApiError::FailedPrecondition {
+                reason: "MFA_ENROLMENT_REQUIRED",
+                message:
+                    "enrol in MFA first (MfaService.EnrollMfa, then ConfirmMfa), then sign in again"
+                        .into(),
+            });
+        }
+        if policy.step_up {
+            require_step_up(&caller)?;
+        }
         if self.at_edge && policy.audited {
             return Ok(Some(caller));
         }
@@ -399,6 +412,35 @@ impl Guard {
     pub fn verify_uncached(&self, token: &str) -> Result<Claims, ApiError> {
         self.verifier.verify_uncached(token).map_err(refused)
     }
+}
+
+/// What a token of [`SCOPE_MFA_ENROLMENT`](crate::auth::SCOPE_MFA_ENROLMENT) may call.
+pub const MFA_ENROLMENT_METHODS: &[&str] = &[
+    "/topsmile.identity.v1.MfaService/EnrollMfa",
+    "/topsmile.identity.v1.MfaService/ConfirmMfa",
+    "/topsmile.identity.v1.AuthService/Logout",
+];
+
+/// How recent a sign-in a sensitive method (policy `step_up`) needs.
+pub const STEP_UP_WITHIN_SECS: i64 = 15 * 60;
+
+/// A sensitive call's check: a staff caller authenticated within
+/// [`STEP_UP_WITHIN_SECS`] (with their second factor if they have one: a user with MFA
+/// only ever gets tokens through it). FAILED_PRECONDITION `STEP_UP_REQUIRED` otherwise:
+/// sign in again and retry. Patients acting on their own records and services are not
+/// asked.
+pub fn require_step_up(caller: &Caller) -> Result<(), ApiError> {
+    if caller.kind() != Kind::Staff {
+        return Ok(());
+    }
+    let age = crate::time::unix_seconds() - caller.claims.auth_time;
+    if caller.claims.auth_time > 0 && age <= STEP_UP_WITHIN_SECS {
+        return Ok(());
+    }
+    Err(ApiError::FailedPrecondition {
+        reason: "STEP_UP_REQUIRED",
+        message: "this needs a sign-in within the last 15 minutes (with your second factor if you have one): sign in again, then retry".into(),
+    })
 }
 
 /// Identity's `CheckSession` at `addresses`: what every service but identity gives
@@ -613,6 +655,7 @@ mod tests {
             sid: "f".into(),
             amr: Vec::new(),
             auth_time: 0,
+            scope: String::new(),
         }))
         .unwrap()
     }

@@ -79,7 +79,19 @@ pub struct Claims {
     /// When they last proved it (epoch seconds; 0 for service tokens).
     #[serde(default)]
     pub auth_time: i64,
+    /// [`SCOPE_MFA_ENROLMENT`] on a token that only allows enrolling in MFA; empty on
+    /// every other.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub scope: String,
 }
+
+/// The `amr` of a password.
+pub const AMR_PASSWORD: &str = "pwd";
+/// The `amr` of a second factor (a TOTP code or a recovery code).
+pub const AMR_OTP: &str = "otp";
+/// The scope of a token that only allows enrolling in MFA: its user must enrol and
+/// their grace period is over.
+pub const SCOPE_MFA_ENROLMENT: &str = "mfa_enrolment";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -456,6 +468,7 @@ mod tests {
             sid: "s1".into(),
             amr: Vec::new(),
             auth_time: 0,
+            scope: String::new(),
         }
     }
 

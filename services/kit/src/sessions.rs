@@ -184,6 +184,7 @@ mod tests {
             sid: sid.into(),
             amr: Vec::new(),
             auth_time: 0,
+            scope: String::new(),
         }
     }
 

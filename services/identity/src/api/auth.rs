@@ -42,12 +42,14 @@ macro_rules! token_response {
             refresh_token,
             expires_in,
             device_token,
+            ..
         } = $pair;
         pb::$ty {
             access_token,
             refresh_token,
             expires_in,
             device_token,
+            ..Default::default()
         }
     }};
 }
@@ -65,9 +67,30 @@ impl AuthService for AuthApi {
             .accounts
             .login(&req.email, &SecretString::from(req.password), &client)
             .await?;
-        Ok(Response::new(
-            token_response!(LoginResponse, pair, with device),
-        ))
+        Ok(Response::new(pb::LoginResponse {
+            mfa_challenge: pair.mfa_challenge.clone(),
+            mfa_enrolment_due: pair.mfa_enrolment_due.map(topsmile_kit::time::to_proto),
+            mfa_enrolment_only: pair.mfa_enrolment_only,
+            ..token_response!(LoginResponse, pair, with device)
+        }))
+    }
+
+    async fn complete_mfa_sign_in(
+        &self,
+        req: Request<pb::CompleteMfaSignInRequest>,
+    ) -> Result<Response<pb::CompleteMfaSignInResponse>, Status> {
+        let mut client = Client::of(&req);
+        let req = req.into_inner();
+        client.device_token = req.device_token;
+        let proof = crate::mfa::Proof::of(&req.code, &req.recovery_code)?;
+        let (pair, left) = self
+            .accounts
+            .complete_mfa_sign_in(&req.challenge, proof, &client)
+            .await?;
+        Ok(Response::new(pb::CompleteMfaSignInResponse {
+            recovery_codes_left: i32::try_from(left).unwrap_or(0),
+            ..token_response!(CompleteMfaSignInResponse, pair, with device)
+        }))
     }
 
     async fn login_patient(
@@ -86,9 +109,12 @@ impl AuthService for AuthApi {
                 &client,
             )
             .await?;
-        Ok(Response::new(
-            token_response!(LoginPatientResponse, pair, with device),
-        ))
+        Ok(Response::new(pb::LoginPatientResponse {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            expires_in: pair.expires_in,
+            device_token: pair.device_token,
+        }))
     }
 
     async fn refresh_token(

@@ -48,6 +48,7 @@ impl UserApi {
             _ => return Err(ApiError::Invalid(violations)),
         };
         check_role_for(caller, fields.role, &clinic)?;
+        step_up_to(caller, None, fields.role)?;
         if clinic != NO_CLINIC {
             let id = ResourceId::parse(&clinic).ok_or(ApiError::NotFound("clinic"))?;
             match self.accounts.stores.clinics.get(&id).await? {
@@ -124,6 +125,7 @@ impl UserApi {
             ));
         }
         check_role_for(caller, fields.role, &current.clinic)?;
+        step_up_to(caller, Some(current.role), fields.role)?;
         let next = current.changed(fields, current.is_active, self.accounts.clock.now());
         self.accounts.stores.users.update_profile(&next).await?;
         Ok(pb::UpdateUserResponse {
@@ -230,7 +232,7 @@ impl UserApi {
     }
 }
 
-fn may_manage(caller: &Caller, clinic: &str) -> Result<(), ApiError> {
+pub(crate) fn may_manage(caller: &Caller, clinic: &str) -> Result<(), ApiError> {
     if caller.is_super_admin() {
         return Ok(());
     }
@@ -238,6 +240,15 @@ fn may_manage(caller: &Caller, clinic: &str) -> Result<(), ApiError> {
         return Err(ApiError::PermissionDenied);
     }
     caller.check_clinic(clinic)
+}
+
+/// Making an ADMIN or a SUPER_ADMIN (creating or promoting one) is sensitive: it
+/// needs a recent sign-in (step-up).
+fn step_up_to(caller: &Caller, from: Option<Role>, to: Role) -> Result<(), ApiError> {
+    if matches!(to, Role::Admin | Role::SuperAdmin) && from != Some(to) {
+        topsmile_kit::access::require_step_up(caller)?;
+    }
+    Ok(())
 }
 
 /// Only a super admin grants SUPER_ADMIN, and super admins live in no clinic.
@@ -274,7 +285,7 @@ fn parse_parent(field: &str, value: &str) -> Result<String, FieldViolation> {
 }
 
 /// `clinics/{clinic}/users/{user}` -> (clinic id or `-`, user id).
-fn parse_name(field: &str, value: &str) -> Result<(String, ResourceId), FieldViolation> {
+pub(crate) fn parse_name(field: &str, value: &str) -> Result<(String, ResourceId), FieldViolation> {
     let invalid = || {
         FieldViolation::new(
             field,

@@ -2,9 +2,11 @@
 //! plain types (no proto, no store).
 //!
 //! - [`clinic`]: the tenants, their fields and update masks;
-//! - [`user`]: staff accounts, roles and the password policy.
+//! - [`user`]: staff accounts, roles and the password policy;
+//! - [`mfa`]: the staff second factor (TOTP, recovery codes).
 
 pub mod clinic;
+pub mod mfa;
 pub mod user;
 
 pub use clinic::{

@@ -53,6 +53,8 @@ pub struct User {
     pub create_time: Timestamp,
     pub update_time: Timestamp,
     pub version: i64,
+    /// The second factor (see [`super::mfa`]).
+    pub mfa: super::mfa::Mfa,
 }
 
 impl topsmile_kit::signin::Account for User {
@@ -82,6 +84,7 @@ impl User {
             create_time: now,
             update_time: now,
             version: 1,
+            mfa: super::mfa::Mfa::default(),
         }
     }
 

@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     last_used_ms    INTEGER NOT NULL,
     ended_ms        INTEGER,
     client_address  TEXT NOT NULL,
-    client_label    TEXT NOT NULL
+    client_label    TEXT NOT NULL,
+    method          TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_clinic_subject ON sessions (clinic_id, subject, created_ms);
 CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_ms);
@@ -261,6 +262,9 @@ struct UserDoc {
     password_hash: String,
     create_time_ms: i64,
     update_time_ms: i64,
+    /// Users stored before MFA existed read as not enrolled.
+    #[serde(default)]
+    mfa: crate::domain::mfa::Mfa,
 }
 
 const USER_COLUMNS: &str = "id, clinic_id, email, role, is_active, version, doc";
@@ -295,6 +299,7 @@ fn to_user(r: UserRow) -> Result<User, StoreError> {
         create_time: time::from_millis(doc.create_time_ms),
         update_time: time::from_millis(doc.update_time_ms),
         version,
+        mfa: doc.mfa,
     })
 }
 
@@ -304,6 +309,7 @@ fn user_doc(u: &User) -> Result<String, StoreError> {
         password_hash: u.password_hash.clone(),
         create_time_ms: time::to_millis(u.create_time),
         update_time_ms: time::to_millis(u.update_time),
+        mfa: u.mfa.clone(),
     })
     .map_err(|e| StoreError::backend(format!("encode user: {e}")))
 }
@@ -560,7 +566,7 @@ impl RefreshTokenStore for EmbeddedIdentity {
     }
 }
 
-const SESSION_COLUMNS: &str = "id, subject, kind, clinic_id, created_ms, last_used_ms, ended_ms, client_address, client_label";
+const SESSION_COLUMNS: &str = "id, subject, kind, clinic_id, created_ms, last_used_ms, ended_ms, client_address, client_label, method";
 
 fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     let kind: String = row.get(2)?;
@@ -575,6 +581,7 @@ fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         ended: ended.map(time::from_millis),
         client_address: row.get(7)?,
         client_label: row.get(8)?,
+        method: row.get(9)?,
     })
 }
 
@@ -595,7 +602,7 @@ impl SessionStore for EmbeddedIdentity {
                 )
                 .map_err(translate)?;
                 conn.execute(
-                    &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    &format!("INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                     params![
                         s.id,
                         s.subject,
@@ -605,7 +612,8 @@ impl SessionStore for EmbeddedIdentity {
                         time::to_millis(s.last_used),
                         s.ended.map(time::to_millis),
                         s.client_address,
-                        s.client_label
+                        s.client_label,
+                        s.method
                     ],
                 )
                 .map_err(|e| translate_unique(e, "session"))?;

@@ -155,6 +155,10 @@ pub struct SessionRecord {
     /// What the client called itself at sign-in (its user agent), for the owner to
     /// recognise the session by; at most [`CLIENT_LABEL_MAX`] characters.
     pub client_label: String,
+    /// How it signed in: `pwd` (a password), `otp` (password and second factor) or
+    /// `mfa_enrolment` (a password, and the session may only enrol in MFA). Its tokens,
+    /// refreshed ones too, say so.
+    pub method: String,
 }
 
 /// How long a session record is kept after it started, for clean-up only (the TTL

@@ -277,6 +277,21 @@ fn user_document(u: &User) -> Document {
         "createTime": to_bson_time(u.create_time),
         "updateTime": to_bson_time(u.update_time),
         "version": u.version,
+        "mfa": mfa_field(&u.mfa),
+    }
+}
+
+/// The second factor as stored: one JSON string, read and written whole with the
+/// user's compare-and-swap (a string, not a sub-document: nx-27017 reads a
+/// sub-document written by `$set` back in another shape; see DESIGN.md).
+fn mfa_field(mfa: &crate::domain::mfa::Mfa) -> String {
+    serde_json::to_string(mfa).unwrap_or_default()
+}
+
+fn mfa_from(d: &Document) -> crate::domain::mfa::Mfa {
+    match d.get("mfa") {
+        Some(Bson::String(text)) => serde_json::from_str(text).unwrap_or_default(),
+        _ => crate::domain::mfa::Mfa::default(),
     }
 }
 
@@ -294,6 +309,7 @@ fn user_from(d: &Document) -> Result<User, StoreError> {
         create_time: get_time(d, "createTime"),
         update_time: get_time(d, "updateTime"),
         version: get_i64(d, "version"),
+        mfa: mfa_from(d),
     })
 }
 
@@ -357,6 +373,7 @@ impl UserStore for MongoIdentity {
             "passwordHash": &next.password_hash,
             "updateTime": to_bson_time(next.update_time),
             "version": next.version,
+            "mfa": mfa_field(&next.mfa),
         };
         let result = self
             .users
@@ -529,6 +546,7 @@ fn session_from(d: &Document) -> SessionRecord {
         ended,
         client_address: get_string(d, "clientAddress"),
         client_label: get_string(d, "clientLabel"),
+        method: get_string(d, "method"),
     }
 }
 
@@ -555,6 +573,7 @@ impl SessionStore for MongoIdentity {
             "endedMs": s.ended.map_or(Bson::Null, |t| Bson::Int64(t.as_millisecond())),
             "clientAddress": &s.client_address,
             "clientLabel": &s.client_label,
+            "method": &s.method,
             "expiresAt": to_bson_time(expires),
         };
         self.sessions
