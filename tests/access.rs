@@ -2836,3 +2836,71 @@ async fn guessing_codes_meets_the_sign_in_lock() {
     assert_generic_unauthenticated("the password while locked", &err);
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn a_clinic_can_require_mfa_of_every_staff_role() {
+    let (suite, clock) = on_test_clock(None).await;
+    let a = suite.clinic_with_staff("MFA For All").await;
+    let email = a_admin_email(&suite, &a).await;
+    let staff_email =
+        UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(a.admin.clone())))
+            .get_user(identity::GetUserRequest {
+                name: a.staff_name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .user
+            .unwrap()
+            .email;
+    // STAFF need no MFA by default.
+    let before = suite.login_pair(&staff_email, STAFF_PASSWORD).await;
+    assert!(before.mfa_enrolment_due.is_none(), "{before:?}");
+    let turn_on = identity::UpdateClinicRequest {
+        clinic: Some(identity::Clinic {
+            name: a.clinic.name.clone(),
+            session_rules: Some(identity::SessionRules {
+                require_mfa_for_all_staff: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["session_rules".into()],
+        }),
+    };
+    // Changing the MFA policy is sensitive: a token from a sign-in 20 minutes ago is
+    // refused, a fresh one may.
+    let signed_in = suite.login_pair(&email, STAFF_PASSWORD).await;
+    clock.advance(Duration::from_secs(20 * 60));
+    let stale = refresh(&suite.channel().await, &signed_in.refresh_token)
+        .await
+        .unwrap()
+        .access_token;
+    let err = ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(stale)))
+        .update_clinic(turn_on.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let fresh = suite.login(&email, STAFF_PASSWORD).await;
+    let rules = ClinicServiceClient::with_interceptor(suite.channel().await, Bearer(Some(fresh)))
+        .update_clinic(turn_on)
+        .await
+        .unwrap()
+        .into_inner()
+        .clinic
+        .unwrap()
+        .session_rules
+        .unwrap();
+    assert!(rules.require_mfa_for_all_staff && rules.all_staff_mfa_required_since.is_some());
+    // STAFF now have 7 days to enrol, then may only enrol.
+    let due = suite.login_pair(&staff_email, STAFF_PASSWORD).await;
+    assert!(
+        due.mfa_enrolment_due.is_some() && !due.mfa_enrolment_only,
+        "{due:?}"
+    );
+    clock.advance(Duration::from_secs(8 * 86_400));
+    let late = suite.login_pair(&staff_email, STAFF_PASSWORD).await;
+    assert!(late.mfa_enrolment_only, "{late:?}");
+    suite.stop().await;
+}

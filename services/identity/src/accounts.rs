@@ -205,7 +205,11 @@ impl Accounts {
             // The password was right; the tokens wait for the second factor.
             return self.challenge(user).await;
         }
-        let due = crate::mfa::enrolment_due(&user);
+        let rules = self
+            .clinic_sessions(&user.clinic)
+            .await?
+            .unwrap_or_default();
+        let due = crate::mfa::enrolment_due(&user, &rules);
         let only_enrolment = due.is_some_and(|due| self.clock.now() >= due);
         let method = if only_enrolment {
             Method::EnrolmentOnly

@@ -4,7 +4,8 @@
 //! `domain::mfa`; every change is one compare-and-swap of the user record, so a code,
 //! a recovery code and a challenge each work once whichever replica sees them.
 //!
-//! Policy: super admins and ADMINs must enrol, after a grace period of
+//! Policy: super admins and ADMINs must enrol, and every staff role of a clinic that
+//! requires it (`SessionRules.require_mfa_for_all_staff`), after a grace period of
 //! [`ENROLMENT_GRACE_SECS`] from the account's creation or the policy's start; inside it
 //! sign-in says when enrolment is due, past it the tokens only allow enrolment.
 //! Everyone else may enrol.
@@ -19,17 +20,27 @@ use crate::{
         presented_device,
     },
     domain::{
+        clinic::SessionRules,
         mfa::{self, CHALLENGE_TTL_SECS, ENROLMENT_GRACE_SECS, Mfa, POLICY_START_SECS},
         user::{Role, User},
     },
 };
 
-/// When `user` must have enrolled by, if their role requires MFA and they have not.
-pub fn enrolment_due(user: &User) -> Option<jiff::Timestamp> {
-    if user.mfa.is_enrolled() || !matches!(user.role, Role::SuperAdmin | Role::Admin) {
+/// When `user` must have enrolled by, if they must (super admins and ADMINs always,
+/// everyone if their clinic says so: `rules`) and have not.
+pub fn enrolment_due(user: &User, rules: &SessionRules) -> Option<jiff::Timestamp> {
+    if user.mfa.is_enrolled() {
         return None;
     }
-    let start = user.create_time.as_second().max(POLICY_START_SECS);
+    let by_role = matches!(user.role, Role::SuperAdmin | Role::Admin);
+    let policy_start = if by_role {
+        POLICY_START_SECS
+    } else if rules.require_mfa_for_all_staff {
+        rules.all_staff_mfa_since
+    } else {
+        return None;
+    };
+    let start = user.create_time.as_second().max(policy_start);
     jiff::Timestamp::from_second(start + ENROLMENT_GRACE_SECS).ok()
 }
 

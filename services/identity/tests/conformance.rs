@@ -160,6 +160,8 @@ fn fields(name: &str) -> ClinicFields {
             staff_lifetime_secs: 8 * 3600,
             patient_idle_secs: 10 * 60,
             patient_lifetime_secs: 2 * 3600,
+            require_mfa_for_all_staff: true,
+            all_staff_mfa_since: 1_800_000_000,
         },
     }
 }

@@ -98,7 +98,20 @@ impl ClinicApi {
         let mask = req.update_mask.map(|m| m.paths).unwrap_or_default();
         let paths = UpdatePaths::resolve(&incoming, &mask, domain::UPDATABLE_FIELDS)?;
         let merged = domain::apply_mask(&current.fields, input_of(incoming), &paths);
-        let fields = domain::validate_fields("clinic", merged)?;
+        let mut fields = domain::validate_fields("clinic", merged)?;
+        let (was, now_required) = (
+            current.fields.session_rules.require_mfa_for_all_staff,
+            fields.session_rules.require_mfa_for_all_staff,
+        );
+        // The MFA policy is sensitive; turning it on starts the grace period of the
+        // users it newly covers.
+        if was != now_required {
+            topsmile_kit::access::require_step_up(caller)?;
+        }
+        fields.session_rules.all_staff_mfa_since = match (was, now_required) {
+            (false, true) => time::now().as_second(),
+            _ => current.fields.session_rules.all_staff_mfa_since,
+        };
         let next = current.changed(fields, current.is_active, time::now());
         self.store.replace(&next).await?;
         Ok(pb::UpdateClinicResponse {
@@ -172,6 +185,8 @@ fn input_of(c: pb::Clinic) -> ClinicInput {
                 staff_lifetime: pair(r.staff_lifetime),
                 patient_idle_timeout: pair(r.patient_idle_timeout),
                 patient_lifetime: pair(r.patient_lifetime),
+                require_mfa_for_all_staff: r.require_mfa_for_all_staff,
+                all_staff_mfa_since: 0,
             }
         }),
     }
@@ -206,6 +221,13 @@ fn to_proto(c: Clinic) -> pb::Clinic {
                 staff_lifetime: duration(r.staff_lifetime_secs),
                 patient_idle_timeout: duration(r.patient_idle_secs),
                 patient_lifetime: duration(r.patient_lifetime_secs),
+                require_mfa_for_all_staff: r.require_mfa_for_all_staff,
+                all_staff_mfa_required_since: (r.all_staff_mfa_since > 0).then(|| {
+                    prost_types::Timestamp {
+                        seconds: r.all_staff_mfa_since,
+                        nanos: 0,
+                    }
+                }),
             }
         }),
         is_active: c.is_active,

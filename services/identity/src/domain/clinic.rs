@@ -39,6 +39,11 @@ pub struct SessionRules {
     pub staff_lifetime_secs: i64,
     pub patient_idle_secs: i64,
     pub patient_lifetime_secs: i64,
+    /// Every staff role must enrol in MFA (super admins and ADMINs always must).
+    pub require_mfa_for_all_staff: bool,
+    /// When that requirement was last turned on (epoch seconds; 0: never): the grace
+    /// period of the users it newly covers starts here.
+    pub all_staff_mfa_since: i64,
 }
 
 impl Default for SessionRules {
@@ -50,6 +55,8 @@ impl Default for SessionRules {
             staff_lifetime_secs: 12 * HOUR,
             patient_idle_secs: 30 * MINUTE,
             patient_lifetime_secs: 24 * HOUR,
+            require_mfa_for_all_staff: false,
+            all_staff_mfa_since: 0,
         }
     }
 }
@@ -224,6 +231,9 @@ pub struct SessionRulesInput {
     pub staff_lifetime: Option<(i64, i32)>,
     pub patient_idle_timeout: Option<(i64, i32)>,
     pub patient_lifetime: Option<(i64, i32)>,
+    pub require_mfa_for_all_staff: bool,
+    /// Carried over from the stored rules (output only).
+    pub all_staff_mfa_since: i64,
 }
 
 impl From<SessionRules> for SessionRulesInput {
@@ -233,6 +243,8 @@ impl From<SessionRules> for SessionRulesInput {
             staff_lifetime: Some((r.staff_lifetime_secs, 0)),
             patient_idle_timeout: Some((r.patient_idle_secs, 0)),
             patient_lifetime: Some((r.patient_lifetime_secs, 0)),
+            require_mfa_for_all_staff: r.require_mfa_for_all_staff,
+            all_staff_mfa_since: r.all_staff_mfa_since,
         }
     }
 }
@@ -280,6 +292,8 @@ pub fn session_rules(
             life_low,
             life_high,
         ),
+        require_mfa_for_all_staff: input.require_mfa_for_all_staff,
+        all_staff_mfa_since: input.all_staff_mfa_since,
     };
     for (idle, lifetime, field) in [
         (
@@ -533,6 +547,7 @@ mod tests {
                 staff_lifetime: Some((31 * 86_400, 0)),
                 patient_idle_timeout: Some((90, 0)),
                 patient_lifetime: None,
+                ..Default::default()
             },
         )
         .unwrap_err();
