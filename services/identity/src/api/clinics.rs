@@ -222,12 +222,12 @@ fn to_proto(c: Clinic) -> pb::Clinic {
                 patient_idle_timeout: duration(r.patient_idle_secs),
                 patient_lifetime: duration(r.patient_lifetime_secs),
                 require_mfa_for_all_staff: r.require_mfa_for_all_staff,
-                all_staff_mfa_required_since: (r.all_staff_mfa_since > 0).then(|| {
+                all_staff_mfa_required_since: (r.all_staff_mfa_since > 0).then_some(
                     prost_types::Timestamp {
                         seconds: r.all_staff_mfa_since,
                         nanos: 0,
-                    }
-                }),
+                    },
+                ),
             }
         }),
         is_active: c.is_active,
