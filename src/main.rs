@@ -177,20 +177,18 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     options.limits = config.limits.clone();
     options.edge = config.edge.clone();
     options.metrics_listen = config.metrics_listen;
-    // A password on its own is the dev admin's (the README's table says so).
-    options.bootstrap_admin = match (
-        config.identity.bootstrap_admin_email.clone(),
-        config.identity.bootstrap_admin_password.clone(),
-    ) {
-        (email, Some(password)) => Some((
-            email.unwrap_or_else(|| DEV_ADMIN_EMAIL.to_owned()),
-            password,
-        )),
-        (Some(_), None) => anyhow::bail!(
-            "TOPSMILE_BOOTSTRAP_ADMIN_EMAIL is set without TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD"
-        ),
-        (None, None) => None,
-    };
+    // A password on its own is the dev admin's (the README's table says so); an email
+    // on its own gets a generated password, shown below.
+    let admin_email = config
+        .identity
+        .bootstrap_admin_email
+        .clone()
+        .unwrap_or_else(|| DEV_ADMIN_EMAIL.to_owned());
+    options.bootstrap_admin = config
+        .identity
+        .bootstrap_admin_password
+        .clone()
+        .map(|password| (admin_email.clone(), password));
     let suite = Suite::start(options).await?;
     // A newcomer needs a first account: make one and show its password, once.
     let generated = if suite.accounts.stores.users.any_super_admin().await? {
@@ -199,7 +197,7 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
         let password = generate_password();
         suite
             .accounts
-            .bootstrap_admin(DEV_ADMIN_EMAIL, &SecretString::from(password.clone()))
+            .bootstrap_admin(&admin_email, &SecretString::from(password.clone()))
             .await?
             .then_some(password)
     };
@@ -225,9 +223,7 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     println!();
     match generated {
         Some(password) => {
-            println!(
-                "Created the super admin {DEV_ADMIN_EMAIL} with the password (shown only now):"
-            );
+            println!("Created the super admin {admin_email} with the password (shown only now):");
             println!("  {password}");
         }
         None => println!(

@@ -2904,3 +2904,84 @@ async fn a_clinic_can_require_mfa_of_every_staff_role() {
     assert!(late.mfa_enrolment_only, "{late:?}");
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn a_bootstrap_email_alone_gets_a_generated_password_in_dev_and_is_refused_by_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listen.local_addr().unwrap();
+    drop(listen);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"))
+        .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env_remove("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD")
+        .env("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", "boss@example.com")
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("Created the super admin boss@example.com") {
+                return lines
+                    .next()
+                    .and_then(Result::ok)
+                    .map(|l| l.trim().to_owned());
+            }
+        }
+        None
+    });
+    let password = tokio::time::timeout(Duration::from_secs(30), printed)
+        .await
+        .expect("topsmile dev prints the admin")
+        .unwrap();
+    let signed_in = match &password {
+        Some(password) => Some(
+            AuthServiceClient::new(
+                Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+            .login(identity::LoginRequest {
+                email: "boss@example.com".into(),
+                password: password.clone(),
+                device_token: String::new(),
+            })
+            .await,
+        ),
+        None => None,
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        signed_in.is_some_and(|r| r.is_ok()),
+        "the printed password signs in: {password:?}"
+    );
+
+    let data = dir.path().join("identity");
+    let (status, stderr) = refused_start(
+        &["serve", "identity"],
+        &[
+            ("TOPSMILE_LISTEN", "127.0.0.1:0"),
+            ("TOPSMILE_DATA_DIR", data.to_str().unwrap()),
+            (
+                "TOPSMILE_SERVICE_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
+            ("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", "boss@example.com"),
+        ],
+    );
+    assert!(!status.success());
+    assert!(
+        stderr.contains(
+            "TOPSMILE_BOOTSTRAP_ADMIN_EMAIL is set without TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD"
+        ),
+        "{stderr}"
+    );
+}
