@@ -454,6 +454,8 @@ mod tests {
                 ("TOPSMILE_SIGN_IN_PER_MINUTE", "0"),
                 ("TOPSMILE_SIGN_IN_BURST", "3"),
                 ("TOPSMILE_MAX_IN_FLIGHT", "99"),
+                ("TOPSMILE_PER_ADDRESS_PERCENT", "40"),
+                ("TOPSMILE_PUBLIC_PER_ADDRESS_PERCENT", "5"),
                 ("TOPSMILE_MAX_DEADLINE_SECS", "5"),
                 ("TOPSMILE_CONNECTIONS_PER_UPSTREAM", "4"),
                 ("TOPSMILE_CONNECT_TIMEOUT_MS", "250"),
@@ -490,6 +492,8 @@ mod tests {
             assert_eq!(config.edge.sign_in_per_minute, 0);
             assert_eq!(config.edge.sign_in_burst, 3);
             assert_eq!(config.edge.max_in_flight, 99);
+            assert_eq!(config.edge.per_address_percent, 40);
+            assert_eq!(config.edge.public_per_address_percent, 5);
             assert_eq!(config.edge.max_deadline_secs, 5);
             assert_eq!(config.edge.connections_per_upstream, 4);
             assert_eq!(config.edge.connect_timeout_ms, 250);

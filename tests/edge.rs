@@ -29,6 +29,8 @@ enum Script {
     Hang,
     /// A 200 with gRPC headers and part of a message, then nothing: the body stays open.
     StartThenHold,
+    /// A whole answer at once: an empty message and `grpc-status: 0`.
+    Answer,
 }
 
 async fn scripted_upstream(script: Script) -> SocketAddr {
@@ -43,6 +45,20 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
                 while let Some(Ok((_request, mut respond))) = connection.accept().await {
                     match script {
                         Script::Refuse(reason) => respond.send_reset(reason),
+                        Script::Answer => {
+                            let response = http::Response::builder()
+                                .status(200)
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .unwrap();
+                            if let Ok(mut body) = respond.send_response(response, false) {
+                                let _ = body
+                                    .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                                let mut trailers = http::HeaderMap::new();
+                                trailers.insert("grpc-status", "0".parse().unwrap());
+                                let _ = body.send_trailers(trailers);
+                            }
+                        }
                         Script::StartThenReset(_) | Script::StartThenHold => {
                             let response = http::Response::builder()
                                 .status(200)
@@ -207,5 +223,105 @@ async fn a_call_holds_its_in_flight_place_until_its_body_ends() {
         third.code(),
         Code::DeadlineExceeded,
         "admitted again: {third:?}"
+    );
+}
+
+/// A `Login` straight over HTTP/2 from `conn`'s client, that is never read.
+fn unread_login(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+) -> Option<h2::client::ResponseFuture> {
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://gateway/topsmile.identity.v1.AuthService/Login")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).ok()?;
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .ok()?;
+    Some(response)
+}
+
+/// The attack of the issue: a client that advertises a zero stream window and opens
+/// many public calls it never reads. It holds at most its address's share of the
+/// gateway (the rest of its calls are shed at once), everyone else is answered
+/// throughout, and a grace period after the deadline its connection is closed, the
+/// calls counted as abandoned.
+#[tokio::test]
+async fn a_client_that_never_reads_cannot_hold_the_gateway() {
+    let (gateway, _stop) = gateway_with(scripted_upstream(Script::Answer).await, 20).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(gateway).await.unwrap();
+    let (mut attacker, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(stream)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        attacker = attacker.ready().await.unwrap();
+        if let Some(response) = unread_login(&mut attacker) {
+            held.push(response);
+        }
+    }
+    // The answers' headers come back (HEADERS need no window), their bodies cannot.
+    let mut admitted = 0;
+    let mut shed = 0;
+    // Kept, unread: dropping them would reset the streams and free the calls.
+    let mut unread = Vec::new();
+    for response in held.drain(..) {
+        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), response).await else {
+            continue;
+        };
+        match response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or(""))
+        {
+            Some("8") => shed += 1,
+            None => admitted += 1,
+            Some(other) => panic!("unexpected status {other}"),
+        }
+        unread.push(response);
+    }
+    // Public calls: 10% of 20 in flight per address.
+    assert_eq!(admitted, 2, "admitted {admitted}, shed {shed}");
+    assert_eq!(shed, 38);
+    // Everyone else is answered while the attacker holds its share.
+    for _ in 0..10 {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{gateway}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        AuthServiceClient::new(channel)
+            .login(identity::LoginRequest {
+                email: "someone@example.com".into(),
+                password: "a password, long enough".into(),
+                device_token: String::new(),
+            })
+            .await
+            .expect("another client is served");
+    }
+    // The deadline (1 s) plus the grace (1 s) later, the attacker's connection is gone.
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(closed.is_ok(), "the stalled connection was closed");
+    drop(unread);
+    let metrics = topsmile_kit::calls::encode_metrics();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(value("topsmile_grpc_abandoned_total") >= 1.0, "{metrics}");
+    assert!(
+        value("topsmile_grpc_shed_per_address_total") >= 38.0,
+        "{metrics}"
     );
 }

@@ -58,6 +58,11 @@ pub struct EdgeSettings {
     /// Calls in flight through the gateway at once; more are shed with
     /// RESOURCE_EXHAUSTED and a retry hint.
     pub max_in_flight: usize,
+    /// The share of `max_in_flight`, in percent, that one client address may hold.
+    pub per_address_percent: u8,
+    /// The share, in percent, one client address may hold of calls to public methods
+    /// (no token: sign-in, keys), which cost an attacker nothing to make.
+    pub public_per_address_percent: u8,
     /// Sign-in calls (Login, LoginPatient, RefreshToken) allowed per client address and
     /// minute; more get RESOURCE_EXHAUSTED with a retry hint. 0 turns the limit off.
     pub sign_in_per_minute: u32,
@@ -80,6 +85,8 @@ impl Default for EdgeSettings {
             max_deadline_secs: 30,
             health_check_ms: 1000,
             max_in_flight: 4096,
+            per_address_percent: 25,
+            public_per_address_percent: 10,
             sign_in_per_minute: 30,
             sign_in_burst: 10,
             trusted_proxies: String::new(),

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod forwarded;
+pub mod hold;
 pub mod proxy;
 pub mod upstream;
 pub mod vouch;
@@ -121,6 +122,7 @@ impl Gateway {
             guard,
             trusted,
             voucher,
+            shares: Arc::new(hold::AddressShares::new(&config.edge)),
             sign_in_limiter,
             upstreams,
             local,
@@ -196,14 +198,23 @@ impl Gateway {
         let serve_connection = |stream: tokio::net::TcpStream, peer: std::net::SocketAddr| {
             let _ = stream.set_nodelay(true);
             let proxy = self.proxy.clone();
+            // Closed when a call on it outlives its deadline undelivered (see `hold`).
+            let close = Arc::new(tokio::sync::Notify::new());
+            let watchdog = hold::Watchdog::start(peer.ip(), close.clone());
             let service = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip()).await) }
+                let (proxy, watchdog) = (proxy.clone(), watchdog.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip(), &watchdog).await) }
             });
             let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                tokio::select! {
+                    ended = connection => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                        }
+                    }
+                    // Dropping the connection drops its streams: their slots are freed.
+                    () = close.notified() => {}
                 }
             });
         };

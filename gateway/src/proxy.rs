@@ -14,7 +14,10 @@ use std::{
     future::Future,
     net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -59,10 +62,55 @@ pub struct Proxy {
     pub(crate) trusted: crate::forwarded::TrustedProxies,
     /// The gateway's proof, to the services, of the client address it forwards.
     pub(crate) voucher: crate::vouch::Voucher,
+    /// In-flight calls per client address.
+    pub(crate) shares: Arc<crate::hold::AddressShares>,
+}
+
+/// A call's answer on its way to the client, holding the call's place in its address's
+/// share and telling the connection's watchdog when it has ended.
+struct Held {
+    inner: Body,
+    finished: Arc<AtomicBool>,
+    _slot: crate::hold::AddressSlot,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.finished.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.finished.store(true, Ordering::Release);
+    }
 }
 
 impl Proxy {
-    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        watchdog: &crate::hold::Watchdog,
+    ) -> Response<Body> {
         let path = req.uri().path();
         if topsmile_kit::calls::is_infrastructure(path) {
             return match self.local.clone().oneshot(req).await {
@@ -70,28 +118,54 @@ impl Proxy {
                 Err(never) => match never {},
             };
         }
+        // The client: the peer, or whom trusted proxies say they forward for.
+        let client = self.trusted.client(peer, req.headers());
+        // One address holds at most its share (see `hold`), a smaller one of calls
+        // that need no token.
+        let public = self
+            .table
+            .get(path)
+            .and_then(|m| m.policy.as_ref())
+            .is_some_and(|p| p.public);
+        let Some(slot) = self.shares.admit(client, public) else {
+            topsmile_kit::calls::count_shed_per_address();
+            return topsmile_kit::calls::Shed.into_response();
+        };
         // Load shedding: past the in-flight bound, answer at once instead of queueing.
         // The call counts until its response's last frame.
         let call = match self.calls.admit(path, req.headers()) {
             Ok(call) => call,
             Err(shed) => return shed.into_response(),
         };
+        let deadline =
+            grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
+        // The deadline covers reading the request, choosing and connecting to a replica,
+        // the call, and the response body to its last frame; the connection's watchdog
+        // holds it to that even if nobody polls the answer.
+        let ends = tokio::time::Instant::now() + deadline;
+        let finished = Arc::new(AtomicBool::new(false));
+        watchdog.watch(ends, &finished);
         let span = call.span().clone();
-        let response = match self.forward(req, peer).instrument(span).await {
+        let response = match self.forward(req, client, ends).instrument(span).await {
             Ok(response) => response,
             Err(e) => tonic::Status::from(e).into_http(),
         };
-        call.follow(response)
+        call.follow(response).map(|body| {
+            Body::new(Held {
+                inner: body,
+                finished,
+                _slot: slot,
+            })
+        })
     }
 
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         peer: IpAddr,
+        ends: tokio::time::Instant,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
-        // The client: the peer, or whom trusted proxies say they forward for.
-        let peer = self.trusted.client(peer, req.headers());
         let route = self
             .table
             .get(&path)
@@ -125,11 +199,6 @@ impl Proxy {
             req.headers_mut()
                 .insert(topsmile_kit::access::FORWARDER_HEADER, proof);
         }
-        let deadline =
-            grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
-        // The deadline covers reading the request, choosing and connecting to a replica,
-        // the call, and the response body to its last frame.
-        let ends = tokio::time::Instant::now() + deadline;
         // One timer for the whole call: it bounds the exchange, then the response body.
         let mut deadline = Box::pin(tokio::time::sleep_until(ends));
         let (parts, body) = req.into_parts();

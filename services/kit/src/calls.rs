@@ -79,6 +79,8 @@ struct Series {
     latency: Family<MethodLabels, Histogram, fn() -> Histogram>,
     in_flight: Family<ComponentLabels, Gauge>,
     shed: Family<ComponentLabels, Counter>,
+    shed_per_address: Counter,
+    abandoned: Counter,
 }
 
 fn series() -> &'static Series {
@@ -109,6 +111,18 @@ fn series() -> &'static Series {
             "Calls refused with RESOURCE_EXHAUSTED because the server was full",
             shed.clone(),
         );
+        let shed_per_address = Counter::default();
+        registry.register(
+            "shed_per_address",
+            "Calls refused with RESOURCE_EXHAUSTED at the edge because their client address held its share",
+            shed_per_address.clone(),
+        );
+        let abandoned = Counter::default();
+        registry.register(
+            "abandoned",
+            "Calls at the edge that outlived their deadline undelivered (their connection was closed)",
+            abandoned.clone(),
+        );
         Series {
             registry,
             requests,
@@ -116,8 +130,20 @@ fn series() -> &'static Series {
             latency,
             in_flight,
             shed,
+            shed_per_address,
+            abandoned,
         }
     })
+}
+
+/// Counts a call the edge shed because its client address held its share.
+pub fn count_shed_per_address() {
+    series().shed_per_address.inc();
+}
+
+/// Counts a call the edge abandoned past its deadline.
+pub fn count_abandoned() {
+    series().abandoned.inc();
 }
 
 /// Every series in Prometheus' text format.
