@@ -625,11 +625,7 @@ async fn changing_the_password_ends_the_other_sessions_and_deactivating_a_user_e
         .await
         .unwrap_err();
     assert_eq!(short.code(), Code::InvalidArgument);
-    let fields: Vec<_> = short
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default();
+    let fields = support::violations(&short);
     assert_eq!(fields, vec!["new_password".to_owned()]);
     auth.change_password(identity::ChangePasswordRequest {
         current_password: STAFF_PASSWORD.into(),
@@ -1257,18 +1253,7 @@ impl Doors {
 
     /// Waits until every door answers `expected`, failing past the bound.
     async fn until_every_door_says(&self, what: &Probe<'_>, expected: Code, case: &str) {
-        let changed = std::time::Instant::now();
-        loop {
-            let codes = self.try_all(what).await;
-            if codes.iter().all(|(_, code)| *code == expected) {
-                return;
-            }
-            assert!(
-                changed.elapsed() <= REVOCATION_BOUND,
-                "{case}: not {expected:?} everywhere within {REVOCATION_BOUND:?}: {codes:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until_all_say(expected, case, || self.try_all(what)).await;
     }
 
     async fn every_door_says(&self, what: &Probe<'_>, expected: Code, case: &str) {
@@ -1311,6 +1296,27 @@ async fn other_services_say(suite: &TestSuite, token: &str) -> Vec<(String, Code
         }
     }
     codes
+}
+
+/// Asks `codes` again every 100 ms until every (where, code) it answers is `expected`,
+/// failing past [`REVOCATION_BOUND`].
+async fn until_all_say<F, Fut>(expected: Code, case: &str, mut codes: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Vec<(String, Code)>>,
+{
+    let changed = std::time::Instant::now();
+    loop {
+        let answered = codes().await;
+        if answered.iter().all(|(_, code)| *code == expected) {
+            return;
+        }
+        assert!(
+            changed.elapsed() <= REVOCATION_BOUND,
+            "{case}: not {expected:?} everywhere within {REVOCATION_BOUND:?}: {answered:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A pair of calls a token makes: one answered by identity, one by patients.
@@ -1494,18 +1500,12 @@ async fn revocation(store: Option<topsmile_kit::store::StoreChoice>) {
     doors
         .until_every_door_says(&reads, Code::Unauthenticated, "deactivated admin")
         .await;
-    let changed = std::time::Instant::now();
-    loop {
-        let after = other_services_say(&suite, &token).await;
-        if after.iter().all(|(_, c)| *c == Code::Unauthenticated) {
-            break;
-        }
-        assert!(
-            changed.elapsed() <= REVOCATION_BOUND,
-            "straight at providers and appointments: {after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_all_say(
+        Code::Unauthenticated,
+        "straight at providers and appointments",
+        || other_services_say(&suite, &token),
+    )
+    .await;
 
     // A demoted ADMIN is judged as STAFF: admin-only calls are denied, reads go on.
     let (name, _, token) = another_admin(&suite, &a).await;
@@ -1849,11 +1849,7 @@ async fn sessions_listed_and_ended(store: Option<topsmile_kit::store::StoreChoic
     ] {
         let err = revoke(&suite, &desk.access_token, &name).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{name}");
-        let fields: Vec<_> = err
-            .get_error_details()
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default();
+        let fields = support::violations(&err);
         assert_eq!(fields, ["name"]);
     }
     for bad in ["", "clinics/x/users", "sessions/1"] {
@@ -2009,11 +2005,7 @@ async fn an_idle_session_and_one_past_its_lifetime_end_as_the_clinic_says() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let fields: Vec<_> = err
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default();
+    let fields = support::violations(&err);
     assert_eq!(
         fields,
         [
@@ -2269,22 +2261,38 @@ fn a_weak_service_secret_or_a_readable_key_file_is_refused_at_start_naming_the_v
     );
 }
 
-#[tokio::test]
-async fn a_bootstrap_password_alone_makes_the_default_admin() {
-    let dir = tempfile::tempdir().unwrap();
+/// `topsmile dev` on a free loopback port with its data in `dir`, with one bootstrap
+/// variable set (`bootstrap`) and the other one unset: its address and its process.
+fn spawn_dev(
+    dir: &std::path::Path,
+    bootstrap: (&str, &str),
+    stdout: std::process::Stdio,
+) -> (std::net::SocketAddr, std::process::Child) {
     let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listen.local_addr().unwrap();
     drop(listen);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"))
         .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .env_remove("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL")
-        .env("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD", "my own first password")
+        .env_remove("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD")
+        .env(bootstrap.0, bootstrap.1)
         .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
+        .stdout(stdout)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    (addr, child)
+}
+
+#[tokio::test]
+async fn a_bootstrap_password_alone_makes_the_default_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, mut child) = spawn_dev(
+        dir.path(),
+        ("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD", "my own first password"),
+        std::process::Stdio::null(),
+    );
     let mut signed_in = None;
     for _ in 0..200 {
         if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
@@ -2430,11 +2438,7 @@ async fn farmed_lockout(store: Option<topsmile_kit::store::StoreChoice>) {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{who}");
-        let fields: Vec<_> = err
-            .get_error_details()
-            .bad_request()
-            .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-            .unwrap_or_default();
+        let fields = support::violations(&err);
         assert_eq!(fields, ["device_token"], "{who}");
     }
     drop(admin);
@@ -2908,19 +2912,11 @@ async fn a_clinic_can_require_mfa_of_every_staff_role() {
 #[tokio::test]
 async fn a_bootstrap_email_alone_gets_a_generated_password_in_dev_and_is_refused_by_identity() {
     let dir = tempfile::tempdir().unwrap();
-    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listen.local_addr().unwrap();
-    drop(listen);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"))
-        .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env_remove("TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD")
-        .env("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", "boss@example.com")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (addr, mut child) = spawn_dev(
+        dir.path(),
+        ("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", "boss@example.com"),
+        std::process::Stdio::piped(),
+    );
     let stdout = child.stdout.take().unwrap();
     let printed = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;

@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::violations;
+
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -246,14 +248,6 @@ fn reason(status: &Status) -> String {
         .get_error_details()
         .error_info()
         .map(|i| i.reason.clone())
-        .unwrap_or_default()
-}
-
-fn violations(status: &Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
 

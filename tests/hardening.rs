@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::violations;
+
 use prost_types::FieldMask;
 use support::{Authed, Bearer, TestSuite, mongo_store, patient_token};
 use tonic::{Code, Status};
@@ -238,14 +240,6 @@ async fn empty_update_masks_change_only_the_fields_that_are_set_on_mongodb() {
     if let Some(store) = mongo_store("empty_update_masks_on_mongodb") {
         empty_masks_change_only_what_is_set(TestSuite::start_on(store).await).await;
     }
-}
-
-fn violations(status: &Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
 }
 
 async fn trail(suite: &TestSuite, admin: &str, clinic: &str) -> Vec<pb::AuditEvent> {

@@ -4,13 +4,14 @@
 
 mod support;
 
+use support::violations;
+
 use futures::future::join_all;
 use prost_reflect::DescriptorPool;
 use support::{
     Authed, Bearer, ClinicStaff, TestSuite, aimed_at, call_raw, mongo_store, patient_token,
 };
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 use topsmile_kit::policy::PolicyTable;
 use topsmile_proto::{
     FILE_DESCRIPTOR_SET,
@@ -59,14 +60,6 @@ async fn create(
         .into_inner()
         .patient
         .unwrap()
-}
-
-fn violations(status: &Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
 }
 
 /// A clinic with staff and two patients.

@@ -5,10 +5,11 @@
 
 mod support;
 
+use support::violations;
+
 use prost_types::{Duration, FieldMask, Timestamp};
 use support::{Authed, Bearer, ClinicStaff, TestSuite, mongo_store};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 use topsmile_kit::names::ResourceId;
 use topsmile_proto::{
     google::r#type::{Date, DayOfWeek},
@@ -139,14 +140,6 @@ async fn list(
 
 fn names(providers: &[pb::Provider]) -> Vec<&str> {
     providers.iter().map(|p| p.display_name.as_str()).collect()
-}
-
-fn violations(status: &Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
 }
 
 fn schedule_mask(paths: &[&str]) -> Option<FieldMask> {

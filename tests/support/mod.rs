@@ -569,3 +569,13 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(()))
     }
 }
+
+/// The fields a status's `google.rpc.BadRequest` names, in order.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}

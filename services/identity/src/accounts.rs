@@ -162,13 +162,17 @@ impl Accounts {
         // Checked before anything is looked up: the same answer for every account.
         let device = presented_device(&from.device_token)?;
         let email = email.trim().to_lowercase();
-        let found = if email.is_empty() || email.len() > 254 {
-            None
+        // A deactivated clinic's staff do not sign in (super admins have none); its
+        // rules, read once, also say whether MFA is due.
+        let (found, rules) = if email.is_empty() || email.len() > 254 {
+            (None, None)
         } else {
             match self.stores.users.get_by_email(&email).await? {
-                // A deactivated clinic's staff do not sign in (super admins have none).
-                Some(user) if self.clinic_is_active(&user.clinic).await? => Some(user),
-                _ => None,
+                Some(user) => match self.clinic_sessions(&user.clinic).await? {
+                    Some(rules) => (Some(user), Some(rules)),
+                    None => (None, None),
+                },
+                None => (None, None),
             }
         };
         let target = found.as_ref().map(|u| (u.clinic.clone(), u.name()));
@@ -188,7 +192,7 @@ impl Accounts {
                 Ok(_) => (name.as_str(), "staff"),
                 Err(_) => ("anonymous", "anonymous"),
             };
-            let outcome = result.as_ref().map_or_else(ApiError::reason, |_| "OK");
+            let outcome = topsmile_kit::audit::outcome(&result);
             let event = StaffEvent {
                 actor,
                 actor_kind: kind,
@@ -205,11 +209,7 @@ impl Accounts {
             // The password was right; the tokens wait for the second factor.
             return self.challenge(user).await;
         }
-        let rules = self
-            .clinic_sessions(&user.clinic)
-            .await?
-            .unwrap_or_default();
-        let due = crate::mfa::enrolment_due(&user, &rules);
+        let due = crate::mfa::enrolment_due(&user, &rules.unwrap_or_default());
         let only_enrolment = due.is_some_and(|due| self.clock.now() >= due);
         let method = if only_enrolment {
             Method::EnrolmentOnly
@@ -299,18 +299,7 @@ impl Accounts {
 
     /// Whether the clinic `id` (or `-`, no clinic) lets its people sign in.
     pub async fn clinic_is_active(&self, id: &str) -> Result<bool, ApiError> {
-        if id == NO_CLINIC {
-            return Ok(true);
-        }
-        let Some(id) = ResourceId::parse(id) else {
-            return Ok(false);
-        };
-        Ok(self
-            .stores
-            .clinics
-            .get(&id)
-            .await?
-            .is_some_and(|c| c.is_active))
+        Ok(self.clinic_sessions(id).await?.is_some())
     }
 
     pub(crate) fn sign_in(&self) -> SignIn {
@@ -643,16 +632,15 @@ impl Accounts {
         let principal = match record.kind {
             // A deactivated clinic's sessions end with their next refresh.
             Kind::Staff => match ResourceId::parse(&record.subject) {
+                // (The clinic was found active above, with its session rules.)
                 Some(id) => match self.stores.users.get(&record.clinic, &id).await? {
-                    Some(u) if u.is_active && self.clinic_is_active(&u.clinic).await? => {
-                        Some(Principal::staff(&u))
-                    }
+                    Some(u) if u.is_active => Some(Principal::staff(&u)),
                     _ => None,
                 },
                 None => None,
             },
             Kind::Patient => match &self.patients {
-                Some(patients) if self.clinic_is_active(&record.clinic).await? => {
+                Some(patients) => {
                     let (token, _) = self.sign_service_token("identity")?;
                     let session = (record.family.as_str(), record.family_created);
                     if patients

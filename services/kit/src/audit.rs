@@ -90,12 +90,17 @@ impl AuditTrail {
         resource: &str,
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let outcome = match &result {
-            Ok(_) => "OK",
-            Err(e) => e.reason(),
-        };
-        self.audit(actor, action, resource, outcome).await?;
+        self.audit(actor, action, resource, outcome(&result))
+            .await?;
         result
+    }
+}
+
+/// The outcome an audit event records for `result`: `OK`, or the refusal's reason.
+pub fn outcome<T>(result: &Result<T, ApiError>) -> &'static str {
+    match result {
+        Ok(_) => "OK",
+        Err(e) => e.reason(),
     }
 }
 

@@ -82,10 +82,7 @@ impl Trail {
         resource: &str,
         result: Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        let outcome = match &result {
-            Ok(_) => "OK",
-            Err(e) => e.reason(),
-        };
+        let outcome = topsmile_kit::audit::outcome(&result);
         self.append(&actor.caller, &actor.trace_id, action, resource, outcome)
             .await?;
         result
