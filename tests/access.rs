@@ -2981,3 +2981,107 @@ async fn a_bootstrap_email_alone_gets_a_generated_password_in_dev_and_is_refused
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_portal_patient_on_a_known_device_signs_in_however_many_addresses_guess() {
+    let (suite, _clock) = on_test_clock(None).await;
+    let a = suite.clinic_with_staff("Portal Devices").await;
+    let (patient, _) = support::a_patient(&suite, &a, "Devices").await;
+    // `a_patient` gave the patient an email and a portal password, and signed in once.
+    let email = format!("portal.{}@example.com", patient.rsplit('/').next().unwrap());
+    let portal = |from: [u8; 4], password: String, device: String| {
+        let (gateway, clinic, email) = (suite.suite.gateway, a.clinic.name.clone(), email.clone());
+        async move {
+            AuthServiceClient::new(connect_from(gateway, std::net::IpAddr::from(from)).await)
+                .login_patient(identity::LoginPatientRequest {
+                    clinic,
+                    email,
+                    password,
+                    device_token: device,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let right = "a portal password for tests".to_owned();
+    let first = portal([127, 0, 0, 3], right.clone(), String::new())
+        .await
+        .unwrap();
+    assert!(!first.device_token.is_empty());
+    for host in 30..45u8 {
+        for i in 0..5 {
+            let _ = portal(
+                [127, 0, 1, host],
+                format!("portal guess {i} here"),
+                String::new(),
+            )
+            .await
+            .unwrap_err();
+        }
+    }
+    let err = portal([127, 0, 0, 4], right.clone(), String::new())
+        .await
+        .unwrap_err();
+    assert_generic_unauthenticated("an unknown client during the storm", &err);
+    portal([127, 0, 2, 9], right, first.device_token)
+        .await
+        .expect("the patient's known device signs in");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn recovery_codes_are_regenerated_with_a_code_and_mfa_is_disabled_with_one() {
+    let (suite, clock) = on_test_clock(None).await;
+    let a = suite.clinic_with_staff("MFA Off").await;
+    let (_, email, token) = another_admin(&suite, &a).await;
+    let mut mfa = mfa_client(suite.channel().await, &token);
+    let secret = mfa
+        .enroll_mfa(identity::EnrollMfaRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let old = mfa
+        .confirm_mfa(identity::ConfirmMfaRequest {
+            code: code(&secret, &clock, 0),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    // A wrong code regenerates nothing; the next step's code does.
+    let wrong = mfa
+        .regenerate_recovery_codes(identity::RegenerateRecoveryCodesRequest {
+            code: "000000".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::InvalidArgument);
+    let new = mfa
+        .regenerate_recovery_codes(identity::RegenerateRecoveryCodesRequest {
+            code: code(&secret, &clock, 1),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .recovery_codes;
+    assert_eq!(new.len(), 10);
+    // The old codes stopped working; a new one turns MFA off.
+    let stale = mfa
+        .disable_mfa(identity::DisableMfaRequest {
+            code: String::new(),
+            recovery_code: old[0].clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::InvalidArgument);
+    mfa.disable_mfa(identity::DisableMfaRequest {
+        code: String::new(),
+        recovery_code: new[0].clone(),
+    })
+    .await
+    .unwrap();
+    let plain = suite.login_pair(&email, STAFF_PASSWORD).await;
+    assert!(plain.mfa_challenge.is_empty() && !plain.access_token.is_empty());
+    suite.stop().await;
+}

@@ -199,16 +199,19 @@ impl Accounts {
         let name = user.name();
         let clinic = user.clinic.clone();
         let code = code.to_owned();
-        self.change_mfa(user, move |m| {
-            let step = mfa::accepted_step(&m.pending_secret, &code, now, 0).ok_or_else(|| {
-                ApiError::invalid("code", "is not the authenticator's current code")
-            })?;
-            m.secret = std::mem::take(&mut m.pending_secret);
-            m.last_step = step;
-            m.recovery_codes = hashes.clone();
-            Ok(())
-        })
-        .await?;
+        let stored = self
+            .change_mfa(user, move |m| {
+                let step =
+                    mfa::accepted_step(&m.pending_secret, &code, now, 0).ok_or_else(|| {
+                        ApiError::invalid("code", "is not the authenticator's current code")
+                    })?;
+                m.secret = std::mem::take(&mut m.pending_secret);
+                m.last_step = step;
+                m.recovery_codes = hashes.clone();
+                Ok(())
+            })
+            .await?;
+        self.factor_succeeded(&stored, client).await?;
         self.record_mfa(&clinic, &name, &name, "MfaService/ConfirmMfa")
             .await;
         Ok(codes)
@@ -225,12 +228,14 @@ impl Accounts {
         self.count_factor(&user, client).await?;
         let now = self.clock.now().as_second();
         let (name, clinic) = (user.name(), user.clinic.clone());
-        self.change_mfa(user, |m| {
-            accept(m, &proof, now).map_err(|_| wrong_factor())?;
-            *m = Mfa::default();
-            Ok(())
-        })
-        .await?;
+        let stored = self
+            .change_mfa(user, |m| {
+                accept(m, &proof, now).map_err(|_| wrong_factor())?;
+                *m = Mfa::default();
+                Ok(())
+            })
+            .await?;
+        self.factor_succeeded(&stored, client).await?;
         self.record_mfa(&clinic, &name, &name, "MfaService/DisableMfa")
             .await;
         Ok(())
@@ -248,12 +253,14 @@ impl Accounts {
         let now = self.clock.now().as_second();
         let (codes, hashes) = mfa::new_recovery_codes();
         let (name, clinic) = (user.name(), user.clinic.clone());
-        self.change_mfa(user, |m| {
-            accept(m, &Proof::Code(code), now).map_err(|_| wrong_factor())?;
-            m.recovery_codes = hashes.clone();
-            Ok(())
-        })
-        .await?;
+        let stored = self
+            .change_mfa(user, |m| {
+                accept(m, &Proof::Code(code), now).map_err(|_| wrong_factor())?;
+                m.recovery_codes = hashes.clone();
+                Ok(())
+            })
+            .await?;
+        self.factor_succeeded(&stored, client).await?;
         self.record_mfa(&clinic, &name, &name, "MfaService/RegenerateRecoveryCodes")
             .await;
         Ok(codes)
@@ -295,6 +302,12 @@ impl Accounts {
             Attempt::Proceed => Ok(()),
             Attempt::Locked => Err(ApiError::Unauthenticated),
         }
+    }
+
+    /// A factor checked right: its address's counter (and the account-wide one) clear,
+    /// as after a sign-in.
+    async fn factor_succeeded(&self, user: &User, client: &str) -> Result<(), ApiError> {
+        Ok(self.stores.users.sign_in_succeeded(user, client).await?)
     }
 
     /// Applies `change` to `user`'s MFA state and stores it by compare-and-swap (once
