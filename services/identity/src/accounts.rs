@@ -717,21 +717,20 @@ impl Accounts {
         next.password_hash = self.passwords.hash(new).await?;
         next.update_time = self.clock.now();
         next.version += 1;
-        self.stores.users.update_profile(&next).await?;
-        let now = self.clock.now();
-        let others = self
-            .stores
-            .sessions
-            .list(&user.clinic, user.id.as_str(), MAX_SESSIONS + 20)
-            .await?;
-        for other in others.iter().filter(|s| s.id != caller.session()) {
-            self.end_session(other, now).await?;
-        }
-        // Sessions beyond the list (none, unless the limit was raised) end too.
+        // The other sessions end first, in one write: a call cut short between the two
+        // writes leaves them ended and the old password in place, never the new
+        // password with the old sessions still live. (Their refresh tokens then fail at
+        // the session check.)
         self.stores
             .sessions
-            .end_all(&user.clinic, user.id.as_str(), Some(caller.session()), now)
+            .end_all(
+                &user.clinic,
+                user.id.as_str(),
+                Some(caller.session()),
+                self.clock.now(),
+            )
             .await?;
+        self.stores.users.update_profile(&next).await?;
         tracing::info!(user = %user.id, "password changed; every other session ended");
         Ok(())
     }
