@@ -456,6 +456,8 @@ mod tests {
                 ("TOPSMILE_MAX_IN_FLIGHT", "99"),
                 ("TOPSMILE_PER_ADDRESS_PERCENT", "40"),
                 ("TOPSMILE_PUBLIC_PER_ADDRESS_PERCENT", "5"),
+                ("TOPSMILE_MAX_BUFFERED_BYTES", "1048576"),
+                ("TOPSMILE_MAX_ANSWER_BYTES", "65536"),
                 ("TOPSMILE_MAX_DEADLINE_SECS", "5"),
                 ("TOPSMILE_CONNECTIONS_PER_UPSTREAM", "4"),
                 ("TOPSMILE_CONNECT_TIMEOUT_MS", "250"),
@@ -494,6 +496,8 @@ mod tests {
             assert_eq!(config.edge.max_in_flight, 99);
             assert_eq!(config.edge.per_address_percent, 40);
             assert_eq!(config.edge.public_per_address_percent, 5);
+            assert_eq!(config.edge.max_buffered_bytes, 1 << 20);
+            assert_eq!(config.edge.max_answer_bytes, 1 << 16);
             assert_eq!(config.edge.max_deadline_secs, 5);
             assert_eq!(config.edge.connections_per_upstream, 4);
             assert_eq!(config.edge.connect_timeout_ms, 250);

@@ -31,6 +31,8 @@ enum Script {
     StartThenHold,
     /// A whole answer at once: an empty message and `grpc-status: 0`.
     Answer,
+    /// A whole answer with a message of this many bytes.
+    Large(usize),
 }
 
 async fn scripted_upstream(script: Script) -> SocketAddr {
@@ -45,18 +47,24 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
                 while let Some(Ok((_request, mut respond))) = connection.accept().await {
                     match script {
                         Script::Refuse(reason) => respond.send_reset(reason),
-                        Script::Answer => {
+                        Script::Answer | Script::Large(_) => {
+                            let size = if let Script::Large(size) = script {
+                                size
+                            } else {
+                                0
+                            };
                             let response = http::Response::builder()
                                 .status(200)
                                 .header("content-type", "application/grpc")
                                 .body(())
                                 .unwrap();
                             if let Ok(mut body) = respond.send_response(response, false) {
-                                let _ = body
-                                    .send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
-                                let mut trailers = http::HeaderMap::new();
-                                trailers.insert("grpc-status", "0".parse().unwrap());
-                                let _ = body.send_trailers(trailers);
+                                tokio::spawn(async move {
+                                    let _ = send_message(&mut body, size).await;
+                                    let mut trailers = http::HeaderMap::new();
+                                    trailers.insert("grpc-status", "0".parse().unwrap());
+                                    let _ = body.send_trailers(trailers);
+                                });
                             }
                         }
                         Script::StartThenReset(_) | Script::StartThenHold => {
@@ -96,6 +104,48 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
     addr
 }
 
+/// Sends one gRPC message of `size` bytes (a `LoginResponse` whose `access_token` is a
+/// string of [`token_len`]`(size)` bytes) on `body`, as the window allows.
+async fn send_message(
+    body: &mut h2::SendStream<bytes::Bytes>,
+    size: usize,
+) -> Result<(), h2::Error> {
+    let mut message = Vec::with_capacity(size + 5);
+    message.push(0);
+    message.extend_from_slice(&u32::try_from(size).unwrap().to_be_bytes());
+    if size > 0 {
+        // Field 1, length-delimited: the tag, the length as a varint, the bytes.
+        message.push(0x0a);
+        let mut n = token_len(size);
+        while n >= 0x80 {
+            message.push((n & 0x7f) as u8 | 0x80);
+            n >>= 7;
+        }
+        message.push(n as u8);
+        message.resize(size + 5, b'a');
+    }
+    let mut rest = bytes::Bytes::from(message);
+    while !rest.is_empty() {
+        body.reserve_capacity(rest.len());
+        let granted = std::future::poll_fn(|cx| body.poll_capacity(cx))
+            .await
+            .ok_or(h2::Reason::CANCEL)??;
+        let chunk = rest.split_to(granted.min(rest.len()));
+        body.send_data(chunk, false)?;
+    }
+    Ok(())
+}
+
+/// The length of the string that makes a one-field message `size` bytes long: what is
+/// left after the tag and the varint length.
+fn token_len(size: usize) -> usize {
+    let varint = |n: usize| (usize::BITS - n.max(1).leading_zeros()).div_ceil(7) as usize;
+    (1..=5)
+        .map(|bytes| size - 1 - bytes)
+        .find(|&len| varint(len) == size - 1 - len)
+        .unwrap()
+}
+
 /// A gateway whose identity upstream is `upstream`, granting calls at most one second.
 async fn gateway_in_front_of(upstream: SocketAddr) -> (SocketAddr, shutdown::Trigger) {
     gateway_with(upstream, 4096).await
@@ -106,15 +156,27 @@ async fn gateway_with(
     upstream: SocketAddr,
     max_in_flight: usize,
 ) -> (SocketAddr, shutdown::Trigger) {
-    let config = topsmile_gateway::GatewayConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        identity_upstreams: upstream.to_string(),
-        edge: topsmile_gateway::EdgeSettings {
+    gateway_configured(
+        upstream,
+        topsmile_gateway::EdgeSettings {
             sign_in_per_minute: 0,
             max_deadline_secs: 1,
             max_in_flight,
             ..Default::default()
         },
+    )
+    .await
+}
+
+/// A gateway in front of `upstream` with these edge settings.
+async fn gateway_configured(
+    upstream: SocketAddr,
+    edge: topsmile_gateway::EdgeSettings,
+) -> (SocketAddr, shutdown::Trigger) {
+    let config = topsmile_gateway::GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        identity_upstreams: upstream.to_string(),
+        edge,
         ..Default::default()
     };
     let gateway = topsmile_gateway::Gateway::new(&topsmile_gateway::GatewayConfig {
@@ -324,4 +386,119 @@ async fn a_client_that_never_reads_cannot_hold_the_gateway() {
         value("topsmile_grpc_shed_per_address_total") >= 38.0,
         "{metrics}"
     );
+}
+
+/// The second attack of the issue: one client that never reads, with many large
+/// answers under way. The gateway reads every answer off the connection to the replica
+/// as it comes (that connection's window is shared by every client of the service),
+/// holds at most the address's share of the answer buffer, sheds the calls past it
+/// (the replica's streams reset), and every other client is answered normally all the
+/// while, large answers included.
+#[tokio::test]
+async fn a_client_that_never_reads_large_answers_delays_nobody_else() {
+    const ANSWER: usize = 1 << 20;
+    let (gateway, _stop) = gateway_configured(
+        scripted_upstream(Script::Large(ANSWER)).await,
+        topsmile_gateway::EdgeSettings {
+            sign_in_per_minute: 0,
+            max_deadline_secs: 10,
+            // An address may hold 25% of 32 MiB: 8 answers.
+            max_buffered_bytes: 32 << 20,
+            ..Default::default()
+        },
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let stream = socket.connect(gateway).await.unwrap();
+    let (mut attacker, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(stream)
+        .await
+        .unwrap();
+    let _connection = tokio::spawn(connection);
+    // Twelve 1 MiB answers unread: more than the 5 MiB window of the gateway's one
+    // connection to the replica, so relayed frame by frame they would stall it.
+    let mut held = Vec::new();
+    for _ in 0..12 {
+        attacker = attacker.ready().await.unwrap();
+        held.push(unread_login(&mut attacker).expect("the stream opens"));
+    }
+    let mut waiting = 0;
+    let mut shed = 0;
+    let mut unread = Vec::new();
+    for response in held {
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("the gateway answers the attacker's headers")
+            .expect("a response");
+        match response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or(""))
+        {
+            Some("8") => shed += 1,
+            None => waiting += 1,
+            Some(other) => panic!("unexpected status {other}"),
+        }
+        unread.push(response);
+    }
+    assert_eq!(
+        waiting, 8,
+        "the address's share of the buffer holds 8 answers"
+    );
+    assert_eq!(shed, 4, "the answers past the share are shed");
+    // Everyone else is served, large answers and all, while the attacker holds on.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{gateway}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        let answer = AuthServiceClient::new(channel.clone())
+            .login(identity::LoginRequest {
+                email: "someone@example.com".into(),
+                password: "a password, long enough".into(),
+                device_token: String::new(),
+            })
+            .await
+            .expect("another client is served at once");
+        assert_eq!(answer.get_ref().access_token.len(), token_len(ANSWER));
+    }
+    drop(unread);
+    let metrics = topsmile_kit::calls::encode_metrics();
+    let full = metrics
+        .lines()
+        .find(|l| l.starts_with("topsmile_grpc_answer_buffer_full_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(full >= 4.0, "{metrics}");
+}
+
+/// An answer larger than the gateway relays is RESOURCE_EXHAUSTED, with no retry hint
+/// (trying again cannot make it smaller), and the next call is served as before.
+#[tokio::test]
+async fn an_answer_past_the_limit_is_resource_exhausted() {
+    let (gateway, _stop) = gateway_configured(
+        scripted_upstream(Script::Large(100 << 10)).await,
+        topsmile_gateway::EdgeSettings {
+            sign_in_per_minute: 0,
+            max_answer_bytes: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        let status = login_through(gateway, None).await;
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.get_error_details().retry_info().is_none());
+        assert_eq!(
+            status
+                .get_error_details()
+                .error_info()
+                .map(|i| i.reason.as_str()),
+            Some("ANSWER_TOO_LARGE")
+        );
+    }
 }

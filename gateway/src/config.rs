@@ -63,6 +63,13 @@ pub struct EdgeSettings {
     /// The share, in percent, one client address may hold of calls to public methods
     /// (no token: sign-in, keys), which cost an attacker nothing to make.
     pub public_per_address_percent: u8,
+    /// Bytes of answers the gateway holds for clients that have not read them yet, in
+    /// all; one client address may hold `per_address_percent` of it. An answer that
+    /// would go past its address's share is dropped and the call shed.
+    pub max_buffered_bytes: usize,
+    /// The largest answer the gateway relays (gRPC's usual receive limit); a larger one
+    /// is RESOURCE_EXHAUSTED.
+    pub max_answer_bytes: usize,
     /// Sign-in calls (Login, LoginPatient, RefreshToken) allowed per client address and
     /// minute; more get RESOURCE_EXHAUSTED with a retry hint. 0 turns the limit off.
     pub sign_in_per_minute: u32,
@@ -87,6 +94,8 @@ impl Default for EdgeSettings {
             max_in_flight: 4096,
             per_address_percent: 25,
             public_per_address_percent: 10,
+            max_buffered_bytes: 64 << 20,
+            max_answer_bytes: 4 << 20,
             sign_in_per_minute: 30,
             sign_in_burst: 10,
             trusted_proxies: String::new(),

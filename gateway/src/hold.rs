@@ -10,13 +10,21 @@
 //!   of the in-flight calls, and at most [`EdgeSettings::public_per_address_percent`]
 //!   of calls to public (unauthenticated) methods; beyond that its calls are shed
 //!   (RESOURCE_EXHAUSTED with a retry hint) while other addresses go on.
+//! - **Answers held per address.** A replica's answer is read off its stream as it
+//!   arrives, whether or not the client reads (see `proxy::read_answer`): a client
+//!   that does not read must never hold the flow-control window of the connection to
+//!   a replica, which every other client's calls to that service share. What the
+//!   gateway holds for one address is bounded by its share
+//!   ([`EdgeSettings::per_address_percent`]) of [`EdgeSettings::max_buffered_bytes`]; an
+//!   answer that would go past it is dropped (the replica's stream reset) and the call
+//!   shed with RESOURCE_EXHAUSTED.
 //! - **Deadlines, polled or not.** Each connection has a watchdog that knows the
 //!   deadline of every call on it. A call still unfinished a grace period after its
 //!   deadline (its answer could not be delivered: the client gives no window) is
 //!   counted and logged (rate-limited) as abandoned, and its connection is closed:
 //!   dropping the connection drops every stream of it, so the slots are freed and the
 //!   streams reset both ways. A client that reads its answers is never affected: its
-//!   calls end at their deadline with DEADLINE_EXCEEDED (see `proxy::Relayed`).
+//!   calls end at their deadline with DEADLINE_EXCEEDED (see `proxy::Proxy::forward`).
 //!
 //! Rejected: a timer task per call (a spawn on the hot path of every call), and
 //! resetting only the stalled stream (hyper does not expose the stream to reset; the
@@ -43,67 +51,126 @@ use crate::config::EdgeSettings;
 /// closed.
 pub const GRACE: Duration = Duration::from_secs(1);
 
-/// In-flight calls per client address.
+/// What one client address holds now.
+#[derive(Default)]
+struct Held {
+    calls: usize,
+    public_calls: usize,
+    /// Bytes of answers read from replicas and not yet taken by the client.
+    buffered: usize,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.calls == 0 && self.buffered == 0
+    }
+}
+
+/// In-flight calls and buffered answers per client address.
 pub struct AddressShares {
-    counts: Mutex<HashMap<IpAddr, (usize, usize)>>,
+    held: Mutex<HashMap<IpAddr, Held>>,
     all: usize,
     public: usize,
+    buffered: usize,
 }
 
 impl AddressShares {
     pub fn new(edge: &EdgeSettings) -> Self {
         let share = |percent: u8| (edge.max_in_flight * usize::from(percent.min(100)) / 100).max(1);
         Self {
-            counts: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashMap::new()),
             all: share(edge.per_address_percent),
             public: share(edge.public_per_address_percent),
+            buffered: (edge.max_buffered_bytes / 100)
+                .saturating_mul(usize::from(edge.per_address_percent.min(100)))
+                .max(1),
         }
+    }
+
+    /// The bytes of answers one address may have waiting at the gateway.
+    pub fn buffered_share(&self) -> usize {
+        self.buffered
     }
 
     /// A place for one more call from `client` (`public`: to a method without a token),
     /// or `None` when the address holds its share already.
     pub fn admit(self: &Arc<Self>, client: IpAddr, public: bool) -> Option<AddressSlot> {
-        let mut counts = self.counts.lock().ok()?;
-        let (all, publics) = counts.entry(client).or_insert((0, 0));
-        if *all >= self.all || (public && *publics >= self.public) {
+        let mut held = self.held.lock().ok()?;
+        let now = held.entry(client).or_default();
+        if now.calls >= self.all || (public && now.public_calls >= self.public) {
             return None;
         }
-        *all += 1;
+        now.calls += 1;
         if public {
-            *publics += 1;
+            now.public_calls += 1;
         }
         Some(AddressSlot {
             shares: self.clone(),
             client,
             public,
+            buffered: 0,
         })
     }
 
-    fn release(&self, client: IpAddr, public: bool) {
-        if let Ok(mut counts) = self.counts.lock()
-            && let Some((all, publics)) = counts.get_mut(&client)
+    fn change(&self, client: IpAddr, change: impl FnOnce(&mut Held)) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(now) = held.get_mut(&client)
         {
-            *all = all.saturating_sub(1);
-            if public {
-                *publics = publics.saturating_sub(1);
-            }
-            if *all == 0 {
-                counts.remove(&client);
+            change(now);
+            if now.is_empty() {
+                held.remove(&client);
             }
         }
     }
 }
 
-/// One call's place in its address's share, given back when dropped.
+/// One call's place in its address's share, and the bytes of its answer the gateway
+/// holds; given back when dropped.
 pub struct AddressSlot {
     shares: Arc<AddressShares>,
     client: IpAddr,
     public: bool,
+    buffered: usize,
+}
+
+impl AddressSlot {
+    /// Takes `bytes` more of the address's answer buffer; `false` (nothing taken) when
+    /// that would go past its share.
+    pub fn buffer(&mut self, bytes: usize) -> bool {
+        let Ok(mut held) = self.shares.held.lock() else {
+            return false;
+        };
+        let Some(now) = held.get_mut(&self.client) else {
+            return false;
+        };
+        if now.buffered.saturating_add(bytes) > self.shares.buffered {
+            return false;
+        }
+        now.buffered += bytes;
+        self.buffered += bytes;
+        true
+    }
+
+    /// Gives back `bytes` of the answer buffer: the client has taken them.
+    pub fn delivered(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.buffered);
+        self.buffered -= bytes;
+        self.shares.change(self.client, |now| {
+            now.buffered = now.buffered.saturating_sub(bytes)
+        });
+    }
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        self.shares.release(self.client, self.public);
+        let (public, buffered) = (self.public, self.buffered);
+        self.shares.change(self.client, |now| {
+            now.calls = now.calls.saturating_sub(1);
+            if public {
+                now.public_calls = now.public_calls.saturating_sub(1);
+            }
+            now.buffered = now.buffered.saturating_sub(buffered);
+        });
     }
 }
 

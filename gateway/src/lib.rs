@@ -129,6 +129,7 @@ impl Gateway {
             calls: topsmile_kit::calls::Calls::new("gateway", config.edge.max_in_flight),
             max_deadline: config.edge.max_deadline(),
             max_message_bytes: config.limits.max_message_bytes,
+            max_answer_bytes: config.edge.max_answer_bytes,
         };
         Ok(Self {
             proxy: Arc::new(proxy),

@@ -10,8 +10,7 @@
 //! TopSmile itself, never by a client).
 
 use std::{
-    collections::HashMap,
-    future::Future,
+    collections::{HashMap, VecDeque},
     net::IpAddr,
     pin::Pin,
     sync::{
@@ -31,7 +30,7 @@ use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::Upstream;
 
 /// Headers only TopSmile components may set; a client's copies are removed.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-topsmile-";
@@ -58,6 +57,8 @@ pub struct Proxy {
     pub(crate) max_deadline: Duration,
     /// The largest request message read (the services' own limit).
     pub(crate) max_message_bytes: usize,
+    /// The largest answer relayed.
+    pub(crate) max_answer_bytes: usize,
     /// Whose forwarding headers name the client.
     pub(crate) trusted: crate::forwarded::TrustedProxies,
     /// The gateway's proof, to the services, of the client address it forwards.
@@ -66,12 +67,11 @@ pub struct Proxy {
     pub(crate) shares: Arc<crate::hold::AddressShares>,
 }
 
-/// A call's answer on its way to the client, holding the call's place in its address's
-/// share and telling the connection's watchdog when it has ended.
+/// A call's answer on its way to the client, telling the connection's watchdog when
+/// it has ended.
 struct Held {
     inner: Body,
     finished: Arc<AtomicBool>,
-    _slot: crate::hold::AddressSlot,
 }
 
 impl http_body::Body for Held {
@@ -146,7 +146,7 @@ impl Proxy {
         let finished = Arc::new(AtomicBool::new(false));
         watchdog.watch(ends, &finished);
         let span = call.span().clone();
-        let response = match self.forward(req, client, ends).instrument(span).await {
+        let response = match self.forward(req, client, slot, ends).instrument(span).await {
             Ok(response) => response,
             Err(e) => tonic::Status::from(e).into_http(),
         };
@@ -154,7 +154,6 @@ impl Proxy {
             Body::new(Held {
                 inner: body,
                 finished,
-                _slot: slot,
             })
         })
     }
@@ -163,6 +162,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         peer: IpAddr,
+        mut slot: crate::hold::AddressSlot,
         ends: tokio::time::Instant,
     ) -> Result<Response<Body>, ApiError> {
         let path = req.uri().path().to_owned();
@@ -199,22 +199,29 @@ impl Proxy {
             req.headers_mut()
                 .insert(topsmile_kit::access::FORWARDER_HEADER, proof);
         }
-        // One timer for the whole call: it bounds the exchange, then the response body.
-        let mut deadline = Box::pin(tokio::time::sleep_until(ends));
+        // One deadline for the whole exchange: reading the request, the call, and
+        // reading the answer; after that the connection's watchdog holds the client to it.
         let (parts, body) = req.into_parts();
+        let limit = self.max_answer_bytes.saturating_add(5);
         let exchange = async {
             let (message, rest) = read_message(body, self.max_message_bytes).await?;
             let response = send(upstream, &parts, message, ends).await?;
-            Ok::<_, ApiError>((response, rest))
+            let (head, stream) = response.into_parts();
+            let (data, trailers) = read_answer(stream, limit, &mut slot).await?;
+            Ok::<_, ApiError>((head, data, trailers, rest))
         };
-        tokio::select! {
-            biased;
-            exchanged = exchange => {
-                let (response, rest) = exchanged?;
-                Ok(response.map(|body| Body::new(Relayed::new(body, deadline, rest))))
-            }
-            () = deadline.as_mut() => Err(ApiError::DeadlineExceeded),
-        }
+        let (head, data, trailers, rest) = tokio::time::timeout_at(ends, exchange)
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)??;
+        Ok(Response::from_parts(
+            head,
+            Body::new(Answer {
+                data,
+                trailers,
+                slot,
+                _request_rest: rest,
+            }),
+        ))
     }
 }
 
@@ -292,7 +299,7 @@ async fn send(
     parts: &http::request::Parts,
     message: Bytes,
     ends: tokio::time::Instant,
-) -> Result<Response<UpstreamBody>, ApiError> {
+) -> Result<Response<h2::RecvStream>, ApiError> {
     let mut turned_away: Vec<String> = Vec::new();
     loop {
         let picked = match upstream.pick(&turned_away).await {
@@ -336,7 +343,7 @@ async fn send(
             let _ = request_body.send_data(message.clone(), true);
         }
         match response.await {
-            Ok(response) => return Ok(response.map(UpstreamBody::new)),
+            Ok(response) => return Ok(response),
             Err(e) => {
                 if picked.connection.is_closed() {
                     upstream.report_failure(&picked.authority);
@@ -413,94 +420,106 @@ fn transport_code(e: &h2::Error) -> Code {
     }
 }
 
-/// A response body on its way back to the client.
+/// A replica's whole answer, read off its stream as it arrived, on its way to the
+/// client: its DATA, then its trailers.
 ///
-/// It ends the body with
-/// DEADLINE_EXCEEDED trailers when the call's deadline passes first, and turns a failure
-/// of the upstream body into `grpc-status` trailers: a client then reads a gRPC status,
-/// not a broken HTTP/2 stream that it would take for "retry" (linkerd2-proxy's
-/// `grpc_rescue`).
-struct Relayed {
-    inner: UpstreamBody,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+/// Read whole, not relayed frame by frame: flow-control credit goes back to the
+/// replica as the gateway reads, not as the client does, so a client that does not
+/// read holds nothing of the connection to the replica that every other call to that
+/// service shares (HTTP/2's connection window). What the gateway holds instead is
+/// counted against the client address's share of the answer buffer (see `hold`).
+/// Every method is unary: the answer is one message, at most the message limit.
+struct Answer {
+    data: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    /// The call's place in its address's share, and the bytes of this answer held.
+    slot: crate::hold::AddressSlot,
     /// What is left of the client's request body (its end), held until the call ends.
     _request_rest: Incoming,
-    done: bool,
 }
 
-impl Relayed {
-    fn new(
-        inner: UpstreamBody,
-        deadline: Pin<Box<tokio::time::Sleep>>,
-        request_rest: Incoming,
-    ) -> Self {
-        Self {
-            inner,
-            deadline,
-            _request_rest: request_rest,
-            done: false,
-        }
-    }
-
-    fn finish(&mut self) {
-        self.done = true;
-    }
-}
-
-impl http_body::Body for Relayed {
+impl http_body::Body for Answer {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = std::convert::Infallible;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if self.done {
-            return Poll::Ready(None);
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(data) = self.data.pop_front() {
+            self.slot.delivered(data.len());
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match polled {
-            Poll::Pending => {
-                if self.deadline.as_mut().poll(cx).is_ready() {
-                    self.finish();
-                    let trailers = status_trailers(Code::DeadlineExceeded, "deadline exceeded");
-                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                }
-                Poll::Pending
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if frame.is_trailers() {
-                    self.finish();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.finish();
-                // The call was under way: it may have run, so no RetryInfo either way.
-                let code = transport_code(&e);
-                let message = if code == Code::Unavailable {
-                    "the service's connection closed during the call"
-                } else {
-                    "the service failed during the call"
-                };
-                tracing::warn!(error = %e, "upstream body failed mid-call");
-                Poll::Ready(Some(Ok(Frame::trailers(status_trailers(code, message)))))
-            }
-            Poll::Ready(None) => {
-                self.finish();
-                Poll::Ready(None)
-            }
-        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+        self.data.is_empty() && self.trailers.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let left: usize = self.data.iter().map(Bytes::len).sum();
+        http_body::SizeHint::with_exact(left as u64)
     }
 }
+
+/// Reads a replica's answer (`stream`) whole, each DATA frame's credit handed back as
+/// it is read, and each frame counted against `slot`'s share of the answer buffer.
+///
+/// An answer past `limit` bytes is RESOURCE_EXHAUSTED; one past the address's share,
+/// RESOURCE_EXHAUSTED with a retry hint (its earlier answers, once read, make room).
+/// Either way the replica's stream is reset (dropped unfinished). A transport failure
+/// once the answer began becomes `grpc-status` trailers: the client reads a gRPC
+/// status, not a broken HTTP/2 stream that it would take for "retry"
+/// (linkerd2-proxy's `grpc_rescue`).
+async fn read_answer(
+    mut stream: h2::RecvStream,
+    limit: usize,
+    slot: &mut crate::hold::AddressSlot,
+) -> Result<(VecDeque<Bytes>, Option<HeaderMap>), ApiError> {
+    let mut data = VecDeque::new();
+    let mut total = 0usize;
+    let failed = loop {
+        match stream.data().await {
+            None => break None,
+            Some(Ok(chunk)) => {
+                let _ = stream.flow_control().release_capacity(chunk.len());
+                total = total.saturating_add(chunk.len());
+                if total > limit {
+                    return Err(ApiError::AnswerTooLarge { limit });
+                }
+                if !slot.buffer(chunk.len()) {
+                    topsmile_kit::calls::count_answer_buffer_full();
+                    return Err(ApiError::Overloaded {
+                        retry_after: ANSWER_BUFFER_RETRY,
+                    });
+                }
+                data.push_back(chunk);
+            }
+            Some(Err(e)) => break Some(e),
+        }
+    };
+    let failed = match failed {
+        Some(e) => e,
+        None => match stream.trailers().await {
+            Ok(trailers) => return Ok((data, trailers)),
+            Err(e) => e,
+        },
+    };
+    // The call was under way: it may have run, so no RetryInfo either way.
+    let code = transport_code(&failed);
+    let message = if code == Code::Unavailable {
+        "the service's connection closed during the call"
+    } else {
+        "the service failed during the call"
+    };
+    tracing::warn!(error = %failed, "upstream answer failed mid-call");
+    slot.delivered(total);
+    Ok((VecDeque::new(), Some(status_trailers(code, message))))
+}
+
+/// When a client whose answers filled its share may try again.
+const ANSWER_BUFFER_RETRY: Duration = Duration::from_secs(1);
 
 /// `grpc-status` and `grpc-message` trailers; `message` is plain ASCII, so it needs no
 /// percent-encoding.

@@ -26,14 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-};
-
 use bytes::Bytes;
 use h2::client::SendRequest;
-use http_body::Frame;
 use tokio::net::TcpStream;
 
 /// How often an idle or busy connection to a replica is pinged, and how long a pong may
@@ -406,55 +400,6 @@ async fn connect_with_keepalive(
         ended.store(true, Ordering::Release);
     });
     Ok(Connection { sender, closed })
-}
-
-/// A replica's response body, read straight from its HTTP/2 stream: the DATA frames
-/// (each one's flow-control credit handed back as it is passed on), then the trailers.
-pub struct UpstreamBody {
-    stream: h2::RecvStream,
-    data_done: bool,
-}
-
-impl UpstreamBody {
-    pub fn new(stream: h2::RecvStream) -> Self {
-        Self {
-            stream,
-            data_done: false,
-        }
-    }
-}
-
-impl http_body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match self.stream.poll_data(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    // The next hop holds it now: the replica may send more.
-                    let _ = self.stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => self.data_done = true,
-            }
-        }
-        match self.stream.poll_trailers(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(Some(trailers))) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.stream.is_end_stream()
-    }
 }
 
 #[cfg(test)]

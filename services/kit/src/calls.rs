@@ -81,6 +81,7 @@ struct Series {
     shed: Family<ComponentLabels, Counter>,
     shed_per_address: Counter,
     abandoned: Counter,
+    answer_buffer_full: Counter,
 }
 
 fn series() -> &'static Series {
@@ -123,6 +124,12 @@ fn series() -> &'static Series {
             "Calls at the edge that outlived their deadline undelivered (their connection was closed)",
             abandoned.clone(),
         );
+        let answer_buffer_full = Counter::default();
+        registry.register(
+            "answer_buffer_full",
+            "Calls at the edge shed because their client address's unread answers filled its share of the answer buffer",
+            answer_buffer_full.clone(),
+        );
         Series {
             registry,
             requests,
@@ -132,6 +139,7 @@ fn series() -> &'static Series {
             shed,
             shed_per_address,
             abandoned,
+            answer_buffer_full,
         }
     })
 }
@@ -144,6 +152,11 @@ pub fn count_shed_per_address() {
 /// Counts a call the edge abandoned past its deadline.
 pub fn count_abandoned() {
     series().abandoned.inc();
+}
+
+/// Counts a call the edge shed because its address's unread answers filled its share.
+pub fn count_answer_buffer_full() {
+    series().answer_buffer_full.inc();
 }
 
 /// Every series in Prometheus' text format.

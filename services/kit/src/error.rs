@@ -77,6 +77,10 @@ pub enum ApiError {
     /// for it, so the answer is the same through the gateway and directly).
     #[error("the request message is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// RESOURCE_EXHAUSTED, with no retry hint: an answer larger than the edge relays
+    /// (gRPC's code for a message past the receiver's limit).
+    #[error("the answer is larger than the limit of {limit} bytes")]
+    AnswerTooLarge { limit: usize },
     /// CANCELLED: the client cancelled the call (or went away) before it was sent on.
     #[error("the client cancelled the call")]
     Cancelled,
@@ -127,6 +131,7 @@ impl ApiError {
             Self::Unimplemented(_) => "NOT_IMPLEMENTED",
             Self::Overloaded { .. } => "OVERLOADED",
             Self::TooLarge { .. } => "MESSAGE_TOO_LARGE",
+            Self::AnswerTooLarge { .. } => "ANSWER_TOO_LARGE",
             Self::Cancelled => "CANCELLED",
             Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
             Self::Unavailable(_) => "UNAVAILABLE",
@@ -210,6 +215,7 @@ impl From<ApiError> for Status {
                 (Code::ResourceExhausted, e.to_string())
             }
             ApiError::TooLarge { .. } => (Code::OutOfRange, e.to_string()),
+            ApiError::AnswerTooLarge { .. } => (Code::ResourceExhausted, e.to_string()),
             ApiError::Cancelled => (Code::Cancelled, e.to_string()),
             ApiError::DeadlineExceeded => (Code::DeadlineExceeded, e.to_string()),
             ApiError::Unavailable(cause) => {
