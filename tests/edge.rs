@@ -502,3 +502,199 @@ async fn an_answer_past_the_limit_is_resource_exhausted() {
         );
     }
 }
+
+/// A gateway in front of `upstream` serving TLS from `tls`.
+async fn tls_gateway_in_front_of(
+    upstream: SocketAddr,
+    tls: topsmile_kit::tls::TlsFiles,
+) -> (SocketAddr, shutdown::Trigger) {
+    let config = topsmile_gateway::GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        identity_upstreams: upstream.to_string(),
+        edge: topsmile_gateway::EdgeSettings {
+            sign_in_per_minute: 0,
+            ..Default::default()
+        },
+        tls,
+        service_secret: Some(secrecy::SecretString::from(
+            "a test secret of at least 32 bytes",
+        )),
+        ..Default::default()
+    };
+    let gateway = topsmile_gateway::Gateway::new(&config).unwrap();
+    assert!(gateway.is_tls());
+    let listener = topsmile_kit::server::bind(config.listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, stop) = shutdown::channel();
+    tokio::spawn(async move { gateway.serve(listener, stop).await });
+    (addr, trigger)
+}
+
+/// A TLS client trusting `ca_pem`, presenting `identity` (certificate and key PEM).
+fn tls_client(
+    ca_pem: &str,
+    identity: Option<&topsmile_kit::tls::Issued>,
+) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(issued) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// An HTTP/2 connection over TLS to the gateway: the sender, and the server's
+/// certificate as presented.
+async fn tls_connect(
+    gateway: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<(h2::client::SendRequest<bytes::Bytes>, Vec<u8>)> {
+    let tcp = tokio::net::TcpStream::connect(gateway).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let stream = connector.connect(name, tcp).await?;
+    let (_, session) = stream.get_ref();
+    assert_eq!(
+        session.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "ALPN chose HTTP/2"
+    );
+    let presented = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let (sender, connection) = h2::client::handshake(stream)
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(connection);
+    Ok((sender, presented))
+}
+
+/// A `Login` on `sender`: the `grpc-status` its answer ends with.
+async fn login_status(sender: h2::client::SendRequest<bytes::Bytes>) -> Result<String, h2::Error> {
+    let mut sender = sender.ready().await?;
+    let response = unread_login(&mut sender).expect("the stream opens");
+    let response = response.await?;
+    if let Some(status) = response.headers().get("grpc-status") {
+        return Ok(status.to_str().unwrap_or("").to_owned());
+    }
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await?.unwrap_or_default();
+    Ok(trailers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned())
+}
+
+fn pem_certificate_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// TLS from a certificate and key file, with ALPN `h2`: a call is answered over it; a
+/// certificate rotated on disk is what the next connection gets, while a connection
+/// opened before goes on working with the old one.
+#[tokio::test]
+async fn the_gateway_serves_tls_and_picks_up_a_rotated_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = topsmile_kit::tls::LocalCa::new("test CA").unwrap();
+    let first = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+    let mut files = first.write_to(dir.path(), "gateway").unwrap();
+    files.tls_reload_secs = 1;
+    let (gateway, _stop) =
+        tls_gateway_in_front_of(scripted_upstream(Script::Answer).await, files).await;
+    let connector = tls_client(&ca.pem(), None);
+
+    let (open, presented) = tls_connect(gateway, &connector).await.unwrap();
+    assert_eq!(presented, pem_certificate_der(&first.cert_pem));
+    assert_eq!(login_status(open.clone()).await.unwrap(), "0");
+
+    // cert-manager renews: the files are replaced.
+    let second = ca.server(&["localhost", "127.0.0.1"]).unwrap();
+    second.write_to(dir.path(), "gateway").unwrap();
+    let renewed = pem_certificate_der(&second.cert_pem);
+    let waited = std::time::Instant::now();
+    loop {
+        let (fresh, presented) = tls_connect(gateway, &connector).await.unwrap();
+        if presented == renewed {
+            assert_eq!(login_status(fresh).await.unwrap(), "0");
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The connection from before the renewal still works.
+    assert_eq!(login_status(open).await.unwrap(), "0");
+
+    // A client that trusts another CA refuses the gateway.
+    let stranger = topsmile_kit::tls::LocalCa::new("another CA").unwrap();
+    assert!(
+        tls_connect(gateway, &tls_client(&stranger.pem(), None))
+            .await
+            .is_err()
+    );
+}
+
+/// With `TOPSMILE_TLS_CLIENT_CA`, only clients with a certificate that CA signed get
+/// in: one from another CA, and none at all, are refused at the handshake.
+#[tokio::test]
+async fn with_a_client_ca_only_its_clients_get_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = topsmile_kit::tls::LocalCa::new("test CA").unwrap();
+    let partners = topsmile_kit::tls::LocalCa::new("partners CA").unwrap();
+    let mut files = ca
+        .server(&["localhost"])
+        .unwrap()
+        .write_to(dir.path(), "gateway")
+        .unwrap();
+    let client_ca = dir.path().join("partners.pem");
+    std::fs::write(&client_ca, partners.pem()).unwrap();
+    files.tls_client_ca = Some(client_ca);
+    let (gateway, _stop) =
+        tls_gateway_in_front_of(scripted_upstream(Script::Answer).await, files).await;
+
+    let partner = partners.client("billing.partner.example").unwrap();
+    let (sender, _) = tls_connect(gateway, &tls_client(&ca.pem(), Some(&partner)))
+        .await
+        .unwrap();
+    assert_eq!(login_status(sender).await.unwrap(), "0");
+
+    // TLS 1.3 reports a refused client certificate after the handshake: the first
+    // call (or the handshake) fails either way.
+    let impostor = ca.client("impostor.example").unwrap();
+    for identity in [Some(&impostor), None] {
+        let refused = match tls_connect(gateway, &tls_client(&ca.pem(), identity)).await {
+            Err(_) => true,
+            Ok((sender, _)) => login_status(sender).await.is_err(),
+        };
+        assert!(refused, "a client without a partner certificate got in");
+    }
+}

@@ -31,6 +31,9 @@ pub struct GatewayConfig {
     pub edge: EdgeSettings,
     #[serde(flatten)]
     pub limits: ServerLimits,
+    /// TLS for the gateway's listener (`TOPSMILE_TLS_CERT`, `_KEY`, `_CLIENT_CA`).
+    #[serde(flatten)]
+    pub tls: topsmile_kit::tls::TlsFiles,
 }
 
 /// How the edge treats calls: connections, deadlines, shedding and the sign-in limit.
@@ -78,6 +81,9 @@ pub struct EdgeSettings {
     /// Load balancers and proxies (CIDR ranges, comma-separated) whose
     /// `X-Forwarded-For` / `Forwarded` headers name the client; empty: none.
     pub trusted_proxies: String,
+    /// Web origins (`scheme://host[:port]`, comma-separated) whose pages may call over
+    /// gRPC-Web; empty: none (browsers refuse cross-origin calls), `*`: any (dev only).
+    pub cors_origins: String,
     /// How often each service's replica names are resolved again, in seconds, so
     /// replicas that come and go are followed without a restart; 0: never.
     pub dns_refresh_secs: u64,
@@ -99,6 +105,7 @@ impl Default for EdgeSettings {
             sign_in_per_minute: 30,
             sign_in_burst: 10,
             trusted_proxies: String::new(),
+            cors_origins: String::new(),
             dns_refresh_secs: 5,
         }
     }
@@ -131,6 +138,7 @@ impl Default for GatewayConfig {
             service_secret: None,
             edge: EdgeSettings::default(),
             limits: ServerLimits::default(),
+            tls: topsmile_kit::tls::TlsFiles::default(),
         }
     }
 }

@@ -16,21 +16,20 @@ pub mod hold;
 pub mod proxy;
 pub mod upstream;
 pub mod vouch;
+pub mod web;
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use topsmile_kit::{
     policy::{PolicyError, PolicyTable},
     server::{ServeError, add_reflection},
-    shutdown::Shutdown,
+    shutdown::{self, Shutdown},
+    tls::ServerTls,
 };
 
 pub use config::{EdgeSettings, GatewayConfig};
@@ -60,7 +59,19 @@ pub struct Gateway {
     /// How often each replica's health is checked.
     health_check_every: Duration,
     limits: topsmile_kit::config::ServerLimits,
+    /// TLS for the listener (reloaded as its files change), or plaintext.
+    tls: Option<Arc<ServerTls>>,
 }
+
+/// ALPN, in order of preference: gRPC's HTTP/2, then HTTP/1.1 for gRPC-Web.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection closed for stalling (see `hold`) has, after its GOAWAY, before
+/// it is dropped.
+const GOAWAY_LINGER: Duration = Duration::from_millis(250);
 
 impl Gateway {
     pub fn new(config: &GatewayConfig) -> Result<Self, GatewayError> {
@@ -130,7 +141,10 @@ impl Gateway {
             max_deadline: config.edge.max_deadline(),
             max_message_bytes: config.limits.max_message_bytes,
             max_answer_bytes: config.edge.max_answer_bytes,
+            cors: web::Cors::parse(&config.edge.cors_origins).map_err(GatewayError::Config)?,
         };
+        let tls =
+            ServerTls::load(&config.tls, ALPN).map_err(|e| GatewayError::Config(e.to_string()))?;
         Ok(Self {
             proxy: Arc::new(proxy),
             health,
@@ -140,7 +154,13 @@ impl Gateway {
             dns_refresh: Duration::from_secs(config.edge.dns_refresh_secs),
             health_check_every: Duration::from_millis(config.edge.health_check_ms.max(50)),
             limits: config.limits.clone(),
+            tls,
         })
+    }
+
+    /// Whether the gateway serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Reports NOT_SERVING, overall and for every public service.
@@ -183,8 +203,11 @@ impl Gateway {
             ))
         });
 
-        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
+        // gRPC over HTTP/2 and gRPC-Web over HTTP/1.1 or HTTP/2: with TLS, ALPN says
+        // which; in plaintext, the first bytes (HTTP/2's preface or not).
+        let mut either = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        either
+            .http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(self.limits.keepalive_interval()))
             .keep_alive_timeout(self.limits.keepalive_timeout())
@@ -194,29 +217,60 @@ impl Gateway {
             // Fixed windows, as towards the services (see `upstream::connect`).
             .initial_stream_window_size(Some(2 << 20))
             .initial_connection_window_size(Some(5 << 20));
-        let graceful = GracefulShutdown::new();
+        either
+            .http1()
+            .timer(TokioTimer::new())
+            // A client that trickles its request head (slowloris) is dropped.
+            .header_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .max_buf_size(64 << 10);
+        let builders = Builders {
+            http2: either.clone().http2_only(),
+            http1: either.clone().http1_only(),
+            either,
+        };
+        // Each connection's task holds a sender; draining waits for them all to end.
+        let (drain, draining_now) = shutdown::channel();
+        let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
         let local = listener.local_addr().ok();
+        if let Some(tls) = &self.tls {
+            tls.spawn_reloader(shutdown.clone());
+        }
         let serve_connection = |stream: tokio::net::TcpStream, peer: std::net::SocketAddr| {
             let _ = stream.set_nodelay(true);
             let proxy = self.proxy.clone();
-            // Closed when a call on it outlives its deadline undelivered (see `hold`).
-            let close = Arc::new(tokio::sync::Notify::new());
-            let watchdog = hold::Watchdog::start(peer.ip(), close.clone());
-            let service = service_fn(move |req| {
-                let (proxy, watchdog) = (proxy.clone(), watchdog.clone());
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip(), &watchdog).await) }
-            });
-            let connection = graceful.watch(http2.serve_connection(TokioIo::new(stream), service));
+            let builders = builders.clone();
+            let tls = self.tls.as_ref().map(|tls| tls.acceptor());
+            let (alive, draining) = (alive.clone(), draining_now.clone());
             tokio::spawn(async move {
-                tokio::select! {
-                    ended = connection => {
-                        if let Err(e) = ended {
-                            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                let _alive = alive;
+                // Closed when a call on it outlives its deadline undelivered (see `hold`).
+                let close = Arc::new(tokio::sync::Notify::new());
+                let watchdog = hold::Watchdog::start(peer.ip(), close.clone());
+                let service = service_fn(move |req| {
+                    let (proxy, watchdog) = (proxy.clone(), watchdog.clone());
+                    async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip(), &watchdog).await) }
+                });
+                let Some(acceptor) = tls else {
+                    return drive(&builders.either, stream, service, draining, close, peer).await;
+                };
+                let stream =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
                         }
-                    }
-                    // Dropping the connection drops its streams: their slots are freed.
-                    () = close.notified() => {}
-                }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let builder = match stream.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => &builders.http2,
+                    Some(b"http/1.1") => &builders.http1,
+                    _ => &builders.either,
+                };
+                drive(builder, stream, service, draining, close, peer).await;
             });
         };
         // Serves until shutdown, then (NOT_SERVING) for the drain delay more.
@@ -249,7 +303,10 @@ impl Gateway {
 
         tracing::info!(?local, "gateway draining: finishing in-flight calls");
         drop(listener);
-        if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+        // GOAWAY on every connection; each ends when its calls have.
+        drain.fire();
+        drop(alive);
+        if tokio::time::timeout(self.drain_timeout, all_ended.recv())
             .await
             .is_err()
         {
@@ -261,6 +318,58 @@ impl Gateway {
         }
         tracing::info!(?local, "gateway stopped");
         Ok(())
+    }
+}
+
+/// The connection builders: HTTP/2 only, HTTP/1.1 only (as ALPN chose), or either
+/// (plaintext, or TLS without ALPN).
+#[derive(Clone)]
+struct Builders {
+    http2: AutoBuilder,
+    http1: AutoBuilder,
+    either: AutoBuilder,
+}
+
+type AutoBuilder = hyper_util::server::conn::auto::Builder<TokioExecutor>;
+
+/// Serves one client connection until it ends, the gateway drains (GOAWAY, then its
+/// calls finish), or its watchdog closes it (GOAWAY, then dropped: its stalled streams
+/// will not finish).
+async fn drive<I, S>(
+    builder: &AutoBuilder,
+    io: I,
+    service: S,
+    draining: Shutdown,
+    close: Arc<tokio::sync::Notify>,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        }
+        () = draining.wait() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+        () = close.notified() => {
+            connection.as_mut().graceful_shutdown();
+            // Dropping the connection drops its streams: their slots are freed.
+            let _ = tokio::time::timeout(GOAWAY_LINGER, connection).await;
+        }
     }
 }
 

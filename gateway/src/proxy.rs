@@ -30,7 +30,10 @@ use topsmile_kit::{ApiError, access::Guard, policy::PolicyTable};
 use tower::ServiceExt;
 use tracing::Instrument;
 
-use crate::upstream::Upstream;
+use crate::{
+    upstream::Upstream,
+    web::{Cors, Protocol, WebAnswer},
+};
 
 /// Headers only TopSmile components may set; a client's copies are removed.
 pub const INTERNAL_HEADER_PREFIX: &str = "x-topsmile-";
@@ -65,6 +68,8 @@ pub struct Proxy {
     pub(crate) voucher: crate::vouch::Voucher,
     /// In-flight calls per client address.
     pub(crate) shares: Arc<crate::hold::AddressShares>,
+    /// Which web pages may call.
+    pub(crate) cors: Cors,
 }
 
 /// A call's answer on its way to the client, telling the connection's watchdog when
@@ -104,22 +109,69 @@ impl Drop for Held {
     }
 }
 
+/// A call's request body, as it came.
+pub(crate) enum CallBody {
+    /// gRPC, or binary gRPC-Web: length-prefixed messages.
+    Framed(Incoming),
+    /// gRPC-Web text: the same, in base64.
+    Text(Incoming),
+}
+
 impl Proxy {
+    /// Serves one HTTP request: gRPC, gRPC-Web (re-framed both ways, see `web`), a CORS
+    /// preflight, or a refusal of anything else.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer: IpAddr,
         watchdog: &crate::hold::Watchdog,
     ) -> Response<Body> {
-        let path = req.uri().path();
-        if topsmile_kit::calls::is_infrastructure(path) {
-            return match self.local.clone().oneshot(req).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
+        match Protocol::of(&req) {
+            Protocol::Grpc => {
+                if topsmile_kit::calls::is_infrastructure(req.uri().path()) {
+                    return match self.local.clone().oneshot(req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                }
+                let (parts, body) = req.into_parts();
+                self.call(parts, CallBody::Framed(body), peer, watchdog)
+                    .await
+            }
+            Protocol::Web { text } => {
+                let origin = match self.cors.admit(req.headers()) {
+                    Ok(origin) => origin,
+                    Err(crate::web::OriginRefused) => {
+                        return crate::web::refused("this origin may not call the API");
+                    }
+                };
+                let (mut parts, body) = req.into_parts();
+                crate::web::to_grpc(&mut parts.headers);
+                let body = if text {
+                    CallBody::Text(body)
+                } else {
+                    CallBody::Framed(body)
+                };
+                let response = self.call(parts, body, peer, watchdog).await;
+                WebAnswer::response(response, text, origin)
+            }
+            Protocol::Preflight => self.cors.preflight(req.headers()),
+            Protocol::Other => crate::web::not_grpc(),
         }
+    }
+
+    /// One API call, from the client's address share to the last frame of its answer.
+    async fn call(
+        &self,
+        parts: http::request::Parts,
+        body: CallBody,
+        peer: IpAddr,
+        watchdog: &crate::hold::Watchdog,
+    ) -> Response<Body> {
+        let req = &parts;
+        let path = req.uri.path();
         // The client: the peer, or whom trusted proxies say they forward for.
-        let client = self.trusted.client(peer, req.headers());
+        let client = self.trusted.client(peer, &req.headers);
         // One address holds at most its share (see `hold`), a smaller one of calls
         // that need no token.
         let public = self
@@ -133,12 +185,12 @@ impl Proxy {
         };
         // Load shedding: past the in-flight bound, answer at once instead of queueing.
         // The call counts until its response's last frame.
-        let call = match self.calls.admit(path, req.headers()) {
+        let call = match self.calls.admit(path, &req.headers) {
             Ok(call) => call,
             Err(shed) => return shed.into_response(),
         };
         let deadline =
-            grpc_timeout(req.headers()).map_or(self.max_deadline, |d| d.min(self.max_deadline));
+            grpc_timeout(&req.headers).map_or(self.max_deadline, |d| d.min(self.max_deadline));
         // The deadline covers reading the request, choosing and connecting to a replica,
         // the call, and the response body to its last frame; the connection's watchdog
         // holds it to that even if nobody polls the answer.
@@ -146,7 +198,8 @@ impl Proxy {
         let finished = Arc::new(AtomicBool::new(false));
         watchdog.watch(ends, &finished);
         let span = call.span().clone();
-        let response = match self.forward(req, client, slot, ends).instrument(span).await {
+        let forwarded = self.forward(parts, body, client, slot, ends);
+        let response = match forwarded.instrument(span).await {
             Ok(response) => response,
             Err(e) => tonic::Status::from(e).into_http(),
         };
@@ -160,12 +213,13 @@ impl Proxy {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: CallBody,
         peer: IpAddr,
         mut slot: crate::hold::AddressSlot,
         ends: tokio::time::Instant,
     ) -> Result<Response<Body>, ApiError> {
-        let path = req.uri().path().to_owned();
+        let path = parts.uri.path().to_owned();
         let route = self
             .table
             .get(&path)
@@ -182,29 +236,35 @@ impl Proxy {
             });
         }
         // Token and role policy, before anything reaches a service (which checks again).
-        self.guard.authorize(&path, req.headers()).await?;
+        self.guard.authorize(&path, &parts.headers).await?;
         let upstream = self.upstreams.get(&route.area).ok_or_else(|| {
             ApiError::Unavailable(format!("no upstream configured for {}", route.area))
         })?;
-        strip_internal_headers(req.headers_mut());
+        strip_internal_headers(&mut parts.headers);
         // The service's span is a child of this call's (the current span).
-        topsmile_kit::telemetry::inject(req.headers_mut());
+        topsmile_kit::telemetry::inject(&mut parts.headers);
         // The services key the sign-in lock on the client's address.
-        req.headers_mut().insert(
+        parts.headers.insert(
             topsmile_kit::access::CLIENT_ADDRESS_HEADER,
             HeaderValue::from_str(&peer.to_string())
                 .map_err(|e| ApiError::Internal(format!("client address header: {e}")))?,
         );
         if let Some(proof) = self.voucher.proof().await {
-            req.headers_mut()
+            parts
+                .headers
                 .insert(topsmile_kit::access::FORWARDER_HEADER, proof);
         }
         // One deadline for the whole exchange: reading the request, the call, and
         // reading the answer; after that the connection's watchdog holds the client to it.
-        let (parts, body) = req.into_parts();
         let limit = self.max_answer_bytes.saturating_add(5);
         let exchange = async {
-            let (message, rest) = read_message(body, self.max_message_bytes).await?;
+            let (message, rest) = match body {
+                CallBody::Framed(body) => {
+                    let (message, rest) = read_message(body, self.max_message_bytes).await?;
+                    (message, Some(rest))
+                }
+                CallBody::Text(body) => (read_text(body, self.max_message_bytes).await?, None),
+            };
             let response = send(upstream, &parts, message, ends).await?;
             let (head, stream) = response.into_parts();
             let (data, trailers) = read_answer(stream, limit, &mut slot).await?;
@@ -284,6 +344,35 @@ async fn read_message(
     }
     let message = joined.map_or(first, bytes::BytesMut::freeze);
     Ok((message, body))
+}
+
+/// A gRPC-Web text request body, read whole (at most what `max_message_bytes` takes in
+/// base64, with room for line breaks) and decoded.
+async fn read_text(body: Incoming, max_message_bytes: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large = || ApiError::TooLarge {
+        limit: max_message_bytes,
+    };
+    let encoded_limit = max_message_bytes
+        .saturating_add(5)
+        .div_ceil(3)
+        .saturating_mul(4)
+        .saturating_add(1024);
+    let collected = http_body_util::Limited::new(body, encoded_limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::Cancelled
+            }
+        })?;
+    let message = crate::web::decode_text(&collected.to_bytes())?;
+    if message.len() > max_message_bytes.saturating_add(5) {
+        return Err(too_large());
+    }
+    Ok(message)
 }
 
 /// Sends the call (`parts` and `message`) to a replica of `upstream`, and to another
@@ -378,10 +467,12 @@ fn outgoing(
     uri.path_and_query = parts.uri.path_and_query().cloned();
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
-    *req.version_mut() = parts.version;
+    // gRPC-Web may have come over HTTP/1.1; the replica is spoken to in HTTP/2.
+    *req.version_mut() = http::Version::HTTP_2;
     *req.uri_mut() =
         Uri::from_parts(uri).map_err(|e| ApiError::Internal(format!("upstream uri: {e}")))?;
     *req.headers_mut() = parts.headers.clone();
+    strip_hop_by_hop(req.headers_mut());
     // The service gets what is left of the call's deadline, not what the client asked.
     let left = ends.saturating_duration_since(tokio::time::Instant::now());
     req.headers_mut().insert(
@@ -435,7 +526,7 @@ struct Answer {
     /// The call's place in its address's share, and the bytes of this answer held.
     slot: crate::hold::AddressSlot,
     /// What is left of the client's request body (its end), held until the call ends.
-    _request_rest: Incoming,
+    _request_rest: Option<Incoming>,
 }
 
 impl http_body::Body for Answer {
@@ -528,6 +619,24 @@ fn status_trailers(code: Code, message: &'static str) -> HeaderMap {
     trailers.insert("grpc-status", HeaderValue::from(code as i32));
     trailers.insert("grpc-message", HeaderValue::from_static(message));
     trailers
+}
+
+/// Removes what belongs to the client's connection, not to the call (HTTP/1.1's
+/// connection headers, which HTTP/2 forbids, and a length that the re-framing of a
+/// gRPC-Web body no longer matches), and says trailers are expected.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        http::header::CONNECTION,
+        http::header::HOST,
+        http::header::TRANSFER_ENCODING,
+        http::header::UPGRADE,
+        http::header::CONTENT_LENGTH,
+        http::header::HeaderName::from_static("keep-alive"),
+        http::header::HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
 }
 
 fn strip_internal_headers(headers: &mut HeaderMap) {

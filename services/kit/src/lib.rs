@@ -33,6 +33,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod tls;
 pub mod validate;
 
 pub use error::{ApiError, FieldViolation};
