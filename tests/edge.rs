@@ -8,7 +8,11 @@
 //! `Login` is public, so the gateway forwards it without asking identity for keys: the
 //! scripted upstream stands in for identity.
 
+mod support;
+
 use std::{net::SocketAddr, time::Duration};
+
+use support::http1;
 
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -697,4 +701,203 @@ async fn with_a_client_ca_only_its_clients_get_in() {
         };
         assert!(refused, "a client without a partner certificate got in");
     }
+}
+
+/// An empty `LoginRequest` as one gRPC frame.
+const EMPTY_MESSAGE: &[u8] = &[0, 0, 0, 0, 0];
+
+const LOGIN: &str = "/topsmile.identity.v1.AuthService/Login";
+
+/// A gateway that lets pages from `origins` call.
+async fn web_gateway(script: Script, origins: &str) -> (SocketAddr, shutdown::Trigger) {
+    gateway_configured(
+        scripted_upstream(script).await,
+        topsmile_gateway::EdgeSettings {
+            sign_in_per_minute: 0,
+            cors_origins: origins.into(),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// gRPC-Web over HTTP/1.1, binary and text: the call goes to the service as gRPC and
+/// its answer comes back re-framed, the message and then the trailers as the final
+/// frame (base64 for text); a large answer arrives whole.
+#[tokio::test]
+async fn grpc_web_calls_over_http1_are_forwarded_as_grpc() {
+    use base64::Engine;
+    let (gateway, _stop) = web_gateway(Script::Answer, "").await;
+    for content_type in ["application/grpc-web", "application/grpc-web+proto"] {
+        let answer = http1(
+            gateway,
+            http::Method::POST,
+            LOGIN,
+            [("content-type", content_type), ("x-grpc-web", "1")],
+            bytes::Bytes::from_static(EMPTY_MESSAGE),
+        )
+        .await;
+        assert_eq!(answer.status, http::StatusCode::OK);
+        assert_eq!(answer.headers["content-type"], "application/grpc-web+proto");
+        let frames = answer.frames(false);
+        assert_eq!(frames.len(), 2, "one message, then the trailers");
+        assert_eq!(frames[0], (0, vec![]));
+        assert_eq!(answer.grpc_status(false), "0");
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(EMPTY_MESSAGE);
+    let answer = http1(
+        gateway,
+        http::Method::POST,
+        LOGIN,
+        [("content-type", "application/grpc-web-text")],
+        bytes::Bytes::from(encoded.clone()),
+    )
+    .await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(
+        answer.headers["content-type"],
+        "application/grpc-web-text+proto"
+    );
+    assert_eq!(answer.frames(true)[0], (0, vec![]));
+    assert_eq!(answer.grpc_status(true), "0");
+
+    let (gateway, _stop) = web_gateway(Script::Large(300_000), "").await;
+    for text in [false, true] {
+        let (content_type, body) = if text {
+            (
+                "application/grpc-web-text",
+                bytes::Bytes::from(encoded.clone()),
+            )
+        } else {
+            (
+                "application/grpc-web",
+                bytes::Bytes::from_static(EMPTY_MESSAGE),
+            )
+        };
+        let answer = http1(
+            gateway,
+            http::Method::POST,
+            LOGIN,
+            [("content-type", content_type)],
+            body,
+        )
+        .await;
+        let frames = answer.frames(text);
+        assert_eq!(frames[0].1.len(), 300_000, "text: {text}");
+        assert_eq!(answer.grpc_status(text), "0");
+    }
+}
+
+/// What bad gRPC-Web input gets: malformed base64 is INVALID_ARGUMENT, a body past the
+/// message limit OUT_OF_RANGE, plain gRPC over HTTP/1.1 (which cannot carry trailers)
+/// 415; the gateway serves the next call as before.
+#[tokio::test]
+async fn bad_grpc_web_input_gets_a_clear_answer() {
+    let (gateway, _stop) = web_gateway(Script::Answer, "").await;
+    let text = [("content-type", "application/grpc-web-text")];
+    let bad = http1(
+        gateway,
+        http::Method::POST,
+        LOGIN,
+        text,
+        bytes::Bytes::from_static(b"AAAA!AAA"),
+    )
+    .await;
+    assert_eq!(bad.status, http::StatusCode::OK);
+    assert_eq!(bad.grpc_status(true), "3", "INVALID_ARGUMENT");
+    let huge = bytes::Bytes::from(vec![b'A'; 8 << 20]);
+    let big = http1(gateway, http::Method::POST, LOGIN, text, huge).await;
+    assert_eq!(big.grpc_status(true), "11", "OUT_OF_RANGE, as for gRPC");
+    let grpc = http1(
+        gateway,
+        http::Method::POST,
+        LOGIN,
+        [("content-type", "application/grpc")],
+        bytes::Bytes::from_static(EMPTY_MESSAGE),
+    )
+    .await;
+    assert_eq!(grpc.status, http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let fine = http1(
+        gateway,
+        http::Method::POST,
+        LOGIN,
+        [("content-type", "application/grpc-web")],
+        bytes::Bytes::from_static(EMPTY_MESSAGE),
+    )
+    .await;
+    assert_eq!(fine.grpc_status(false), "0");
+}
+
+/// CORS from `TOPSMILE_CORS_ORIGINS`: an allowed origin's preflight is answered with
+/// what it may send, and its calls carry the headers that let the page read the
+/// status; any other origin's preflight and calls are refused with 403 and no CORS
+/// headers.
+#[tokio::test]
+async fn cors_admits_the_configured_origins_only() {
+    let allowed = "https://calendar.clinic.example";
+    let (gateway, _stop) =
+        web_gateway(Script::Answer, &format!("{allowed}, http://localhost:5173")).await;
+    let preflight = |origin: &'static str| {
+        http1(
+            gateway,
+            http::Method::OPTIONS,
+            LOGIN,
+            [
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "authorization,content-type,x-grpc-web",
+                ),
+            ],
+            bytes::Bytes::new(),
+        )
+    };
+    let ok = preflight("https://calendar.clinic.example").await;
+    assert_eq!(ok.status, http::StatusCode::NO_CONTENT);
+    assert_eq!(ok.headers["access-control-allow-origin"], allowed);
+    let allowed_headers = ok.headers["access-control-allow-headers"].to_str().unwrap();
+    for header in [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "grpc-timeout",
+    ] {
+        assert!(allowed_headers.contains(header), "{allowed_headers}");
+    }
+    assert!(
+        ok.headers["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+
+    let evil = preflight("https://evil.example").await;
+    assert_eq!(evil.status, http::StatusCode::FORBIDDEN);
+    assert!(evil.headers.get("access-control-allow-origin").is_none());
+
+    let call = |origin: &'static str| {
+        http1(
+            gateway,
+            http::Method::POST,
+            LOGIN,
+            [
+                ("content-type", "application/grpc-web+proto"),
+                ("origin", origin),
+            ],
+            bytes::Bytes::from_static(EMPTY_MESSAGE),
+        )
+    };
+    let ok = call("https://calendar.clinic.example").await;
+    assert_eq!(ok.grpc_status(false), "0");
+    assert_eq!(ok.headers["access-control-allow-origin"], allowed);
+    let exposed = ok.headers["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    for header in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        assert!(exposed.contains(header), "{exposed}");
+    }
+    let evil = call("https://evil.example").await;
+    assert_eq!(evil.status, http::StatusCode::FORBIDDEN);
+    assert!(evil.headers.get("access-control-allow-origin").is_none());
 }

@@ -713,3 +713,63 @@ async fn a_call_goes_on_once_its_message_is_whole_and_an_oversize_one_is_refused
     );
     suite.stop().await;
 }
+
+/// gRPC-Web reaches the same calls with the same token and policy as gRPC: the
+/// super admin signs in and reads a clinic over HTTP/1.1; without a token the call is
+/// UNAUTHENTICATED, with a clinic's staff token another clinic is out of reach.
+#[tokio::test]
+async fn grpc_web_calls_get_the_same_token_and_policy_as_grpc() {
+    use prost::Message;
+    let suite = TestSuite::start().await;
+    let clinic = suite.create_clinic("Sorriso Web").await;
+    let other = suite.clinic_with_staff("Sorriso Outro").await;
+    let frame = |message: Vec<u8>| {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        framed.extend_from_slice(&message);
+        bytes::Bytes::from(framed)
+    };
+    let web = |path: &'static str, token: Option<String>, message: Vec<u8>| {
+        let mut headers = vec![("content-type", "application/grpc-web+proto".to_owned())];
+        if let Some(token) = token {
+            headers.push(("authorization", format!("Bearer {token}")));
+        }
+        support::http1(
+            suite.suite.gateway,
+            http::Method::POST,
+            path,
+            headers,
+            frame(message),
+        )
+    };
+    let login = identity::LoginRequest {
+        email: support::ROOT_EMAIL.into(),
+        password: support::ROOT_PASSWORD.into(),
+        device_token: String::new(),
+    };
+    let signed_in = web(
+        "/topsmile.identity.v1.AuthService/Login",
+        None,
+        login.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(signed_in.grpc_status(false), "0");
+    let token = identity::LoginResponse::decode(&signed_in.frames(false)[0].1[..])
+        .unwrap()
+        .access_token;
+    let get = identity::GetClinicRequest {
+        name: clinic.name.clone(),
+    }
+    .encode_to_vec();
+    const GET_CLINIC: &str = "/topsmile.identity.v1.ClinicService/GetClinic";
+    let got = web(GET_CLINIC, Some(token), get.clone()).await;
+    assert_eq!(got.grpc_status(false), "0");
+    let read = identity::GetClinicResponse::decode(&got.frames(false)[0].1[..]).unwrap();
+    assert_eq!(read.clinic.unwrap().name, clinic.name);
+
+    let anonymous = web(GET_CLINIC, None, get.clone()).await;
+    assert_eq!(anonymous.grpc_status(false), "16", "UNAUTHENTICATED");
+    let outsider = web(GET_CLINIC, Some(other.admin.clone()), get).await;
+    assert_eq!(outsider.grpc_status(false), "7", "PERMISSION_DENIED");
+    suite.stop().await;
+}

@@ -579,3 +579,83 @@ pub fn violations(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// What a gRPC-Web call over HTTP/1.1 got: the HTTP status, headers and whole body.
+pub struct WebAnswer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl WebAnswer {
+    /// The body's frames: (flag, payload), base64-decoded first for text.
+    pub fn frames(&self, text: bool) -> Vec<(u8, Vec<u8>)> {
+        use base64::Engine;
+        let body = if text {
+            base64::engine::general_purpose::STANDARD
+                .decode(&self.body)
+                .expect("base64 answer")
+        } else {
+            self.body.to_vec()
+        };
+        let mut frames = Vec::new();
+        let mut rest = &body[..];
+        while rest.len() >= 5 {
+            let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+            frames.push((rest[0], rest[5..5 + len].to_vec()));
+            rest = &rest[5 + len..];
+        }
+        assert!(rest.is_empty(), "a partial frame at the end");
+        frames
+    }
+
+    /// The grpc-status: from the trailer frame, or the headers (trailers-only).
+    pub fn grpc_status(&self, text: bool) -> String {
+        if let Some(status) = self.headers.get("grpc-status") {
+            return status.to_str().unwrap().to_owned();
+        }
+        let frames = self.frames(text);
+        let (flag, trailers) = frames.last().expect("a trailer frame");
+        assert_eq!(*flag, 0x80, "the last frame holds the trailers");
+        let trailers = String::from_utf8(trailers.clone()).unwrap();
+        trailers
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix("grpc-status: "))
+            .expect("grpc-status in the trailer frame")
+            .to_owned()
+    }
+}
+
+/// One request over a fresh HTTP/1.1 connection.
+pub async fn http1<V: AsRef<str>>(
+    gateway: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: impl IntoIterator<Item = (&'static str, V)>,
+    body: bytes::Bytes,
+) -> WebAnswer {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway");
+    for (name, value) in headers {
+        request = request.header(name, value.as_ref());
+    }
+    let response = sender
+        .send_request(request.body(http_body_util::Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    WebAnswer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
