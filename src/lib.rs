@@ -42,6 +42,9 @@ pub struct DevConfig {
     pub identity: IdentitySettings,
     #[serde(flatten)]
     pub edge: EdgeSettings,
+    /// TLS for the gateway (`TOPSMILE_TLS_CERT`, `_KEY`, `_CLIENT_CA`).
+    #[serde(flatten)]
+    pub tls: topsmile_kit::tls::TlsFiles,
 }
 
 impl Default for DevConfig {
@@ -54,6 +57,7 @@ impl Default for DevConfig {
             limits: ServerLimits::default(),
             identity: IdentitySettings::default(),
             edge: EdgeSettings::default(),
+            tls: topsmile_kit::tls::TlsFiles::default(),
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct SuiteOptions {
     pub bootstrap_admin: Option<(String, SecretString)>,
     /// The gateway's connections, deadlines, shedding and sign-in limit.
     pub edge: EdgeSettings,
+    /// TLS for the gateway's listener (off: plaintext).
+    pub tls: topsmile_kit::tls::TlsFiles,
     /// How long services reuse identity's answer about a clinic (active, time zone).
     pub clinic_facts_ttl: std::time::Duration,
     /// Lock and refresh-token expiry time (tests move it).
@@ -111,6 +117,7 @@ impl SuiteOptions {
             key_file: keys_dir.join("signing-keys.json"),
             bootstrap_admin: None,
             edge: EdgeSettings::default(),
+            tls: topsmile_kit::tls::TlsFiles::default(),
             clinic_facts_ttl: topsmile_kit::clinics::CACHE_FOR,
             clock: Arc::new(SystemClock),
             passwords: Passwords::for_this_machine()?,
@@ -307,6 +314,7 @@ impl Suite {
             appointments_upstreams: addr("appointments"),
             service_secret: Some(service_secret_for_gateway),
             edge: options.edge.clone(),
+            tls: options.tls.clone(),
             limits,
             ..GatewayConfig::default()
         };
@@ -458,6 +466,11 @@ mod tests {
                 ("TOPSMILE_PUBLIC_PER_ADDRESS_PERCENT", "5"),
                 ("TOPSMILE_MAX_BUFFERED_BYTES", "1048576"),
                 ("TOPSMILE_MAX_ANSWER_BYTES", "65536"),
+                ("TOPSMILE_CORS_ORIGINS", "https://app.example.com"),
+                ("TOPSMILE_TLS_CERT", "/tls/cert.pem"),
+                ("TOPSMILE_TLS_KEY", "/tls/key.pem"),
+                ("TOPSMILE_TLS_CLIENT_CA", "/tls/partners.pem"),
+                ("TOPSMILE_TLS_RELOAD_SECS", "30"),
                 ("TOPSMILE_MAX_DEADLINE_SECS", "5"),
                 ("TOPSMILE_CONNECTIONS_PER_UPSTREAM", "4"),
                 ("TOPSMILE_CONNECT_TIMEOUT_MS", "250"),
@@ -498,6 +511,14 @@ mod tests {
             assert_eq!(config.edge.public_per_address_percent, 5);
             assert_eq!(config.edge.max_buffered_bytes, 1 << 20);
             assert_eq!(config.edge.max_answer_bytes, 1 << 16);
+            assert_eq!(config.edge.cors_origins, "https://app.example.com");
+            assert_eq!(config.tls.tls_cert, Some(PathBuf::from("/tls/cert.pem")));
+            assert_eq!(config.tls.tls_key, Some(PathBuf::from("/tls/key.pem")));
+            assert_eq!(
+                config.tls.tls_client_ca,
+                Some(PathBuf::from("/tls/partners.pem"))
+            );
+            assert_eq!(config.tls.tls_reload_secs, 30);
             assert_eq!(config.edge.max_deadline_secs, 5);
             assert_eq!(config.edge.connections_per_upstream, 4);
             assert_eq!(config.edge.connect_timeout_ms, 250);

@@ -90,6 +90,11 @@ struct DevArgs {
     /// Log format: pretty or json [env: TOPSMILE_LOG_FORMAT] [default: pretty].
     #[arg(long, value_parser = ["pretty", "json"])]
     log_format: Option<String>,
+    /// Serve the gateway over TLS with a certificate for localhost signed by a local
+    /// CA, both made on first use in <data dir>/tls (clients trust its ca.pem).
+    /// TOPSMILE_TLS_CERT and TOPSMILE_TLS_KEY serve a certificate of your own instead.
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(clap::Args)]
@@ -170,12 +175,33 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
     let telemetry = telemetry::init(config.log_format, "topsmile");
     tracing::debug!(?config, "topsmile dev configuration");
 
+    // --tls: a local CA and a localhost certificate, made once and kept, so a client
+    // trusts the same ca.pem across restarts.
+    let dev_ca = if args.tls && config.tls.pair()?.is_none() {
+        let dir = config.store.data_dir.join("tls");
+        let ca = dir.join("ca.pem");
+        if !ca.exists() || !dir.join("gateway.pem").exists() {
+            let local = topsmile_kit::tls::LocalCa::new("TopSmile dev CA")?;
+            local
+                .server(&["localhost", "127.0.0.1", "::1"])?
+                .write_to(&dir, "gateway")?;
+            topsmile_kit::tls::write_private(&ca, &local.pem())?;
+        }
+        config.tls.tls_cert = Some(dir.join("gateway.pem"));
+        config.tls.tls_key = Some(dir.join("gateway-key.pem"));
+        Some(ca)
+    } else {
+        None
+    };
+    let tls_on = config.tls.pair()?.is_some();
+
     let store = StoreChoice::from_config(&config.store);
     let mut options =
         SuiteOptions::new(config.listen, store.clone(), config.store.data_dir.clone())?;
     options.key_file = config.key_file();
     options.limits = config.limits.clone();
     options.edge = config.edge.clone();
+    options.tls = config.tls.clone();
     options.metrics_listen = config.metrics_listen;
     // A password on its own is the dev admin's (the README's table says so); an email
     // on its own gets a generated password, shown below.
@@ -231,7 +257,18 @@ async fn dev(file: Option<PathBuf>, args: DevArgs) -> anyhow::Result<()> {
         ),
     }
     println!();
-    println!("Try:  grpcurl -plaintext {} list", suite.gateway);
+    match (&dev_ca, tls_on) {
+        (Some(ca), _) => println!(
+            "Try:  grpcurl -cacert {} localhost:{} list",
+            ca.display(),
+            suite.gateway.port()
+        ),
+        (None, true) => println!(
+            "Try:  grpcurl -cacert <your CA> <your certificate's name>:{} list",
+            suite.gateway.port()
+        ),
+        (None, false) => println!("Try:  grpcurl -plaintext {} list", suite.gateway),
+    }
     println!("Ctrl-C drains in-flight calls and stops.");
 
     let ran = suite.run_until(shutdown::os_signal()).await;

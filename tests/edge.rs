@@ -658,6 +658,17 @@ async fn the_gateway_serves_tls_and_picks_up_a_rotated_certificate() {
     // The connection from before the renewal still works.
     assert_eq!(login_status(open).await.unwrap(), "0");
 
+    // A renewal caught half-written does not load: the last good certificate stays.
+    std::fs::write(
+        dir.path().join("gateway.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (fresh, presented) = tls_connect(gateway, &connector).await.unwrap();
+    assert_eq!(presented, renewed, "the last good certificate is served");
+    assert_eq!(login_status(fresh).await.unwrap(), "0");
+
     // A client that trusts another CA refuses the gateway.
     let stranger = topsmile_kit::tls::LocalCa::new("another CA").unwrap();
     assert!(
@@ -900,4 +911,72 @@ async fn cors_admits_the_configured_origins_only() {
     let evil = call("https://evil.example").await;
     assert_eq!(evil.status, http::StatusCode::FORBIDDEN);
     assert!(evil.headers.get("access-control-allow-origin").is_none());
+}
+
+/// `topsmile dev --tls` makes a local CA and a localhost certificate in its data dir,
+/// serves the gateway over TLS, and prints a grpcurl command that works as printed.
+#[tokio::test]
+async fn dev_with_tls_prints_a_grpcurl_command_that_works() {
+    use std::io::BufRead;
+    let grpcurl = std::process::Command::new("grpcurl")
+        .arg("-version")
+        .output();
+    if grpcurl.is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "grpcurl is missing: scripts/test installs it"
+        );
+        eprintln!("skipped: grpcurl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap();
+    drop(free);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"))
+        .args(["dev", "--tls", "--listen", &addr.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .env(
+            "TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD",
+            "a first password, long enough",
+        )
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (found, printed) = std::sync::mpsc::channel();
+    // Reads to the end: a closed pipe would fail dev's next line.
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(command) = line.strip_prefix("Try:") {
+                let _ = found.send(command.trim().to_owned());
+            }
+        }
+    });
+    let command =
+        tokio::task::spawn_blocking(move || printed.recv_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+            .expect("topsmile dev --tls prints how to call it");
+    assert!(
+        command.contains("-cacert") && !command.contains("-plaintext"),
+        "{command}"
+    );
+    let listed = std::process::Command::new("bash")
+        .args(["-c", &command])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && out.contains("topsmile.identity.v1.AuthService"),
+        "{command}: {out} {}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
 }
