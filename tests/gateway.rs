@@ -773,3 +773,200 @@ async fn grpc_web_calls_get_the_same_token_and_policy_as_grpc() {
     assert_eq!(outsider.grpc_status(false), "7", "PERMISSION_DENIED");
     suite.stop().await;
 }
+
+/// Serves the built booking page (`web/dist`) on `listener`, as a web server would.
+async fn serve_page(listener: tokio::net::TcpListener, dist: std::path::PathBuf) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let dist = dist.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let dist = dist.clone();
+                    async move {
+                        let (file, kind) = match req.uri().path() {
+                            "/" | "/index.html" => ("index.html", "text/html; charset=utf-8"),
+                            "/app.js" => ("app.js", "text/javascript"),
+                            _ => ("", ""),
+                        };
+                        let mut response = match std::fs::read(dist.join(file)) {
+                            Ok(bytes) if !file.is_empty() => http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(bytes)),
+                            ),
+                            _ => {
+                                let mut missing = http::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::new(),
+                                ));
+                                *missing.status_mut() = http::StatusCode::NOT_FOUND;
+                                missing
+                            }
+                        };
+                        if !kind.is_empty() {
+                            response
+                                .headers_mut()
+                                .insert("content-type", http::HeaderValue::from_static(kind));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The browser client end to end, in real headless Chromium: the page (served from
+/// another origin, so CORS is exercised as a browser does it) signs a receptionist in,
+/// lists a provider's free slots for a day and books the first over gRPC-Web; the
+/// booking is then read back with grpcurl over gRPC.
+#[tokio::test]
+async fn a_browser_signs_in_lists_a_days_slots_and_books_one() {
+    use topsmile_proto::topsmile::providers::v1 as providers;
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let ready = web.join("dist/index.html").exists()
+        && web.join("node_modules/playwright-core").exists()
+        && std::path::Path::new(&chromium).exists();
+    if !ready {
+        assert!(
+            std::env::var("CI").is_err(),
+            "the browser test needs web/ built and Chromium: scripts/test sets both up"
+        );
+        eprintln!("skipped: web/ is not built or Chromium is missing (scripts/test sets them up)");
+        return;
+    }
+    let page_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page = page_listener.local_addr().unwrap();
+    tokio::spawn(serve_page(page_listener, web.join("dist")));
+    let suite = TestSuite::with(support::Setup {
+        cors_origins: format!("http://{page}"),
+        ..Default::default()
+    })
+    .await;
+    let staff = suite.clinic_with_staff("Sorriso Navegador").await;
+    let email = "reception@sorriso-navegador.example";
+    let password = "reception password, long enough";
+    UserServiceClient::with_interceptor(suite.channel().await, Bearer(Some(staff.admin.clone())))
+        .create_user(identity::CreateUserRequest {
+            parent: staff.clinic.name.clone(),
+            user: Some(identity::User {
+                email: email.into(),
+                display_name: "Reception".into(),
+                role: identity::UserRole::Staff as i32,
+                ..Default::default()
+            }),
+            password: password.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let every_day = (1..=7)
+        .map(|day| providers::WorkingDay {
+            day,
+            intervals: vec![providers::TimeInterval {
+                start_minute: 9 * 60,
+                end_minute: 12 * 60,
+            }],
+        })
+        .collect();
+    let provider = providers::provider_service_client::ProviderServiceClient::with_interceptor(
+        suite.channel().await,
+        Bearer(Some(staff.admin.clone())),
+    )
+    .create_provider(providers::CreateProviderRequest {
+        parent: staff.clinic.name.clone(),
+        provider: Some(providers::Provider {
+            display_name: "Dr. Bruno".into(),
+            working_hours: every_day,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .provider
+    .unwrap()
+    .name;
+    let patient = support::create_patient(
+        &suite,
+        &staff,
+        topsmile_proto::topsmile::patients::v1::Patient {
+            given_name: "José".into(),
+            family_name: "Silva".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .name;
+    let day = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(48))
+        .unwrap()
+        .strftime("%Y-%m-%d")
+        .to_string();
+    let gateway = suite.suite.gateway;
+    let url = format!(
+        "http://{page}/index.html?gateway=http://{gateway}&clinic={}&provider={provider}&patient={patient}&day={day}",
+        staff.clinic.name
+    );
+    let driven = tokio::process::Command::new("node")
+        .arg(web.join("tests/book.mjs"))
+        .args([&url, email, password])
+        .env("CHROMIUM", &chromium)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        driven.status.success(),
+        "the browser run failed: {}",
+        String::from_utf8_lossy(&driven.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&driven.stdout).unwrap();
+    assert!(seen["slots"].as_u64().unwrap() > 0, "{seen}");
+    let booked = seen["booked"].as_str().unwrap().to_owned();
+    assert!(
+        booked.starts_with(&format!("{}/appointments/", staff.clinic.name)),
+        "{booked}"
+    );
+
+    // The booking, read back over gRPC with grpcurl.
+    let token = suite.login(email, password).await;
+    let read = tokio::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {token}"),
+            "-d",
+        ])
+        .arg(serde_json::json!({ "name": booked }).to_string())
+        .arg(gateway.to_string())
+        .arg("topsmile.appointments.v1.AppointmentService/GetAppointment")
+        .output()
+        .await
+        .expect("grpcurl (scripts/test installs it)");
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    let start = got["appointment"]["startTime"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    let clicked = seen["start"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert_eq!(
+        start, clicked,
+        "the slot the browser clicked is the one booked"
+    );
+    assert_eq!(got["appointment"]["patient"], patient.as_str());
+    suite.stop().await;
+}

@@ -75,6 +75,8 @@ pub struct Setup {
     pub health_check_ms: u64,
     /// Replicas in other processes, by area.
     pub outside_replicas: std::collections::BTreeMap<&'static str, Vec<SocketAddr>>,
+    /// Web origins allowed to call over gRPC-Web (`TOPSMILE_CORS_ORIGINS`).
+    pub cors_origins: String,
 }
 
 impl Default for Setup {
@@ -93,6 +95,7 @@ impl Default for Setup {
             replicas: 1,
             health_check_ms: 1000,
             outside_replicas: Default::default(),
+            cors_origins: String::new(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl TestSuite {
         options.replicas = setup.replicas;
         options.outside_replicas = setup.outside_replicas.clone();
         options.edge.health_check_ms = setup.health_check_ms;
+        options.edge.cors_origins = setup.cors_origins.clone();
         if setup.metrics {
             options.metrics_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
         }
