@@ -902,7 +902,7 @@ async fn a_browser_signs_in_lists_a_days_slots_and_books_one() {
     )
     .await
     .name;
-    let day = jiff::Timestamp::now()
+    let day = topsmile_kit::time::now()
         .checked_add(jiff::SignedDuration::from_hours(48))
         .unwrap()
         .strftime("%Y-%m-%d")

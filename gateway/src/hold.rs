@@ -21,9 +21,9 @@
 //! - **Deadlines, polled or not.** Each connection has a watchdog that knows the
 //!   deadline of every call on it. A call still unfinished a grace period after its
 //!   deadline (its answer could not be delivered: the client gives no window) is
-//!   counted and logged (rate-limited) as abandoned, and its connection is closed:
-//!   dropping the connection drops every stream of it, so the slots are freed and the
-//!   streams reset both ways. A client that reads its answers is never affected: its
+//!   counted and logged (rate-limited) as abandoned, and its connection is closed
+//!   (GOAWAY, then dropped): dropping the connection drops every stream of it, so the
+//!   slots are freed and the streams reset both ways. A client that reads its answers is never affected: its
 //!   calls end at their deadline with DEADLINE_EXCEEDED (see `proxy::Proxy::forward`).
 //!
 //! Rejected: a timer task per call (a spawn on the hot path of every call), and

@@ -1,10 +1,12 @@
-//! The edge: one HTTP/2 request in, the same request out to the owning service.
+//! The edge: one request in (gRPC, or gRPC-Web re-framed by `web`), the same call out
+//! to the owning service over HTTP/2.
 //!
 //! Messages are never decoded. The request message (every method is unary) is read
 //! whole, up to the length its prefix declares, before it is sent, so a call a replica
-//! turned away unstarted can go to another; the response's DATA frames and trailers are
-//! handed on as they arrive (hyper serves the clients; the replicas are reached over
-//! the `h2` crate's client, see `upstream`). What the gateway reads is the path
+//! turned away unstarted can go to another; the answer is read whole off the replica's
+//! stream as it arrives, so a client that does not read never holds the connection to
+//! the replica that everyone shares ([`Answer`]; hyper serves the clients, the replicas
+//! are reached over the `h2` crate's client, see `upstream`). What the gateway reads is the path
 //! (to route), the `grpc-timeout` header (to bound the call, and to hand the service
 //! what is left of it) and the `x-topsmile-*` headers (to drop them: those are set by
 //! TopSmile itself, never by a client).
