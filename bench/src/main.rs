@@ -21,6 +21,7 @@
 //! ```
 
 mod appointments;
+mod edge;
 
 use std::{
     net::SocketAddr,
@@ -89,6 +90,10 @@ struct Args {
     /// saturating rate).
     #[arg(long)]
     overload_only: bool,
+    /// Only the edge figure: GetClinic by h2load straight at identity, through the
+    /// gateway and through HAProxy, in the same rounds.
+    #[arg(long)]
+    edge_only: bool,
     /// Only the appointments figures: the seed at its original scale, then
     /// FindAvailableSlots, BookAppointment and a 50-way race on top of it.
     #[arg(long)]
@@ -134,6 +139,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let clinic = create_clinic(&connect(gateway).await?, &bearer, "Bench Clinic").await?;
     let get_clinic = Target::GetClinic(clinic.name.clone());
+    if args.edge_only {
+        edge::run(
+            direct,
+            gateway,
+            &token,
+            &clinic.name,
+            args.seconds,
+            args.rounds,
+        )
+        .await?;
+        suite.stop().await?;
+        return Ok(());
+    }
     if args.overload_only {
         let names = seed_patients(gateway, &bearer, &clinic.name, 1_000).await?;
         let get_patient = Target::GetPatient(names[names.len() / 2].clone());
@@ -154,6 +172,18 @@ async fn main() -> anyhow::Result<()> {
         &get_clinic,
     )
     .await?;
+
+    println!();
+    edge::run(
+        direct,
+        gateway,
+        &token,
+        &clinic.name,
+        args.seconds,
+        args.rounds,
+    )
+    .await?;
+    println!();
 
     // Patients: 10,000 in one clinic, then GetPatient both ways and name searches.
     let patients = suite.services["patients"];
