@@ -980,3 +980,76 @@ async fn dev_with_tls_prints_a_grpcurl_command_that_works() {
         String::from_utf8_lossy(&listed.stderr)
     );
 }
+
+/// With TLS on, Kubernetes' gRPC probes (which cannot speak TLS) ask a second,
+/// plaintext listener that serves health and nothing else: the API is not reachable
+/// through it, and plaintext on the TLS port gets no answer.
+#[tokio::test]
+async fn a_tls_gateway_answers_plaintext_probes_on_its_health_port_only() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = topsmile_kit::tls::LocalCa::new("test CA").unwrap();
+    let files = ca
+        .server(&["localhost"])
+        .unwrap()
+        .write_to(dir.path(), "gateway")
+        .unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let health = free.local_addr().unwrap();
+    drop(free);
+    let upstream = scripted_upstream(Script::Answer).await;
+    let config = topsmile_gateway::GatewayConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        identity_upstreams: upstream.to_string(),
+        health_listen: Some(health),
+        tls: files,
+        service_secret: Some(secrecy::SecretString::from(
+            "a test secret of at least 32 bytes",
+        )),
+        ..Default::default()
+    };
+    let gateway = topsmile_gateway::Gateway::new(&config).unwrap();
+    let listener = topsmile_kit::server::bind(config.listen).await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let (_stop, stop) = shutdown::channel();
+    tokio::spawn(async move { gateway.serve(listener, stop).await });
+
+    let mut probe = None;
+    for _ in 0..100 {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{health}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            probe = Some(channel);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let probe = probe.expect("the health listener serves");
+    let serving = HealthClient::new(probe.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        serving.get_ref().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let api_call = AuthServiceClient::new(probe)
+        .login(identity::LoginRequest::default())
+        .await
+        .expect_err("the health port serves health only");
+    assert_eq!(api_call.code(), Code::Unimplemented, "{api_call:?}");
+    let plaintext = tonic::transport::Channel::from_shared(format!("http://{api}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let answer = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await;
+        assert!(answer.is_err(), "plaintext on the TLS port was answered");
+    }
+}

@@ -32,7 +32,9 @@ pub struct Load {
 /// The ratio the issue asks of the gateway: gateway ÷ direct at 64 in flight.
 pub const TARGET_RATIO: f64 = 0.80;
 
-/// Runs the comparison and prints it; `clinic` is the clinic GetClinic reads.
+/// Runs the comparison and prints it; `clinic` is the clinic GetClinic reads. With
+/// `only` ("direct", "gateway" or "haproxy"), runs that path alone at 64 in flight for
+/// `seconds`, once: for a profiler attached to this process (`perf record -p`).
 pub async fn run(
     identity: SocketAddr,
     gateway: SocketAddr,
@@ -40,6 +42,7 @@ pub async fn run(
     clinic: &str,
     seconds: u64,
     rounds: usize,
+    only: Option<&str>,
 ) -> anyhow::Result<()> {
     if !installed("h2load") {
         println!(
@@ -78,11 +81,28 @@ pub async fn run(
             .await
             .with_context(|| format!("GetClinic {label}"))?;
     }
+    if let Some(only) = only {
+        let Some((label, addr)) = paths.iter().find(|(label, _)| label.contains(only)) else {
+            anyhow::bail!("--edge-profile: no path {only:?}");
+        };
+        println!(
+            "{label}: h2load for {seconds}s in 3s (pid {})",
+            std::process::id()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let load = h2load(*addr, &body, token, 4, 16, seconds).await?;
+        println!(
+            "{label}: {:.0} rps, mean {} µs",
+            load.rps,
+            load.mean.as_micros()
+        );
+        return Ok(());
+    }
     println!(
         "Edge: authenticated GetClinic by h2load (its own process), {seconds}s per run, best of {rounds} rounds"
     );
     println!(
-        "{:<22} {:>9} {:>10} {:>9} {:>7}",
+        "{:<30} {:>9} {:>10} {:>9} {:>7}",
         "path", "in flight", "rps", "mean µs", "failed"
     );
     // (connections, streams per connection)
@@ -103,7 +123,7 @@ pub async fn run(
         }
         for ((label, _), load) in paths.iter().zip(&best[level]) {
             println!(
-                "{label:<22} {:>9} {:>10.0} {:>9} {:>7}",
+                "{label:<30} {:>9} {:>10.0} {:>9} {:>7}",
                 connections * streams,
                 load.rps,
                 load.mean.as_micros(),
@@ -248,7 +268,7 @@ impl HaProxy {
         std::fs::write(
             &config,
             format!(
-                "global\n  maxconn 10000\n\
+                "global\n  maxconn 4000\n\
                  defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
                  frontend grpc\n  bind {addr} proto h2\n  default_backend identity\n\
                  backend identity\n  http-reuse always\n  server identity {identity} proto h2\n"

@@ -94,6 +94,10 @@ struct Args {
     /// gateway and through HAProxy, in the same rounds.
     #[arg(long)]
     edge_only: bool,
+    /// Runs one path of the edge figure alone (direct, gateway or haproxy), for a
+    /// profiler attached to this process.
+    #[arg(long)]
+    edge_profile: Option<String>,
     /// Only the appointments figures: the seed at its original scale, then
     /// FindAvailableSlots, BookAppointment and a 50-way race on top of it.
     #[arg(long)]
@@ -139,16 +143,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let clinic = create_clinic(&connect(gateway).await?, &bearer, "Bench Clinic").await?;
     let get_clinic = Target::GetClinic(clinic.name.clone());
-    if args.edge_only {
-        edge::run(
-            direct,
-            gateway,
-            &token,
-            &clinic.name,
-            args.seconds,
-            args.rounds,
-        )
-        .await?;
+    if args.edge_only || args.edge_profile.is_some() {
+        let only = args.edge_profile.as_deref();
+        let (seconds, rounds) = (args.seconds, args.rounds);
+        edge::run(direct, gateway, &token, &clinic.name, seconds, rounds, only).await?;
         suite.stop().await?;
         return Ok(());
     }
@@ -174,15 +172,8 @@ async fn main() -> anyhow::Result<()> {
     .await?;
 
     println!();
-    edge::run(
-        direct,
-        gateway,
-        &token,
-        &clinic.name,
-        args.seconds,
-        args.rounds,
-    )
-    .await?;
+    let (seconds, rounds) = (args.seconds, args.rounds);
+    edge::run(direct, gateway, &token, &clinic.name, seconds, rounds, None).await?;
     println!();
 
     // Patients: 10,000 in one clinic, then GetPatient both ways and name searches.

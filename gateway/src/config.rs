@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     pub appointments_upstreams: String,
     /// Admin address serving Prometheus metrics at `/metrics` (off when unset).
     pub metrics_listen: Option<SocketAddr>,
+    /// A second, plaintext address serving gRPC health only (off when unset): for
+    /// Kubernetes' gRPC probes, which cannot speak TLS, when the gateway serves TLS.
+    pub health_listen: Option<SocketAddr>,
     /// The service secret (`TOPSMILE_SERVICE_SECRET`, at least 32 bytes): the gateway
     /// mints its own service token with it, which vouches to the services for the
     /// client addresses it forwards. Required.
@@ -135,6 +138,7 @@ impl Default for GatewayConfig {
             providers_upstreams: "127.0.0.1:50063".into(),
             appointments_upstreams: "127.0.0.1:50064".into(),
             metrics_listen: None,
+            health_listen: None,
             service_secret: None,
             edge: EdgeSettings::default(),
             limits: ServerLimits::default(),

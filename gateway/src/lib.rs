@@ -61,6 +61,9 @@ pub struct Gateway {
     limits: topsmile_kit::config::ServerLimits,
     /// TLS for the listener (reloaded as its files change), or plaintext.
     tls: Option<Arc<ServerTls>>,
+    /// Health alone, for the plaintext probe listener.
+    health_only: Routes,
+    health_listen: Option<std::net::SocketAddr>,
 }
 
 /// ALPN, in order of preference: gRPC's HTTP/2, then HTTP/1.1 for gRPC-Web.
@@ -104,6 +107,7 @@ impl Gateway {
         let names: Vec<&str> = public.iter().map(String::as_str).collect();
         let internal = table.internal_services();
         let hidden: Vec<&str> = internal.iter().map(String::as_str).collect();
+        let health_only = Routes::new(health_service.clone());
         let local = add_reflection(Routes::new(health_service), &names, &hidden)?;
         let guard = topsmile_kit::access::Guard::edge_via_identity(&config.identity_addresses())
             .map_err(|e| GatewayError::Config(e.to_string()))?;
@@ -155,6 +159,8 @@ impl Gateway {
             health_check_every: Duration::from_millis(config.edge.health_check_ms.max(50)),
             limits: config.limits.clone(),
             tls,
+            health_only,
+            health_listen: config.health_listen,
         })
     }
 
@@ -235,6 +241,24 @@ impl Gateway {
         if let Some(tls) = &self.tls {
             tls.spawn_reloader(shutdown.clone());
         }
+        let probes_listener = match self.health_listen {
+            Some(addr) => Some(topsmile_kit::server::bind(addr).await?),
+            None => None,
+        };
+        // Answers (NOT_SERVING while draining) until the gateway has stopped.
+        let health_listener = probes_listener.map(|listener| {
+            let routes = self.health_only.clone();
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let served = tonic::transport::Server::builder()
+                    .add_routes(routes)
+                    .serve_with_incoming(incoming)
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "the health listener stopped");
+                }
+            })
+        });
         let serve_connection = |stream: tokio::net::TcpStream, peer: std::net::SocketAddr| {
             let _ = stream.set_nodelay(true);
             let proxy = self.proxy.clone();
@@ -313,6 +337,9 @@ impl Gateway {
             tracing::warn!("drain timeout reached; closing with calls still in flight");
         }
         probes.abort();
+        if let Some(health_listener) = health_listener {
+            health_listener.abort();
+        }
         if let Some(refresher) = refresher {
             refresher.abort();
         }
