@@ -40,10 +40,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    sync::{Notify, mpsc},
-    time::Instant,
-};
+use tokio::{sync::Notify, time::Instant};
 
 use crate::config::EdgeSettings;
 
@@ -176,9 +173,30 @@ impl Drop for AddressSlot {
 
 /// One connection's deadline watchdog: calls register their deadline and a flag that
 /// their answer's end sets.
+///
+/// A call registers under a lock, without waking anyone: the watchdog's task sleeps
+/// until the earliest deadline and is woken only when a call's deadline comes before
+/// it (a shorter `grpc-timeout`). Most calls carry the same capped deadline, later than
+/// the ones before, so a busy connection costs its watchdog one wake-up per deadline
+/// that passes, not one per call.
 #[derive(Clone)]
 pub struct Watchdog {
-    calls: mpsc::UnboundedSender<(Instant, Weak<AtomicBool>)>,
+    shared: Arc<Watched>,
+}
+
+struct Watched {
+    due: Mutex<Due>,
+    /// A deadline earlier than the one being slept on was added, or the connection ended.
+    changed: Notify,
+    ended: AtomicBool,
+}
+
+#[derive(Default)]
+struct Due {
+    calls: BTreeMap<(Instant, u64), Weak<AtomicBool>>,
+    next_id: u64,
+    /// When the map is next cleared of calls that ended.
+    sweep_at: usize,
 }
 
 /// Calls abandoned at their deadline (their connection closed), for the log's rate
@@ -187,56 +205,91 @@ static ABANDONED: AtomicU64 = AtomicU64::new(0);
 
 impl Watchdog {
     /// A watchdog for the connection from `peer`; `close` fires when a call outlives
-    /// its deadline by [`GRACE`].
+    /// its deadline by [`GRACE`]. [`Watchdog::stop`] ends it with the connection.
     pub fn start(peer: IpAddr, close: Arc<Notify>) -> Self {
-        let (calls, received) = mpsc::unbounded_channel();
-        tokio::spawn(watch(received, close, peer));
-        Self { calls }
+        let shared = Arc::new(Watched {
+            due: Mutex::new(Due {
+                sweep_at: 64,
+                ..Due::default()
+            }),
+            changed: Notify::new(),
+            ended: AtomicBool::new(false),
+        });
+        tokio::spawn(watch(shared.clone(), close, peer));
+        Self { shared }
     }
 
     /// Watches a call due at `ends`; `finished` is set when its answer has ended.
     pub fn watch(&self, ends: Instant, finished: &Arc<AtomicBool>) {
-        let _ = self.calls.send((ends + GRACE, Arc::downgrade(finished)));
+        let Ok(mut due) = self.shared.due.lock() else {
+            return;
+        };
+        let at = ends + GRACE;
+        let earliest = due.calls.keys().next().is_none_or(|(first, _)| at < *first);
+        let id = due.next_id;
+        due.next_id += 1;
+        due.calls.insert((at, id), Arc::downgrade(finished));
+        // Calls that ended are gone from memory; forget them now and then so the map
+        // holds about the calls in flight, not every call made.
+        if due.calls.len() > due.sweep_at {
+            due.calls
+                .retain(|_, f| f.upgrade().is_some_and(|f| !f.load(Ordering::Acquire)));
+            due.sweep_at = (due.calls.len() * 2).max(64);
+        }
+        drop(due);
+        if earliest {
+            self.shared.changed.notify_one();
+        }
+    }
+
+    /// Ends the watchdog: its connection has ended.
+    pub fn stop(&self) {
+        self.shared.ended.store(true, Ordering::Release);
+        self.shared.changed.notify_one();
     }
 }
 
-async fn watch(
-    mut calls: mpsc::UnboundedReceiver<(Instant, Weak<AtomicBool>)>,
-    close: Arc<Notify>,
-    peer: IpAddr,
-) {
-    let mut due: BTreeMap<(Instant, u64), Weak<AtomicBool>> = BTreeMap::new();
-    let mut next_id = 0u64;
-    let mut swept_at = 64usize;
+async fn watch(shared: Arc<Watched>, close: Arc<Notify>, peer: IpAddr) {
     loop {
-        let first = due.keys().next().map(|(at, _)| *at);
+        if shared.ended.load(Ordering::Acquire) {
+            return;
+        }
+        let first = shared
+            .due
+            .lock()
+            .ok()
+            .and_then(|due| due.calls.keys().next().map(|(at, _)| *at));
+        let Some(first) = first else {
+            shared.changed.notified().await;
+            continue;
+        };
         tokio::select! {
-            received = calls.recv() => {
-                let Some((at, finished)) = received else { return };
-                due.insert((at, next_id), finished);
-                next_id += 1;
-                // Calls that ended are gone from memory; forget them now and then so
-                // the map holds about the calls in flight, not every call made.
-                if due.len() > swept_at {
-                    due.retain(|_, f| f.strong_count() > 0 && f.upgrade().is_some_and(|f| !f.load(Ordering::Acquire)));
-                    swept_at = (due.len() * 2).max(64);
+            () = shared.changed.notified() => continue,
+            () = tokio::time::sleep_until(first) => {}
+        }
+        // Every call due by now: one still unfinished was never delivered.
+        let now = Instant::now();
+        let mut stalled = false;
+        if let Ok(mut due) = shared.due.lock() {
+            while let Some(entry) = due.calls.first_entry() {
+                if entry.key().0 > now {
+                    break;
                 }
+                let finished = entry.remove();
+                stalled |= finished
+                    .upgrade()
+                    .is_some_and(|f| !f.load(Ordering::Acquire));
             }
-            () = tokio::time::sleep_until(first.unwrap_or_else(Instant::now)), if first.is_some() => {
-                let Some((_, finished)) = due.pop_first() else { continue };
-                let Some(finished) = finished.upgrade() else { continue };
-                if finished.load(Ordering::Acquire) {
-                    continue;
-                }
-                let count = ABANDONED.fetch_add(1, Ordering::Relaxed);
-                // Logged for the first, then every 100th: an attacker must not fill the log.
-                if count.is_multiple_of(100) {
-                    tracing::warn!(%peer, abandoned = count + 1, "a call outlived its deadline undelivered (no window from the client): its connection is closed");
-                }
-                topsmile_kit::calls::count_abandoned();
-                close.notify_one();
-                return;
+        }
+        if stalled {
+            let count = ABANDONED.fetch_add(1, Ordering::Relaxed);
+            // Logged for the first, then every 100th: an attacker must not fill the log.
+            if count.is_multiple_of(100) {
+                tracing::warn!(%peer, abandoned = count + 1, "a call outlived its deadline undelivered (no window from the client): its connection is closed");
             }
+            topsmile_kit::calls::count_abandoned();
+            close.notify_one();
+            return;
         }
     }
 }

@@ -270,12 +270,14 @@ impl Gateway {
                 // Closed when a call on it outlives its deadline undelivered (see `hold`).
                 let close = Arc::new(tokio::sync::Notify::new());
                 let watchdog = hold::Watchdog::start(peer.ip(), close.clone());
+                let calls_watchdog = watchdog.clone();
                 let service = service_fn(move |req| {
-                    let (proxy, watchdog) = (proxy.clone(), watchdog.clone());
+                    let (proxy, watchdog) = (proxy.clone(), calls_watchdog.clone());
                     async move { Ok::<_, Infallible>(proxy.handle(req, peer.ip(), &watchdog).await) }
                 });
                 let Some(acceptor) = tls else {
-                    return drive(&builders.either, stream, service, draining, close, peer).await;
+                    drive(&builders.either, stream, service, draining, close, peer).await;
+                    return watchdog.stop();
                 };
                 let stream =
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -295,6 +297,7 @@ impl Gateway {
                     _ => &builders.either,
                 };
                 drive(builder, stream, service, draining, close, peer).await;
+                watchdog.stop();
             });
         };
         // Serves until shutdown, then (NOT_SERVING) for the drain delay more.
