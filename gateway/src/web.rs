@@ -390,6 +390,51 @@ mod tests {
         }
     }
 
+    /// A gRPC answer with two messages (a server stream) and its trailers, re-framed:
+    /// the messages as they came, then the trailers as the last frame; for text, the
+    /// same bytes in base64 that decodes as one piece.
+    #[tokio::test]
+    async fn answers_are_re_framed_message_by_message_then_trailers() {
+        use http_body_util::BodyExt;
+        let grpc_answer = || {
+            let (mut sender, body) =
+                http_body_util::channel::Channel::<Bytes, tonic::Status>::new(4);
+            tokio::spawn(async move {
+                for message in [
+                    &b"\x00\x00\x00\x00\x01a"[..],
+                    &b"\x00\x00\x00\x00\x02bc"[..],
+                ] {
+                    let _ = sender.send_data(Bytes::from_static(message)).await;
+                }
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                let _ = sender.send_trailers(trailers).await;
+            });
+            Response::new(Body::new(body))
+        };
+        let expected: &[u8] =
+            b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x02bc\x80\x00\x00\x00\x10grpc-status: 0\r\n";
+        let binary = WebAnswer::response(grpc_answer(), false, None);
+        assert_eq!(
+            binary.headers()[header::CONTENT_TYPE],
+            "application/grpc-web+proto"
+        );
+        let body = binary.into_body().collect().await.unwrap();
+        assert!(
+            body.trailers().is_none(),
+            "no HTTP trailers: they are in the body"
+        );
+        assert_eq!(&body.to_bytes()[..], expected);
+
+        let text = WebAnswer::response(grpc_answer(), true, None);
+        let body = text.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            STANDARD.decode(&body).unwrap(),
+            expected,
+            "one base64 piece"
+        );
+    }
+
     #[test]
     fn origins_are_parsed_strictly() {
         let cors = Cors::parse("https://app.example.com, http://localhost:5173").unwrap();
