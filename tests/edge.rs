@@ -1053,3 +1053,59 @@ async fn a_tls_gateway_answers_plaintext_probes_on_its_health_port_only() {
         assert!(answer.is_err(), "plaintext on the TLS port was answered");
     }
 }
+
+/// A connection that gives no window for an answer that is ready is closed with
+/// GOAWAY a few seconds later (`hold::STALL`), long before the call's 30 s deadline;
+/// a client on the same address that reads is not touched.
+#[tokio::test]
+async fn a_connection_that_stalls_a_ready_answer_is_sent_goaway() {
+    let (gateway, _stop) = gateway_configured(
+        scripted_upstream(Script::Large(100 << 10)).await,
+        topsmile_gateway::EdgeSettings {
+            sign_in_per_minute: 0,
+            max_deadline_secs: 30,
+            ..Default::default()
+        },
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (mut attacker, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(stream)
+        .await
+        .unwrap();
+    attacker = attacker.ready().await.unwrap();
+    let response = unread_login(&mut attacker).expect("the stream opens");
+    let started = std::time::Instant::now();
+    // Ends when the gateway closes the connection.
+    let driven = tokio::spawn(connection);
+    // A reading client meanwhile, before and after the stall is seen.
+    let reader = tonic::transport::Channel::from_shared(format!("http://{gateway}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let read = |channel: tonic::transport::Channel| async move {
+        AuthServiceClient::new(channel)
+            .login(identity::LoginRequest::default())
+            .await
+            .map(|answer| answer.into_inner().access_token.len())
+    };
+    assert_eq!(read(reader.clone()).await.unwrap(), token_len(100 << 10));
+    let headers = tokio::time::timeout(Duration::from_secs(5), response).await;
+    assert!(
+        matches!(headers, Ok(Ok(_))),
+        "the answer's headers come back"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(15), driven).await;
+    let waited = started.elapsed();
+    assert!(
+        closed.is_ok(),
+        "the stalled connection is still open after 15 s"
+    );
+    assert!(
+        waited < Duration::from_secs(15),
+        "closed for the stall, not at the 30 s deadline"
+    );
+    assert_eq!(read(reader).await.unwrap(), token_len(100 << 10));
+}

@@ -18,13 +18,14 @@
 //!   ([`EdgeSettings::per_address_percent`]) of [`EdgeSettings::max_buffered_bytes`]; an
 //!   answer that would go past it is dropped (the replica's stream reset) and the call
 //!   shed with RESOURCE_EXHAUSTED.
-//! - **Deadlines, polled or not.** Each connection has a watchdog that knows the
-//!   deadline of every call on it. A call still unfinished a grace period after its
-//!   deadline (its answer could not be delivered: the client gives no window) is
-//!   counted and logged (rate-limited) as abandoned, and its connection is closed
-//!   (GOAWAY, then dropped): dropping the connection drops every stream of it, so the
-//!   slots are freed and the streams reset both ways. A client that reads its answers is never affected: its
-//!   calls end at their deadline with DEADLINE_EXCEEDED (see `proxy::Proxy::forward`).
+//! - **Deadlines and stalls, polled or not.** Each connection has a watchdog that
+//!   knows every ready answer on it. An answer the client has taken no frame of for
+//!   [`STALL`] (no flow-control window), or a call still unfinished a grace period
+//!   after its deadline, is counted and logged (rate-limited) as abandoned, and its
+//!   connection is closed (GOAWAY, then dropped): dropping the connection drops every
+//!   stream of it, so the slots are freed and the streams reset both ways. A client
+//!   that reads its answers, however slowly, is never affected: its calls end at their
+//!   deadline with DEADLINE_EXCEEDED (see `proxy::Proxy::forward`).
 //!
 //! Rejected: a timer task per call (a spawn on the hot path of every call), and
 //! resetting only the stalled stream (hyper does not expose the stream to reset; the
@@ -171,8 +172,40 @@ impl Drop for AddressSlot {
     }
 }
 
-/// One connection's deadline watchdog: calls register their deadline and a flag that
-/// their answer's end sets.
+/// How long an answer may wait with no frame taken by the client (no flow-control
+/// window) before its connection is closed, deadline or not.
+pub const STALL: Duration = Duration::from_secs(5);
+
+/// How far a call's answer has got: whether it has ended, and when the client last
+/// took a frame of it (milliseconds since the watchdog started; 0: not yet ready).
+pub struct Progress {
+    finished: AtomicBool,
+    moved_at: AtomicU64,
+    /// The call's deadline and the grace: unfinished by then, it is abandoned.
+    abandon_at: Instant,
+}
+
+impl Progress {
+    /// The progress of a call due at `ends`.
+    pub fn new(ends: Instant) -> Self {
+        Self {
+            finished: AtomicBool::new(false),
+            moved_at: AtomicU64::new(0),
+            abandon_at: ends + GRACE,
+        }
+    }
+
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// One connection's deadline watchdog: calls register their deadline and their
+/// [`Progress`], which their answer updates.
 ///
 /// A call registers under a lock, without waking anyone: the watchdog's task sleeps
 /// until the earliest deadline and is woken only when a call's deadline comes before
@@ -186,6 +219,8 @@ pub struct Watchdog {
 
 struct Watched {
     due: Mutex<Due>,
+    /// When the watchdog started: `Progress::moved_at` counts from here.
+    epoch: Instant,
     /// A deadline earlier than the one being slept on was added, or the connection ended.
     changed: Notify,
     ended: AtomicBool,
@@ -193,7 +228,7 @@ struct Watched {
 
 #[derive(Default)]
 struct Due {
-    calls: BTreeMap<(Instant, u64), Weak<AtomicBool>>,
+    calls: BTreeMap<(Instant, u64), Weak<Progress>>,
     next_id: u64,
     /// When the map is next cleared of calls that ended.
     sweep_at: usize,
@@ -208,6 +243,7 @@ impl Watchdog {
     /// its deadline by [`GRACE`]. [`Watchdog::stop`] ends it with the connection.
     pub fn start(peer: IpAddr, close: Arc<Notify>) -> Self {
         let shared = Arc::new(Watched {
+            epoch: Instant::now(),
             due: Mutex::new(Due {
                 sweep_at: 64,
                 ..Due::default()
@@ -219,21 +255,37 @@ impl Watchdog {
         Self { shared }
     }
 
-    /// Watches a call due at `ends`; `finished` is set when its answer has ended.
-    pub fn watch(&self, ends: Instant, finished: &Arc<AtomicBool>) {
+    /// A call's answer is ready to be sent (until then, the call's own deadline bounds
+    /// it): from now on [`STALL`] without a frame taken by the client, or the deadline
+    /// and the grace passing unfinished, close the connection. One entry per call,
+    /// moved later while the answer moves.
+    pub fn answer_ready(&self, progress: &Arc<Progress>) {
+        self.moved(progress);
+        self.insert((Instant::now() + STALL).min(progress.abandon_at), progress);
+    }
+
+    /// The client took a frame of the answer.
+    pub fn moved(&self, progress: &Progress) {
+        let since = self.shared.epoch.elapsed().as_millis();
+        progress.moved_at.store(
+            u64::try_from(since).unwrap_or(u64::MAX).max(1),
+            Ordering::Release,
+        );
+    }
+
+    fn insert(&self, at: Instant, progress: &Arc<Progress>) {
         let Ok(mut due) = self.shared.due.lock() else {
             return;
         };
-        let at = ends + GRACE;
         let earliest = due.calls.keys().next().is_none_or(|(first, _)| at < *first);
         let id = due.next_id;
         due.next_id += 1;
-        due.calls.insert((at, id), Arc::downgrade(finished));
+        due.calls.insert((at, id), Arc::downgrade(progress));
         // Calls that ended are gone from memory; forget them now and then so the map
         // holds about the calls in flight, not every call made.
         if due.calls.len() > due.sweep_at {
             due.calls
-                .retain(|_, f| f.upgrade().is_some_and(|f| !f.load(Ordering::Acquire)));
+                .retain(|_, p| p.upgrade().is_some_and(|p| !p.is_finished()));
             due.sweep_at = (due.calls.len() * 2).max(64);
         }
         drop(due);
@@ -267,25 +319,44 @@ async fn watch(shared: Arc<Watched>, close: Arc<Notify>, peer: IpAddr) {
             () = shared.changed.notified() => continue,
             () = tokio::time::sleep_until(first) => {}
         }
-        // Every call due by now: one still unfinished was never delivered.
+        // Every call due by now: one past its deadline unfinished was never delivered;
+        // one whose answer has moved since its stall check is checked again later.
         let now = Instant::now();
-        let mut stalled = false;
+        let mut stalled = None;
         if let Ok(mut due) = shared.due.lock() {
+            let mut again = Vec::new();
             while let Some(entry) = due.calls.first_entry() {
                 if entry.key().0 > now {
                     break;
                 }
-                let finished = entry.remove();
-                stalled |= finished
-                    .upgrade()
-                    .is_some_and(|f| !f.load(Ordering::Acquire));
+                let progress = entry.remove();
+                let Some(live) = progress.upgrade().filter(|p| !p.is_finished()) else {
+                    continue;
+                };
+                if live.abandon_at <= now {
+                    stalled = Some("a call outlived its deadline undelivered");
+                    break;
+                }
+                let moved =
+                    shared.epoch + Duration::from_millis(live.moved_at.load(Ordering::Acquire));
+                if moved + STALL <= now {
+                    stalled =
+                        Some("a ready answer was not read for 5 s (no window from the client)");
+                    break;
+                }
+                again.push(((moved + STALL).min(live.abandon_at), progress));
+            }
+            for (at, progress) in again {
+                let id = due.next_id;
+                due.next_id += 1;
+                due.calls.insert((at, id), progress);
             }
         }
-        if stalled {
+        if let Some(why) = stalled {
             let count = ABANDONED.fetch_add(1, Ordering::Relaxed);
             // Logged for the first, then every 100th: an attacker must not fill the log.
             if count.is_multiple_of(100) {
-                tracing::warn!(%peer, abandoned = count + 1, "a call outlived its deadline undelivered (no window from the client): its connection is closed");
+                tracing::warn!(%peer, abandoned = count + 1, "{why}: its connection is closed with GOAWAY");
             }
             topsmile_kit::calls::count_abandoned();
             close.notify_one();

@@ -15,10 +15,7 @@ use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -78,7 +75,8 @@ pub struct Proxy {
 /// it has ended.
 struct Held {
     inner: Body,
-    finished: Arc<AtomicBool>,
+    progress: Arc<crate::hold::Progress>,
+    watchdog: crate::hold::Watchdog,
 }
 
 impl http_body::Body for Held {
@@ -90,8 +88,10 @@ impl http_body::Body for Held {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            self.finished.store(true, Ordering::Release);
+        match &polled {
+            Poll::Ready(None) => self.progress.finish(),
+            Poll::Ready(Some(_)) => self.watchdog.moved(&self.progress),
+            Poll::Pending => {}
         }
         polled
     }
@@ -107,7 +107,7 @@ impl http_body::Body for Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.finished.store(true, Ordering::Release);
+        self.progress.finish();
     }
 }
 
@@ -197,18 +197,19 @@ impl Proxy {
         // the call, and the response body to its last frame; the connection's watchdog
         // holds it to that even if nobody polls the answer.
         let ends = tokio::time::Instant::now() + deadline;
-        let finished = Arc::new(AtomicBool::new(false));
-        watchdog.watch(ends, &finished);
+        let progress = Arc::new(crate::hold::Progress::new(ends));
         let span = call.span().clone();
         let forwarded = self.forward(parts, body, client, slot, ends);
         let response = match forwarded.instrument(span).await {
             Ok(response) => response,
             Err(e) => tonic::Status::from(e).into_http(),
         };
+        watchdog.answer_ready(&progress);
         call.follow(response).map(|body| {
             Body::new(Held {
                 inner: body,
-                finished,
+                progress,
+                watchdog: watchdog.clone(),
             })
         })
     }
