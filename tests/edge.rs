@@ -1109,3 +1109,140 @@ async fn a_connection_that_stalls_a_ready_answer_is_sent_goaway() {
     );
     assert_eq!(read(reader).await.unwrap(), token_len(100 << 10));
 }
+
+/// A free loopback address.
+fn free_address() -> SocketAddr {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    free.local_addr().unwrap()
+}
+
+/// Every hop encrypted without a mesh: an identity replica serving TLS (its probes on a
+/// plaintext health-only port) and a gateway that verifies it against
+/// `TOPSMILE_TLS_CA`, each in a process of its own as a deployment runs them. A
+/// sign-in and a read through the gateway work; plaintext to identity's port does not.
+#[tokio::test]
+async fn the_gateway_and_a_service_speak_tls_verified_by_a_ca() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = topsmile_kit::tls::LocalCa::new("cluster CA").unwrap();
+    let identity_tls = ca
+        .server(&["localhost"])
+        .unwrap()
+        .write_to(dir.path(), "identity")
+        .unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (identity, probes, gateway) = (free_address(), free_address(), free_address());
+    let secret = "a cluster secret of at least 32 bytes";
+    let spawn = |role: &str, env: Vec<(&str, String)>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_topsmile"));
+        command
+            .args(["serve", role])
+            .env_remove("TOPSMILE_TEST_MONGODB_URI")
+            .env("TOPSMILE_SERVICE_SECRET", secret)
+            .env("TOPSMILE_TLS_CA", &ca_file)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        command.spawn().unwrap()
+    };
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().unwrap().display().to_string();
+    let mut children = vec![
+        spawn(
+            "identity",
+            vec![
+                ("TOPSMILE_LISTEN", identity.to_string()),
+                ("TOPSMILE_HEALTH_LISTEN", probes.to_string()),
+                ("TOPSMILE_TLS_CERT", path(&identity_tls.tls_cert)),
+                ("TOPSMILE_TLS_KEY", path(&identity_tls.tls_key)),
+                (
+                    "TOPSMILE_DATA_DIR",
+                    dir.path().join("data").display().to_string(),
+                ),
+                (
+                    "TOPSMILE_KEY_FILE",
+                    dir.path().join("keys.json").display().to_string(),
+                ),
+                ("TOPSMILE_BOOTSTRAP_ADMIN_EMAIL", "root@tls.example".into()),
+                (
+                    "TOPSMILE_BOOTSTRAP_ADMIN_PASSWORD",
+                    "a root password, long enough".into(),
+                ),
+            ],
+        ),
+        spawn(
+            "gateway",
+            vec![
+                ("TOPSMILE_LISTEN", gateway.to_string()),
+                (
+                    "TOPSMILE_IDENTITY_UPSTREAMS",
+                    format!("localhost:{}", identity.port()),
+                ),
+                ("TOPSMILE_SIGN_IN_PER_MINUTE", "0".into()),
+            ],
+        ),
+    ];
+    let channel = tonic::transport::Channel::from_shared(format!("http://{gateway}")).unwrap();
+    let mut signed_in = None;
+    for _ in 0..200 {
+        if let Ok(connected) = channel.clone().connect().await {
+            let answer = AuthServiceClient::new(connected)
+                .login(identity::LoginRequest {
+                    email: "root@tls.example".into(),
+                    password: "a root password, long enough".into(),
+                    device_token: String::new(),
+                })
+                .await;
+            if let Ok(answer) = answer {
+                signed_in = Some(answer.into_inner().access_token);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let outcome = async {
+        let token = signed_in.expect("a sign-in through the gateway, over TLS to identity");
+        // A read the gateway authorizes with keys it fetched from identity over TLS.
+        let mut request = tonic::Request::new(identity::ListClinicsRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        identity::clinic_service_client::ClinicServiceClient::new(channel.connect().await.unwrap())
+            .list_clinics(request)
+            .await
+            .expect("an authorized read through the gateway");
+        // Plaintext to identity's own port: nothing; its probe port: health only.
+        let plaintext = tonic::transport::Channel::from_shared(format!("http://{identity}"))
+            .unwrap()
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        if let Ok(plaintext) = plaintext {
+            assert!(
+                HealthClient::new(plaintext)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_err(),
+                "identity answered plaintext on its TLS port"
+            );
+        }
+        let probe = tonic::transport::Channel::from_shared(format!("http://{probes}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        HealthClient::new(probe)
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("the probe port answers health in plaintext");
+    };
+    let result = tokio::time::timeout(Duration::from_secs(60), outcome).await;
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result.expect("the TLS hops answered in time");
+}

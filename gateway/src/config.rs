@@ -37,6 +37,9 @@ pub struct GatewayConfig {
     /// TLS for the gateway's listener (`TOPSMILE_TLS_CERT`, `_KEY`, `_CLIENT_CA`).
     #[serde(flatten)]
     pub tls: topsmile_kit::tls::TlsFiles,
+    /// CA certificates (PEM) the services' certificates are verified against: set,
+    /// every call to a service is TLS (`TOPSMILE_TLS_CA`).
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// How the edge treats calls: connections, deadlines, shedding and the sign-in limit.
@@ -143,6 +146,7 @@ impl Default for GatewayConfig {
             edge: EdgeSettings::default(),
             limits: ServerLimits::default(),
             tls: topsmile_kit::tls::TlsFiles::default(),
+            tls_ca: None,
         }
     }
 }

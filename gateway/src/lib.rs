@@ -429,7 +429,7 @@ async fn probe_upstreams(
                     Some(client) => client.clone(),
                     None => {
                         let Ok(endpoint) =
-                            tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                            topsmile_kit::config::endpoint_named(&address, upstream.tls_name())
                         else {
                             continue;
                         };
@@ -495,6 +495,10 @@ pub async fn run_process() -> anyhow::Result<()> {
     let config: GatewayConfig = topsmile_kit::config::load(None)?;
     let telemetry = topsmile_kit::telemetry::init(config.log_format, "topsmile-gateway");
     tracing::info!(?config, "starting topsmile-gateway");
+    // Before any client is made: calls to the services are TLS from the start.
+    if let Some(ca) = &config.tls_ca {
+        topsmile_kit::tls::trust_ca(ca)?;
+    }
     let gateway = Gateway::new(&config)?;
     let listener = topsmile_kit::server::bind(config.listen).await?;
     topsmile_kit::server::until_terminated(telemetry, config.metrics_listen, |stop| {

@@ -98,6 +98,9 @@ pub struct Picked {
 pub struct Upstream {
     /// The configured names, as given.
     names: Vec<String>,
+    /// The name the replicas' certificates are verified for (with `TOPSMILE_TLS_CA`):
+    /// the host of the first configured name, whatever address it resolved to.
+    tls_name: String,
     /// The replicas now: swapped whole when a refresh changes them.
     replicas: RwLock<Arc<Vec<Arc<Replica>>>>,
     /// Each name's last good resolution.
@@ -132,7 +135,12 @@ impl Upstream {
         retry_after: Duration,
     ) -> Arc<Self> {
         let replicas = addresses.iter().map(|a| replica(a, connections)).collect();
+        let tls_name = addresses
+            .first()
+            .map(|a| topsmile_kit::tls::host_of(a).to_owned())
+            .unwrap_or_default();
         Arc::new(Self {
+            tls_name,
             names: addresses.to_vec(),
             replicas: RwLock::new(Arc::new(replicas)),
             resolved: Mutex::new(BTreeMap::new()),
@@ -141,6 +149,11 @@ impl Upstream {
             connect_timeout,
             retry_after,
         })
+    }
+
+    /// The name the replicas' certificates are verified for.
+    pub fn tls_name(&self) -> &str {
+        &self.tls_name
     }
 
     /// The replicas now.
@@ -285,10 +298,13 @@ impl Upstream {
         if slot.failed_since(waiting_since) {
             return Err("the connect attempt this call waited for failed".to_owned());
         }
-        let attempt = tokio::time::timeout(self.connect_timeout, connect(&replica.authority))
-            .await
-            .map_err(|_| "connect timed out".to_owned())
-            .and_then(|connected| connected);
+        let attempt = tokio::time::timeout(
+            self.connect_timeout,
+            connect(&replica.authority, &self.tls_name),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_owned())
+        .and_then(|connected| connected);
         let connection = match attempt {
             Ok(connection) => connection,
             Err(e) => {
@@ -348,10 +364,28 @@ impl Replica {
     }
 }
 
-async fn connect(authority: &str) -> Result<Connection, String> {
-    connect_with_keepalive(authority, KEEPALIVE_EVERY, KEEPALIVE_TIMEOUT).await
+async fn connect(authority: &str, tls_name: &str) -> Result<Connection, String> {
+    let stream = TcpStream::connect(authority)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    // With TOPSMILE_TLS_CA, the replica proves it is the service (its certificate names
+    // `tls_name`) before anything is sent.
+    match topsmile_kit::tls::client_trust() {
+        None => handshake(stream, authority, KEEPALIVE_EVERY, KEEPALIVE_TIMEOUT).await,
+        Some(trust) => {
+            let name = rustls::pki_types::ServerName::try_from(tls_name.to_owned())
+                .map_err(|e| format!("{tls_name}: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(trust.config.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS to {authority}: {e}"))?;
+            handshake(stream, authority, KEEPALIVE_EVERY, KEEPALIVE_TIMEOUT).await
+        }
+    }
 }
 
+#[cfg(test)]
 async fn connect_with_keepalive(
     authority: &str,
     ping_every: Duration,
@@ -360,7 +394,20 @@ async fn connect_with_keepalive(
     let stream = TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
+    handshake(stream, authority, ping_every, pong_within).await
+}
+
+/// HTTP/2 over `stream`, its connection driven (and kept alive with pings) by a task
+/// of its own.
+async fn handshake<S>(
+    stream: S,
+    authority: &str,
+    ping_every: Duration,
+    pong_within: Duration,
+) -> Result<Connection, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, mut connection) = h2::client::Builder::new()
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

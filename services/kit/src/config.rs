@@ -126,10 +126,19 @@ pub struct ServiceConfig {
     pub clinic_cache_secs: u64,
     /// Admin address serving Prometheus metrics at `/metrics` (off when unset).
     pub metrics_listen: Option<SocketAddr>,
+    /// A second, plaintext address serving gRPC health only, for probes that cannot
+    /// speak TLS (off when unset).
+    pub health_listen: Option<SocketAddr>,
+    /// CA certificates (PEM) that this service's clients verify the other services
+    /// against: set, every call to another service is TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
     #[serde(flatten)]
     pub store: StoreConfig,
     #[serde(flatten)]
     pub limits: ServerLimits,
+    /// TLS for this service's listener (`TOPSMILE_TLS_CERT`, `_KEY`, `_CLIENT_CA`).
+    #[serde(flatten)]
+    pub tls: crate::tls::TlsFiles,
 }
 
 impl ServiceConfig {
@@ -178,6 +187,29 @@ pub fn check_service_secret(
     Ok(secret)
 }
 
+/// The endpoint of a service replica at `address` (host:port): plaintext, or TLS
+/// verified against `TOPSMILE_TLS_CA` for the address's host when it is set.
+pub fn endpoint(address: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    endpoint_named(address, crate::tls::host_of(address))
+}
+
+/// The same, verifying the certificate for `server_name` (a replica reached by its
+/// resolved address is verified for the name it was resolved from).
+pub fn endpoint_named(
+    address: &str,
+    server_name: &str,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    match crate::tls::client_trust() {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{address}")),
+        Some(trust) => tonic::transport::Endpoint::from_shared(format!("https://{address}"))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&trust.pem))
+                    .domain_name(server_name),
+            ),
+    }
+}
+
 /// Lazily connected channels to the replicas of `what` at `addresses` (host:port), with
 /// TopSmile's connect and call timeouts for service-to-service calls.
 pub fn lazy_channels(
@@ -190,7 +222,7 @@ pub fn lazy_channels(
     addresses
         .iter()
         .map(|a| {
-            tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+            endpoint(a)
                 .map(|e| {
                     e.connect_timeout(std::time::Duration::from_secs(2))
                         .timeout(std::time::Duration::from_secs(5))
@@ -222,8 +254,11 @@ impl Default for ServiceConfig {
             identity_upstreams: "127.0.0.1:50061".to_owned(),
             clinic_cache_secs: crate::clinics::CACHE_FOR.as_secs(),
             metrics_listen: None,
+            health_listen: None,
+            tls_ca: None,
             store: StoreConfig::default(),
             limits: ServerLimits::default(),
+            tls: crate::tls::TlsFiles::default(),
         }
     }
 }

@@ -120,7 +120,51 @@ pub async fn serve(
     guard: Arc<Guard>,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
+    serve_over(
+        listener,
+        Transport::default(),
+        routes,
+        names,
+        limits,
+        guard,
+        shutdown,
+    )
+    .await
+}
+
+/// How a server meets its callers: plaintext or TLS, and whether a second, plaintext
+/// listener answers health probes (Kubernetes' gRPC probes cannot speak TLS).
+#[derive(Default)]
+pub struct Transport {
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
+    pub health: Option<TcpListener>,
+}
+
+/// How long a caller has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`serve`] over `transport`.
+pub async fn serve_over(
+    listener: TcpListener,
+    transport: Transport,
+    routes: Routes,
+    names: &[&'static str],
+    limits: &ServerLimits,
+    guard: Arc<Guard>,
+    shutdown: Shutdown,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
+    // Answers (NOT_SERVING while draining) until this server has stopped.
+    let probes = transport.health.map(|probe_listener| {
+        let health_only = Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming(TcpListenerStream::new(probe_listener));
+        tokio::spawn(async move {
+            if let Err(e) = health_only.await {
+                tracing::warn!(error = %e, "the health listener stopped");
+            }
+        })
+    });
     health.set_service_status("", ServingStatus::Serving).await;
     for name in names {
         health
@@ -142,6 +186,9 @@ pub async fn serve(
         }
         conn
     });
+    if let Some(tls) = &transport.tls {
+        tls.spawn_reloader(shutdown.clone());
+    }
 
     let names: Vec<&'static str> = names.to_vec();
     let names_served = names.clone();
@@ -181,18 +228,60 @@ pub async fn serve(
             limits.concurrency_limit,
         ))))
         .layer(GuardLayer(guard))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal);
+        .add_routes(routes);
+    let served: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match transport.tls {
+        None => Box::pin(server.serve_with_incoming_shutdown(incoming, signal)),
+        Some(tls) => {
+            Box::pin(server.serve_with_incoming_shutdown(tls_handshakes(incoming, tls), signal))
+        }
+    };
 
-    tokio::pin!(server);
+    tokio::pin!(served);
     tokio::select! {
-        result = &mut server => result?,
+        result = &mut served => result?,
         () = async { shutdown.wait().await; tokio::time::sleep(delay + drain).await } => {
             tracing::warn!(?local, "drain timeout reached; closing with calls still in flight");
         }
     }
+    if let Some(probes) = probes {
+        probes.abort();
+    }
     tracing::info!(?local, "server stopped");
     Ok(())
+}
+
+/// The TLS connections of `incoming`: each handshake in a task of its own (bounded by
+/// [`HANDSHAKE_TIMEOUT`]), so a caller that stalls its handshake holds up no other.
+fn tls_handshakes(
+    incoming: impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
+    tls: Arc<crate::tls::ServerTls>,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> + Send
++ 'static {
+    let (ready, handshaken) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        tokio::pin!(incoming);
+        while let Some(accepted) = incoming.next().await {
+            let Ok(stream) = accepted else { continue };
+            let (acceptor, handing) = (tls.acceptor(), ready.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = handing.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+            if ready.is_closed() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(handshaken)
 }
 
 /// The component a server is, from the services it serves: `topsmile.identity.v1.X`
@@ -269,10 +358,23 @@ where
         clinic_facts_ttl: Duration::from_secs(config.clinic_cache_secs),
         ..Runtime::for_this_machine()?
     };
+    // Before any client is made: calls to the other services are TLS from the start.
+    if let Some(ca) = &config.tls_ca {
+        crate::tls::trust_ca(ca)?;
+    }
+    let tls = crate::tls::ServerTls::load(&config.tls, &[b"h2"])?;
+    let health_listen = config.health_listen;
     let Built { routes, guard } = make(config, runtime).await?;
     let listener = bind(listen).await?;
+    let transport = Transport {
+        tls,
+        health: match health_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        },
+    };
     until_terminated(telemetry, metrics_listen, |stop| {
-        serve(listener, routes, names, &limits, guard, stop)
+        serve_over(listener, transport, routes, names, &limits, guard, stop)
     })
     .await
 }

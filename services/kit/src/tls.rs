@@ -173,6 +173,70 @@ impl Snapshot {
     }
 }
 
+/// What this process's clients trust when they call other TopSmile services over TLS
+/// (`TOPSMILE_TLS_CA`): set once at start-up, before any client is made. Without it,
+/// service-to-service calls are plaintext (a service mesh may encrypt them).
+pub struct ClientTrust {
+    /// The CA certificates, PEM (for tonic's clients).
+    pub pem: String,
+    /// The same, as a rustls client configuration with ALPN `h2` (for the gateway's).
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+static CLIENT_TRUST: std::sync::OnceLock<ClientTrust> = std::sync::OnceLock::new();
+
+/// Makes every service client of this process speak TLS to the services and trust the
+/// CA certificates in `path` (PEM). Called once, at start-up; a second call is refused.
+pub fn trust_ca(path: &Path) -> Result<(), TlsError> {
+    let pem = std::fs::read_to_string(path).map_err(|e| TlsError::File {
+        path: path.to_owned(),
+        cause: e.to_string(),
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| TlsError::File {
+            path: path.to_owned(),
+            cause: e.to_string(),
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::File {
+            path: path.to_owned(),
+            cause: "no certificate in the file".into(),
+        });
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    CLIENT_TRUST
+        .set(ClientTrust {
+            pem,
+            config: Arc::new(config),
+        })
+        .map_err(|_| TlsError::ClientCa("TOPSMILE_TLS_CA was set twice".into()))
+}
+
+/// What service clients trust, when they speak TLS.
+pub fn client_trust() -> Option<&'static ClientTrust> {
+    CLIENT_TRUST.get()
+}
+
+/// The host of `host:port` (brackets of an IPv6 literal removed): the name a
+/// service's certificate must carry.
+pub fn host_of(authority: &str) -> &str {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// A listener's TLS configuration, current as of the last reload.
 pub struct ServerTls {
     files: TlsFiles,
