@@ -29,6 +29,15 @@ pub struct Load {
     pub failed: u64,
 }
 
+/// What the edge figure drives.
+pub struct Targets {
+    pub identity: SocketAddr,
+    /// The suite's gateway, in this process.
+    pub gateway: SocketAddr,
+    /// A gateway in a process of its own (`topsmile serve gateway`), when built.
+    pub own_process_gateway: Option<SocketAddr>,
+}
+
 /// The ratio the issue asks of the gateway: gateway ÷ direct at 64 in flight.
 pub const TARGET_RATIO: f64 = 0.80;
 
@@ -36,14 +45,18 @@ pub const TARGET_RATIO: f64 = 0.80;
 /// `only` ("direct", "gateway" or "haproxy"), runs that path alone at 64 in flight for
 /// `seconds`, once: for a profiler attached to this process (`perf record -p`).
 pub async fn run(
-    identity: SocketAddr,
-    gateway: SocketAddr,
+    targets: Targets,
     token: &str,
     clinic: &str,
     seconds: u64,
     rounds: usize,
     only: Option<&str>,
 ) -> anyhow::Result<()> {
+    let Targets {
+        identity,
+        gateway,
+        own_process_gateway,
+    } = targets;
     if !installed("h2load") {
         println!(
             "(the edge figure: skipped, h2load is missing: apt-get install nghttp2-client haproxy)"
@@ -135,14 +148,23 @@ pub async fn run(
     let added =
         |i: usize| best[1][i].mean.as_micros() as i128 - best[1][0].mean.as_micros() as i128;
     let haproxy_ratio = haproxy.as_ref().map(|_| ratio(0, 2));
+    let own = own_process_gateway.map(|_| paths.len() - 1);
     println!(
-        "64 in flight: gateway ÷ direct = {:.2} (target ≥ {TARGET_RATIO:.2}){}",
+        "64 in flight: gateway ÷ direct = {:.2}{} (target ≥ {TARGET_RATIO:.2}){}",
         ratio(0, 1),
+        own.map_or(String::new(), |i| format!(
+            ", in its own process {:.2}",
+            ratio(0, i)
+        )),
         haproxy_ratio.map_or(String::new(), |r| format!(", HAProxy ÷ direct = {r:.2}"))
     );
     println!(
-        " 1 in flight: the gateway adds {:+} µs mean{}",
+        " 1 in flight: the gateway adds {:+} µs mean{}{}",
         added(1),
+        own.map_or(String::new(), |i| format!(
+            " ({:+} µs in its own process)",
+            added(i)
+        )),
         haproxy.as_ref().map_or(String::new(), |_| format!(
             ", HAProxy {:+} µs (target: no more than HAProxy)",
             added(2)

@@ -146,7 +146,15 @@ async fn main() -> anyhow::Result<()> {
     if args.edge_only || args.edge_profile.is_some() {
         let only = args.edge_profile.as_deref();
         let (seconds, rounds) = (args.seconds, args.rounds);
-        edge::run(direct, gateway, &token, &clinic.name, seconds, rounds, only).await?;
+        let own = spawn_role("gateway", &suite, dir.path(), &key_file, false, None).await?;
+        let own_addr = own.as_ref().map(|c| c.addr);
+        let targets = edge::Targets {
+            identity: direct,
+            gateway,
+            own_process_gateway: own_addr,
+        };
+        edge::run(targets, &token, &clinic.name, seconds, rounds, only).await?;
+        drop(own);
         suite.stop().await?;
         return Ok(());
     }
@@ -173,7 +181,15 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     let (seconds, rounds) = (args.seconds, args.rounds);
-    edge::run(direct, gateway, &token, &clinic.name, seconds, rounds, None).await?;
+    let own = spawn_role("gateway", &suite, dir.path(), &key_file, false, None).await?;
+    let own_addr = own.as_ref().map(|c| c.addr);
+    let targets = edge::Targets {
+        identity: direct,
+        gateway,
+        own_process_gateway: own_addr,
+    };
+    edge::run(targets, &token, &clinic.name, seconds, rounds, None).await?;
+    drop(own);
     println!();
 
     // Patients: 10,000 in one clinic, then GetPatient both ways and name searches.
