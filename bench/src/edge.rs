@@ -87,6 +87,11 @@ pub async fn run(
     if let Some(h) = &haproxy {
         paths.push(("through HAProxy 2.6", h.addr));
     }
+    // The gateway as a deployment runs it: a process of its own, as HAProxy is.
+    let own = own_process_gateway.map(|addr| {
+        paths.push(("gateway, own process", addr));
+        paths.len() - 1
+    });
     // h2load sees HTTP statuses only: check once that every path answers the call OK,
     // so no path is measured answering errors fast.
     for (label, addr) in &paths {
@@ -95,7 +100,8 @@ pub async fn run(
             .with_context(|| format!("GetClinic {label}"))?;
     }
     if let Some(only) = only {
-        let Some((label, addr)) = paths.iter().find(|(label, _)| label.contains(only)) else {
+        let wanted = |label: &str| label.to_lowercase().contains(&only.to_lowercase());
+        let Some((label, addr)) = paths.iter().find(|(label, _)| wanted(label)) else {
             anyhow::bail!("--edge-profile: no path {only:?}");
         };
         println!(
@@ -148,7 +154,6 @@ pub async fn run(
     let added =
         |i: usize| best[1][i].mean.as_micros() as i128 - best[1][0].mean.as_micros() as i128;
     let haproxy_ratio = haproxy.as_ref().map(|_| ratio(0, 2));
-    let own = own_process_gateway.map(|_| paths.len() - 1);
     println!(
         "64 in flight: gateway ÷ direct = {:.2}{} (target ≥ {TARGET_RATIO:.2}){}",
         ratio(0, 1),

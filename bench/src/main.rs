@@ -955,7 +955,14 @@ async fn spawn_role(
         .env("TOPSMILE_LISTEN", addr.to_string())
         .env("TOPSMILE_DATA_DIR", data_dir)
         .env("TOPSMILE_KEY_FILE", key_file)
-        .env("TOPSMILE_SERVICE_SECRET", "bench secret, only for this run")
+        .env(
+            "TOPSMILE_SERVICE_SECRET",
+            // The suite's own: a gateway mints its token with it at identity.
+            suite
+                .service_secret()
+                .map(|s| secrecy::ExposeSecret::expose_secret(&s).to_owned())
+                .unwrap_or_default(),
+        )
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null());
     for area in ["identity", "patients", "providers", "appointments"] {

@@ -34,13 +34,20 @@ const MINT_WAIT: Duration = Duration::from_secs(1);
 pub struct Voucher {
     tokens: ServiceTokens,
     current: RwLock<Option<(HeaderValue, Instant)>>,
+    /// Until when, after identity refused or failed to mint one, calls go on without
+    /// asking again: a failure must not cost every call a round trip (and a log line).
+    failed_until: RwLock<Option<Instant>>,
 }
+
+/// How long a failed mint is not retried.
+const RETRY_MINT_AFTER: Duration = Duration::from_secs(5);
 
 impl Voucher {
     pub fn new(secret: SecretString, identity: Replicas) -> Self {
         Self {
             tokens: ServiceTokens::new("gateway", secret, identity),
             current: RwLock::new(None),
+            failed_until: RwLock::new(None),
         }
     }
 
@@ -52,6 +59,11 @@ impl Voucher {
         {
             return Some(value.clone());
         }
+        if let Ok(failed) = self.failed_until.read()
+            && failed.is_some_and(|until| Instant::now() < until)
+        {
+            return None;
+        }
         let minted = tokio::time::timeout(MINT_WAIT, self.tokens.token(Deadline::none())).await;
         match minted.unwrap_or(Err(topsmile_kit::ApiError::DeadlineExceeded)) {
             Ok(token) => {
@@ -62,7 +74,10 @@ impl Voucher {
                 Some(value)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "no gateway token: client addresses forwarded unproven");
+                tracing::warn!(error = %e, retry_in = ?RETRY_MINT_AFTER, "no gateway token: client addresses forwarded unproven");
+                if let Ok(mut failed) = self.failed_until.write() {
+                    *failed = Some(Instant::now() + RETRY_MINT_AFTER);
+                }
                 None
             }
         }
