@@ -40,15 +40,29 @@ enum Script {
 }
 
 async fn scripted_upstream(script: Script) -> SocketAddr {
+    scripted_upstream_counting(script).await.0
+}
+
+/// Calls a scripted upstream received, by path.
+type Received = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// The same, counting the calls it receives by path.
+async fn scripted_upstream_counting(script: Script) -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let received = Received::default();
+    let counts = received.clone();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
+            let counts = counts.clone();
             tokio::spawn(async move {
                 let Ok(mut connection) = h2::server::handshake(socket).await else {
                     return;
                 };
-                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    if let Ok(mut counts) = counts.lock() {
+                        *counts.entry(request.uri().path().to_owned()).or_default() += 1;
+                    }
                     match script {
                         Script::Refuse(reason) => respond.send_reset(reason),
                         Script::Answer | Script::Large(_) => {
@@ -105,7 +119,7 @@ async fn scripted_upstream(script: Script) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, received)
 }
 
 /// Sends one gRPC message of `size` bytes (a `LoginResponse` whose `access_token` is a
@@ -1245,4 +1259,28 @@ async fn the_gateway_and_a_service_speak_tls_verified_by_a_ca() {
         let _ = child.wait();
     }
     result.expect("the TLS hops answered in time");
+}
+
+/// When identity will not mint the gateway's forwarder token, calls go on without it
+/// and the gateway asks again only after a pause: a failing mint costs one round trip
+/// per few seconds, not one per call.
+#[tokio::test]
+async fn a_failing_forwarder_token_is_not_asked_for_on_every_call() {
+    let (upstream, received) =
+        scripted_upstream_counting(Script::Refuse(h2::Reason::INTERNAL_ERROR)).await;
+    let (gateway, _stop) = gateway_in_front_of(upstream).await;
+    for _ in 0..10 {
+        let status = login_through(gateway, None).await;
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+    }
+    let counts = received.lock().unwrap().clone();
+    assert_eq!(
+        counts.get("/topsmile.identity.v1.AuthService/Login"),
+        Some(&10)
+    );
+    let mints = counts
+        .get("/topsmile.identity.v1.IdentityInternalService/MintServiceToken")
+        .copied()
+        .unwrap_or(0);
+    assert!((1..=2).contains(&mints), "{mints} mints for 10 calls: {counts:?}");
 }
