@@ -1217,6 +1217,8 @@ async fn the_gateway_and_a_service_speak_tls_verified_by_a_ca() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A caller that opens a connection to identity and never starts its handshake.
+    let silent = tokio::net::TcpStream::connect(identity).await.ok();
     let outcome = async {
         let token = signed_in.expect("a sign-in through the gateway, over TLS to identity");
         // A read the gateway authorizes with keys it fetched from identity over TLS.
@@ -1254,6 +1256,12 @@ async fn the_gateway_and_a_service_speak_tls_verified_by_a_ca() {
             .expect("the probe port answers health in plaintext");
     };
     let result = tokio::time::timeout(Duration::from_secs(60), outcome).await;
+    // A caller that never starts its handshake with the service is dropped too.
+    let silent = silent.expect("identity accepted a connection");
+    assert!(
+        closed_within(silent, Duration::from_secs(15)).await,
+        "identity kept a half-open TLS connection"
+    );
     for child in &mut children {
         let _ = child.kill();
         let _ = child.wait();
@@ -1282,5 +1290,92 @@ async fn a_failing_forwarder_token_is_not_asked_for_on_every_call() {
         .get("/topsmile.identity.v1.IdentityInternalService/MintServiceToken")
         .copied()
         .unwrap_or(0);
-    assert!((1..=2).contains(&mints), "{mints} mints for 10 calls: {counts:?}");
+    assert!(
+        (1..=2).contains(&mints),
+        "{mints} mints for 10 calls: {counts:?}"
+    );
+}
+
+/// gRPC-Web over HTTP/2 (a browser on an `h2` connection) is re-framed the same way.
+#[tokio::test]
+async fn grpc_web_over_http2_is_re_framed_too() {
+    let (gateway, _stop) = web_gateway(Script::Answer, "").await;
+    let stream = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://gateway{LOGIN}"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(EMPTY_MESSAGE), true)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/grpc-web+proto"
+    );
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap();
+    assert!(
+        trailers.is_none(),
+        "no HTTP/2 trailers: they are in the body"
+    );
+    let expected = b"\x00\x00\x00\x00\x00\x80\x00\x00\x00\x10grpc-status: 0\r\n";
+    assert_eq!(bytes, expected);
+}
+
+/// Reads until the peer closes `socket` or `within` passes: whether it was closed.
+async fn closed_within(mut socket: tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 64];
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// A client that opens a TCP connection to the TLS port and never starts its
+/// handshake (half-open) holds nothing: others are served meanwhile, and its socket is
+/// closed after the 10 s handshake bound.
+#[tokio::test]
+async fn a_half_open_tls_connection_is_dropped_after_the_handshake_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = topsmile_kit::tls::LocalCa::new("test CA").unwrap();
+    let files = ca
+        .server(&["localhost"])
+        .unwrap()
+        .write_to(dir.path(), "gateway")
+        .unwrap();
+    let (gateway, _stop) =
+        tls_gateway_in_front_of(scripted_upstream(Script::Answer).await, files).await;
+    let silent = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (sender, _) = tls_connect(gateway, &tls_client(&ca.pem(), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        login_status(sender).await.unwrap(),
+        "0",
+        "others are served"
+    );
+    assert!(
+        closed_within(silent, Duration::from_secs(15)).await,
+        "the half-open connection is still open"
+    );
 }
