@@ -14,10 +14,10 @@
 //!   arrives, whether or not the client reads (see `proxy::read_answer`): a client
 //!   that does not read must never hold the flow-control window of the connection to
 //!   a replica, which every other client's calls to that service share. What the
-//!   gateway holds for one address is bounded by its share
-//!   ([`EdgeSettings::per_address_percent`]) of [`EdgeSettings::max_buffered_bytes`]; an
-//!   answer that would go past it is dropped (the replica's stream reset) and the call
-//!   shed with RESOURCE_EXHAUSTED.
+//!   gateway holds is bounded in all by [`EdgeSettings::max_buffered_bytes`], and for
+//!   one address by its share ([`EdgeSettings::per_address_percent`]) of that; an
+//!   answer that would go past either is dropped (the replica's stream reset) and the
+//!   call shed with RESOURCE_EXHAUSTED.
 //! - **Deadlines and stalls, polled or not.** Each connection has a watchdog that
 //!   knows every ready answer on it. An answer the client has taken no frame of for
 //!   [`STALL`] (no flow-control window), or a call still unfinished a grace period
@@ -36,7 +36,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -69,7 +69,11 @@ pub struct AddressShares {
     held: Mutex<HashMap<IpAddr, Held>>,
     all: usize,
     public: usize,
+    /// One address's share of the answer buffer.
     buffered: usize,
+    /// Bytes of answers held now, over every address, and the most there may be.
+    total_buffered: AtomicUsize,
+    max_buffered: usize,
 }
 
 impl AddressShares {
@@ -82,7 +86,27 @@ impl AddressShares {
             buffered: (edge.max_buffered_bytes / 100)
                 .saturating_mul(usize::from(edge.per_address_percent.min(100)))
                 .max(1),
+            total_buffered: AtomicUsize::new(0),
+            max_buffered: edge.max_buffered_bytes,
         }
+    }
+
+    /// Takes `bytes` of the whole answer buffer; `false` (nothing taken) when full.
+    fn take_total(&self, bytes: usize) -> bool {
+        self.total_buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                now.checked_add(bytes)
+                    .filter(|after| *after <= self.max_buffered)
+            })
+            .is_ok()
+    }
+
+    fn give_back_total(&self, bytes: usize) {
+        let _ = self
+            .total_buffered
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_sub(bytes))
+            });
     }
 
     /// The bytes of answers one address may have waiting at the gateway.
@@ -132,8 +156,8 @@ pub struct AddressSlot {
 }
 
 impl AddressSlot {
-    /// Takes `bytes` more of the address's answer buffer; `false` (nothing taken) when
-    /// that would go past its share.
+    /// Takes `bytes` more of the answer buffer; `false` (nothing taken) when that would
+    /// go past the address's share or past the whole buffer.
     pub fn buffer(&mut self, bytes: usize) -> bool {
         let Ok(mut held) = self.shares.held.lock() else {
             return false;
@@ -141,7 +165,9 @@ impl AddressSlot {
         let Some(now) = held.get_mut(&self.client) else {
             return false;
         };
-        if now.buffered.saturating_add(bytes) > self.shares.buffered {
+        if now.buffered.saturating_add(bytes) > self.shares.buffered
+            || !self.shares.take_total(bytes)
+        {
             return false;
         }
         now.buffered += bytes;
@@ -153,6 +179,7 @@ impl AddressSlot {
     pub fn delivered(&mut self, bytes: usize) {
         let bytes = bytes.min(self.buffered);
         self.buffered -= bytes;
+        self.shares.give_back_total(bytes);
         self.shares.change(self.client, |now| {
             now.buffered = now.buffered.saturating_sub(bytes)
         });
@@ -162,6 +189,7 @@ impl AddressSlot {
 impl Drop for AddressSlot {
     fn drop(&mut self) {
         let (public, buffered) = (self.public, self.buffered);
+        self.shares.give_back_total(buffered);
         self.shares.change(self.client, |now| {
             now.calls = now.calls.saturating_sub(1);
             if public {
@@ -362,5 +390,54 @@ async fn watch(shared: Arc<Watched>, close: Arc<Notify>, peer: IpAddr) {
             close.notify_one();
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shares(max_buffered_bytes: usize) -> Arc<AddressShares> {
+        Arc::new(AddressShares::new(&EdgeSettings {
+            max_in_flight: 100,
+            per_address_percent: 25,
+            max_buffered_bytes,
+            ..EdgeSettings::default()
+        }))
+    }
+
+    fn address(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    /// One address holds at most its share of the answer buffer, and all addresses
+    /// together at most the whole of it; what is delivered or dropped is given back.
+    #[test]
+    fn the_answer_buffer_is_bounded_per_address_and_in_all() {
+        let shares = shares(1000);
+        let mut first = shares.admit(address(1), false).unwrap();
+        assert!(first.buffer(250), "a share is 25%");
+        assert!(!first.buffer(1), "past the address's share");
+        first.delivered(100);
+        assert!(first.buffer(100), "delivered bytes are room again");
+
+        // Four more addresses fill the rest; the fifth finds the whole buffer full.
+        let mut others: Vec<AddressSlot> = (2..=4)
+            .map(|last| {
+                let mut slot = shares.admit(address(last), false).unwrap();
+                assert!(slot.buffer(250));
+                slot
+            })
+            .collect();
+        let mut fifth = shares.admit(address(5), false).unwrap();
+        assert!(!fifth.buffer(1), "1000 bytes held in all: full");
+        others.pop();
+        assert!(fifth.buffer(250), "a dropped slot gives its bytes back");
+        drop((first, others, fifth));
+        assert_eq!(shares.total_buffered.load(Ordering::Acquire), 0);
+        assert!(
+            shares.held.lock().unwrap().is_empty(),
+            "nothing left per address"
+        );
     }
 }
