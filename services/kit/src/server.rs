@@ -265,7 +265,15 @@ fn tls_handshakes(
     tokio::spawn(async move {
         tokio::pin!(incoming);
         while let Some(accepted) = incoming.next().await {
-            let Ok(stream) = accepted else { continue };
+            let stream = match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let (acceptor, handing) = (tls.acceptor(), ready.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
